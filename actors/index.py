@@ -1,0 +1,140 @@
+"""The in-memory index of all runs: summaries for listings and lookup keys.
+
+It is the read side of the engine. Run actors update it after every commit;
+HTTP handlers read it directly (under its lock) without a round trip through
+an actor. It is never persisted: recovery rebuilds it from the run files.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from userflow.actors.workflow import Workflow
+
+Listener = Callable[[dict[str, Any], list[dict[str, Any]]], None]
+
+
+def current_step(run: Mapping[str, Any]) -> str | None:
+    steps = run["steps"]
+    cursor = run["cursor"]
+    return steps[cursor]["id"] if cursor < len(steps) else None
+
+
+class RunIndex:
+    def __init__(self, workflows: Mapping[str, Workflow]) -> None:
+        self._workflows = workflows
+        self._lock = threading.Lock()
+        self._summaries: dict[str, dict[str, Any]] = {}
+        self._order: list[str] = []  # run ids ascending; ids sort by creation time
+        self._keys: dict[str, dict[str, str]] = {}
+        self._listeners: list[Listener] = []
+
+    def summarise(self, run: Mapping[str, Any]) -> dict[str, Any]:
+        workflow = self._workflows[run["workflow"]]
+        summary = {
+            "id": run["id"],
+            "workflow": run["workflow"],
+            "status": run["status"],
+            "currentStep": current_step(run),
+            "outcome": run.get("outcome"),
+            "error": run.get("error"),
+            "createdAt": run["createdAt"],
+            "updatedAt": run["updatedAt"],
+            "finishedAt": run.get("finishedAt"),
+        }
+        summary.update(workflow.summary(run))
+        return summary
+
+    def put(self, run: Mapping[str, Any], entries: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Record the run's latest committed snapshot; tell listeners what changed."""
+        summary = self.summarise(run)
+        keys = self._workflows[run["workflow"]].keys(run)
+        run_id = run["id"]
+        with self._lock:
+            if run_id not in self._summaries:
+                bisect.insort(self._order, run_id)
+            self._summaries[run_id] = summary
+            for kind, values in keys.items():
+                table = self._keys.setdefault(kind, {})
+                for value in values:
+                    table[value] = run_id
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener(summary, entries or [])
+        return summary
+
+    def forget(self, run_id: str) -> None:
+        """Drop a run that never became durable."""
+        with self._lock:
+            if self._summaries.pop(run_id, None) is None:
+                return
+            index = bisect.bisect_left(self._order, run_id)
+            if index < len(self._order) and self._order[index] == run_id:
+                del self._order[index]
+            for table in self._keys.values():
+                for value in [v for v, rid in table.items() if rid == run_id]:
+                    del table[value]
+
+    def reserve(self, kind: str, value: str, run_id: str) -> None:
+        """Claim a key before the run's first commit, so a racing duplicate sees it."""
+        with self._lock:
+            self._keys.setdefault(kind, {})[value] = run_id
+
+    def subscribe(self, listener: Listener) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+
+    def get(self, run_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self._summaries.get(run_id)
+
+    def lookup(self, kind: str, value: str) -> str | None:
+        with self._lock:
+            return self._keys.get(kind, {}).get(value)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._summaries)
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            counts: dict[str, int] = {}
+            for summary in self._summaries.values():
+                counts[summary["status"]] = counts.get(summary["status"], 0) + 1
+            return counts
+
+    def newest(
+        self,
+        *,
+        before: str | None = None,
+        where: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Summaries newest first, strictly older than run ``before`` if given."""
+        with self._lock:
+            end = bisect.bisect_left(self._order, before) if before else len(self._order)
+            ids = self._order[:end]
+        # Iterate outside the lock: a slow consumer must not stall the actors.
+        for run_id in reversed(ids):
+            summary = self._summaries.get(run_id)
+            if summary is not None and (where is None or where(summary)):
+                yield summary
+
+    def page(
+        self,
+        *,
+        limit: int,
+        before: str | None = None,
+        where: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of summaries, newest first, and the cursor of the next page."""
+        items: list[dict[str, Any]] = []
+        more = False
+        for summary in self.newest(before=before, where=where):
+            if len(items) == limit:
+                more = True
+                break
+            items.append(summary)
+        return items, (items[-1]["id"] if more and items else None)

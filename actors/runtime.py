@@ -1,0 +1,100 @@
+"""The engine as the HTTP layer sees it: start runs, signal them, read them.
+
+``Runtime`` wires the supervisor, the timer queue and the index together. Its
+coroutines never block the event loop: a request travels to the supervisor
+with ``tell`` and its answer comes back in a ``concurrent.futures.Future``
+awaited through ``asyncio.wrap_future``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from concurrent.futures import Future
+from typing import Any
+
+import pykka
+
+from userflow.actors.index import RunIndex
+from userflow.actors.messages import Deliver, Delivered, Recover, Shutdown, StartResult, StartRun, TimerFired
+from userflow.actors.recovery import RecoveryReport
+from userflow.actors.run_actor import EngineParts
+from userflow.actors.supervisor import Supervisor
+from userflow.actors.timers import TimerQueue
+from userflow.actors.workflow import Workflow
+from userflow.storage import RunStore, StoredRun
+
+DEFAULT_MAX_LIVE = 256
+
+
+class Runtime:
+    def __init__(
+        self,
+        store: RunStore,
+        workflows: Mapping[str, Workflow] | list[Workflow],
+        services: Any = None,
+        *,
+        max_live: int = DEFAULT_MAX_LIVE,
+        loop: asyncio.AbstractEventLoop | None = None,
+        request_timeout: float = 30.0,
+    ) -> None:
+        if not isinstance(workflows, Mapping):
+            workflows = {workflow.name: workflow for workflow in workflows}
+        self.index = RunIndex(workflows)
+        self.timers = TimerQueue(self._timer_fired)
+        self.parts = EngineParts(store, self.index, self.timers, workflows, services, loop)
+        self.request_timeout = request_timeout
+        self._max_live = max_live
+        self._supervisor: pykka.ActorRef[Supervisor] | None = None
+        self.ready = False
+
+    # -- life cycle (blocking: call from a thread, not the event loop) --------------
+
+    def start(self) -> RecoveryReport:
+        """Start the supervisor and timers, recover stored runs, and become ready."""
+        self.timers.start()
+        self._supervisor = Supervisor.start(self.parts, self._max_live)
+        reply: Future[RecoveryReport] = Future()
+        self._supervisor.tell(Recover(reply))
+        report = reply.result()
+        self.ready = True
+        return report
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop timers, then every run actor after its current message, then the supervisor."""
+        self.ready = False
+        self.timers.stop()
+        if self._supervisor is None:
+            return
+        reply: Future[int] = Future()
+        self._supervisor.tell(Shutdown(reply))
+        reply.result(timeout=timeout)
+        self._supervisor.stop(block=True, timeout=timeout)
+        self._supervisor = None
+
+    def _timer_fired(self, run_id: str, name: str, due: float) -> None:
+        if self._supervisor is not None:
+            self._supervisor.tell(TimerFired(run_id, name, due))
+
+    # -- requests (coroutines) --------------------------------------------------------
+
+    async def _ask(self, message_for: Any) -> Any:
+        if self._supervisor is None:
+            raise RuntimeError("the engine is not running")
+        reply: Future[Any] = Future()
+        self._supervisor.tell(message_for(reply))
+        return await asyncio.wait_for(asyncio.wrap_future(reply), self.request_timeout)
+
+    async def start_run(
+        self, workflow: str, input: dict[str, Any], dedupe: tuple[str, str] | None = None
+    ) -> StartResult:
+        """Start a run; returns once its first snapshot is durable."""
+        return await self._ask(lambda reply: StartRun(workflow, input, dedupe, reply))
+
+    async def signal(self, run_id: str, name: str, payload: dict[str, Any]) -> Delivered:
+        """Deliver a signal; returns once it is durably recorded (or was already)."""
+        return await self._ask(lambda reply: Deliver(run_id, name, payload, reply))
+
+    async def read(self, run_id: str) -> StoredRun | None:
+        """The run's last committed snapshot and timeline, read off the event loop."""
+        return await asyncio.to_thread(self.parts.store.read, run_id)

@@ -1,0 +1,36 @@
+"""A small list of well-known disposable email domains, for the risk heuristic."""
+
+DISPOSABLE_DOMAINS = frozenset(
+    {
+        "10minutemail.com",
+        "20minutemail.com",
+        "33mail.com",
+        "dispostable.com",
+        "emailondeck.com",
+        "fakeinbox.com",
+        "getairmail.com",
+        "getnada.com",
+        "guerrillamail.com",
+        "guerrillamail.net",
+        "guerrillamailblock.com",
+        "maildrop.cc",
+        "mailinator.com",
+        "mailnesia.com",
+        "mintemail.com",
+        "mohmal.com",
+        "mytemp.email",
+        "sharklasers.com",
+        "spambox.us",
+        "spamgourmet.com",
+        "temp-mail.org",
+        "tempail.com",
+        "tempmail.com",
+        "tempmailo.com",
+        "tempr.email",
+        "throwawaymail.com",
+        "trashmail.com",
+        "trashmail.de",
+        "yopmail.com",
+        "yopmail.net",
+    }
+)

@@ -1,0 +1,211 @@
+"""The user-signup workflow, top to bottom as the business process reads.
+
+1. create-user              persist the user, status PENDING
+2. send-verification-email  one email with a link, never duplicated
+3. wait-for-verification    durable wait for the email-verified signal
+4. ai-risk-check            ALLOW or FLAG, with reasons and how it was decided
+5. finalize-user            the user becomes ACTIVE or FLAGGED
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from userflow.actors.retry import RetryPolicy
+from userflow.actors.signup.email import Mailer, verification_email
+from userflow.actors.signup.risk import Verdict, assess
+from userflow.actors.signup.tokens import TokenSigner, token_hash
+from userflow.actors.status import RunStatus
+from userflow.actors.timeutil import iso_now
+from userflow.actors.workflow import SignalRejected, Step, StepContext, Wait, Workflow
+
+NAME = "user-signup"
+EMAIL_VERIFIED = "email-verified"
+
+
+class UserStatus:
+    PENDING = "PENDING"
+    ACTIVE = "ACTIVE"
+    FLAGGED = "FLAGGED"
+    EXPIRED = "EXPIRED"
+
+
+class RiskChecker(Protocol):
+    name: str
+
+    def assess(self, email: str, name: str) -> Verdict: ...
+
+
+@dataclass
+class SignupServices:
+    """The integrations the signup steps use, handed in at startup."""
+
+    tokens: TokenSigner
+    mailer: Mailer
+    risk: RiskChecker
+    public_url: str
+
+    def link(self, run_id: str, send_no: int) -> str:
+        return f"{self.public_url}/verify?token={self.tokens.token(run_id, send_no)}"
+
+
+# -- the steps ------------------------------------------------------------------------
+
+
+def create_user(ctx: StepContext) -> dict[str, Any]:
+    user = ctx.state.get("user")
+    if user is None:  # idempotent: a repeated attempt finds the user made
+        user = ctx.state["user"] = {
+            "id": ctx.input["userId"],
+            "email": ctx.input["email"],
+            "name": ctx.input["name"],
+            "status": UserStatus.PENDING,
+            "risk": None,
+            "createdAt": ctx.input["requestedAt"],
+            "finishedAt": None,
+        }
+    return {"userId": user["id"], "status": user["status"]}
+
+
+def send_verification_email(ctx: StepContext) -> dict[str, Any]:
+    services: SignupServices = ctx.services
+    send_no = ctx.state.setdefault("sendNo", 1)
+    token = services.tokens.token(ctx.run_id, send_no)
+    digest = token_hash(token)
+    hashes = ctx.state.setdefault("tokenHashes", [])
+    if digest not in hashes:
+        hashes.append(digest)
+    ctx.state["tokenHash"] = digest
+    user = ctx.state["user"]
+    email = verification_email(
+        run_id=ctx.run_id,
+        kind="verification",
+        send_no=send_no,
+        to=user["email"],
+        name=user["name"],
+        link=services.link(ctx.run_id, send_no),
+    )
+    return services.mailer.deliver(ctx, email, send_no)
+
+
+def accept_verification(run: Mapping[str, Any], payload: Mapping[str, Any]) -> None:
+    state = run["state"]
+    digest = payload.get("tokenHash")
+    if digest not in state.get("tokenHashes", ()):
+        raise SignalRejected("unknown", "this verification link is not valid")
+    if digest != state.get("tokenHash"):
+        raise SignalRejected("expired", "this link was replaced by a newer email; use the latest link")
+
+
+def ai_risk_check(ctx: StepContext) -> dict[str, Any]:
+    services: SignupServices = ctx.services
+    user = ctx.state["user"]
+    verdict = services.risk.assess(user["email"], user["name"]).as_record()
+    user["risk"] = verdict
+    ctx.log(f"risk decision {verdict['decision']} (score {verdict['score']}, {verdict['source']})", "risk-decision")
+    return verdict
+
+
+def heuristic_fallback(ctx: StepContext, error: BaseException) -> dict[str, Any]:
+    user = ctx.state["user"]
+    verdict = assess(user["email"], user["name"], source="heuristic-fallback").as_record()
+    verdict["attempts"] = ctx.attempt
+    user["risk"] = verdict
+    ctx.log(f"risk decision {verdict['decision']} by the local heuristic after: {error}", "risk-decision")
+    return verdict
+
+
+def finalize_user(ctx: StepContext) -> dict[str, Any]:
+    user = ctx.state["user"]
+    decision = ctx.outputs["ai-risk-check"]["decision"]
+    user["status"] = UserStatus.ACTIVE if decision == "ALLOW" else UserStatus.FLAGGED
+    user["finishedAt"] = user["finishedAt"] or iso_now()
+    ctx.log(f"user {user['id']} is {user['status']}")
+    return {"userId": user["id"], "status": user["status"]}
+
+
+# -- how the engine indexes and summarises signup runs --------------------------------
+
+
+def _verified_at(run: Mapping[str, Any]) -> str | None:
+    for step in run["steps"]:
+        if step["id"] == "wait-for-verification" and step["output"]:
+            return step["output"]["receivedAt"]
+    for signal in run["signals"]:
+        if signal["name"] == EMAIL_VERIFIED:
+            return signal["receivedAt"]
+    return None
+
+
+def user_of(run: Mapping[str, Any]) -> dict[str, Any]:
+    """The user record, also before create-user has run (then PENDING, from the input)."""
+    stored = run["state"].get("user")
+    given = run["input"]
+    user = {
+        "id": given["userId"],
+        "email": given["email"],
+        "name": given["name"],
+        "status": UserStatus.PENDING,
+        "risk": None,
+        "createdAt": given["requestedAt"],
+        "finishedAt": None,
+    }
+    if stored:
+        user.update(stored)
+    user["verifiedAt"] = _verified_at(run)
+    user["workflowId"] = run["id"]
+    return user
+
+
+def summary(run: Mapping[str, Any]) -> dict[str, Any]:
+    emails = [
+        {key: e[key] for key in ("messageId", "kind", "to", "subject", "sendNo", "sentAt")}
+        for e in run["state"].get("emails", ())
+        if e["status"] == "sent"
+    ]
+    return {"userId": run["input"]["userId"], "user": user_of(run), "emails": emails}
+
+
+def keys(run: Mapping[str, Any]) -> dict[str, list[str]]:
+    return {
+        "email": [run["input"]["emailKey"]],
+        "user": [run["input"]["userId"]],
+        "token": list(run["state"].get("tokenHashes", ())),
+    }
+
+
+def on_duplicate(existing: Mapping[str, Any]) -> str:
+    """A signup for an email that already has a run."""
+    if existing["user"]["status"] in (UserStatus.ACTIVE, UserStatus.FLAGGED):
+        return "conflict"
+    if existing["status"] in (RunStatus.RUNNING, RunStatus.WAITING, RunStatus.FAILED):
+        return "reuse"  # idempotent: the same PENDING user, never a second one
+    return "new"  # expired or cancelled: start afresh
+
+
+SIGNUP = Workflow(
+    name=NAME,
+    steps=(
+        Step("create-user", "Create user", create_user, RetryPolicy(max_attempts=3, initial_backoff=0.5)),
+        Step(
+            "send-verification-email",
+            "Send verification email",
+            send_verification_email,
+            RetryPolicy(max_attempts=5, initial_backoff=0.5, coefficient=2.0, max_backoff=30.0),
+        ),
+        Wait("wait-for-verification", "Wait for verification", EMAIL_VERIFIED, accept_verification),
+        Step(
+            "ai-risk-check",
+            "AI risk check",
+            ai_risk_check,
+            RetryPolicy(max_attempts=3, initial_backoff=1.0, coefficient=2.0, max_backoff=10.0),
+            fallback=heuristic_fallback,
+        ),
+        Step("finalize-user", "Finalize user", finalize_user, RetryPolicy(max_attempts=3, initial_backoff=0.5)),
+    ),
+    keys=keys,
+    summary=summary,
+    on_duplicate=on_duplicate,
+)

@@ -1,0 +1,235 @@
+"""Supervisor: starts runs, routes messages to run actors, passivates them.
+
+It is the only sender of messages to run actors, which is what makes
+passivation safe: it counts what it routed to each live actor, and stops an
+actor that reports ``Idle`` only when the actor has handled all of it. A
+message for a run with no live actor activates one (from the run's snapshot)
+and is handed over in order. Live actors are capped; runs beyond the cap wait
+in an activation queue with their messages, holding no thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import pykka
+
+from userflow.actors import recovery
+from userflow.actors.messages import (
+    ActorFailed,
+    AwaitDurable,
+    Bounce,
+    Deliver,
+    Idle,
+    Recover,
+    Shutdown,
+    StartResult,
+    StartRun,
+    TimerFired,
+    reject,
+    resolve,
+)
+from userflow.actors.run_actor import EngineParts, RunActor, new_run
+from userflow.actors.timeutil import now
+
+log = logging.getLogger(__name__)
+
+ACTIVATE_TIMER = "activate"
+
+
+class DuplicateRun(Exception):
+    """The dedupe key belongs to a run that forbids a new one."""
+
+    def __init__(self, run_id: str, summary: dict[str, Any]) -> None:
+        super().__init__(f"run {run_id} already holds this key")
+        self.run_id = run_id
+        self.summary = summary
+
+
+class ShuttingDown(Exception):
+    """The server is stopping and accepts no new work."""
+
+
+def new_run_id() -> str:
+    """Ids sort by creation time (milliseconds), then by 40 random bits."""
+    return f"wf_{time.time_ns() // 1_000_000:012x}{secrets.token_hex(5)}"
+
+
+@dataclass
+class _Live:
+    ref: pykka.ActorRef[Any]
+    urn: str
+    routed: int = 0
+
+
+@dataclass
+class _Queued:
+    messages: list[Any] = field(default_factory=list)
+    created: dict[str, Any] | None = None
+    created_reply: Any = None
+
+
+class Supervisor(pykka.ThreadingActor):
+    use_daemon_thread = True
+
+    def __init__(self, parts: EngineParts, max_live: int) -> None:
+        super().__init__()
+        self._parts = parts
+        self._max_live = max_live
+        self._live: dict[str, _Live] = {}
+        self._queued: OrderedDict[str, _Queued] = OrderedDict()
+        self._parked: dict[str, int] = {}  # run id -> consecutive failures, waiting to retry
+        self._stopping = False
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Deliver | TimerFired | AwaitDurable):
+            if message.run_id in self._parked and isinstance(message, TimerFired) and message.name == ACTIVATE_TIMER:
+                del self._parked[message.run_id]
+                self._queued.setdefault(message.run_id, _Queued())
+                self._activate_queued()
+            else:
+                self._route(message.run_id, message)
+        elif isinstance(message, StartRun):
+            self._start(message)
+        elif isinstance(message, Idle):
+            self._idle(message)
+        elif isinstance(message, Bounce):
+            self._route(message.run_id, message.message)
+        elif isinstance(message, ActorFailed):
+            self._failed(message)
+        elif isinstance(message, Recover):
+            self._recover(message)
+        elif isinstance(message, Shutdown):
+            self._shutdown(message)
+        else:
+            log.warning("supervisor: unexpected message %r", message)
+        return None
+
+    # -- starting runs ------------------------------------------------------------
+
+    def _start(self, message: StartRun) -> None:
+        if self._stopping:
+            reject(message.reply, ShuttingDown("the server is shutting down"))
+            return
+        workflow = self._parts.workflows[message.workflow]
+        index = self._parts.index
+        if message.dedupe is not None:
+            existing = index.lookup(*message.dedupe)
+            summary = index.get(existing) if existing else None
+            if existing and summary is not None:
+                decision = workflow.on_duplicate(summary)
+                if decision == "conflict":
+                    reject(message.reply, DuplicateRun(existing, summary))
+                    return
+                if decision == "reuse":
+                    # Answer only once the first start is durable: through the
+                    # actor if it is still live, at once otherwise.
+                    if existing in self._live or existing in self._queued:
+                        self._route(existing, AwaitDurable(existing, message.reply))
+                    else:
+                        resolve(message.reply, StartResult(existing, False, summary))
+                    return
+        run_id = new_run_id()
+        run = new_run(workflow, run_id, message.input)
+        index.put(run)
+        if message.dedupe is not None:
+            index.reserve(*message.dedupe, run_id)
+        self._queued[run_id] = _Queued(created=run, created_reply=message.reply)
+        self._activate_queued()
+
+    # -- routing and passivation ------------------------------------------------
+
+    def _route(self, run_id: str, message: Any) -> None:
+        live = self._live.get(run_id)
+        if live is not None:
+            live.ref.tell(message)
+            live.routed += 1
+            return
+        if self._stopping:
+            if isinstance(message, Deliver | AwaitDurable):
+                reject(message.reply, ShuttingDown("the server is shutting down"))
+            return
+        queued = self._queued.get(run_id)
+        if queued is None:
+            queued = self._queued[run_id] = _Queued()
+        queued.messages.append(message)
+        self._activate_queued()
+
+    def _activate_queued(self) -> None:
+        while self._queued and len(self._live) < self._max_live and not self._stopping:
+            run_id = next((rid for rid in self._queued if rid not in self._parked), None)
+            if run_id is None:
+                return
+            queued = self._queued.pop(run_id)
+            ref = RunActor.start(self._parts, self.actor_ref, run_id, queued.created, queued.created_reply)
+            live = self._live[run_id] = _Live(ref, ref.actor_urn)
+            for message in queued.messages:
+                ref.tell(message)
+                live.routed += 1
+
+    def _idle(self, message: Idle) -> None:
+        live = self._live.get(message.run_id)
+        if live is None or live.urn != message.urn or live.routed != message.handled:
+            return  # stale: the actor has more to handle and will report again
+        del self._live[message.run_id]
+        self._parked.pop(message.run_id, None)
+        live.ref.stop(block=False)
+        self._activate_queued()
+
+    def _failed(self, message: ActorFailed) -> None:
+        live = self._live.get(message.run_id)
+        if live is not None and live.urn == message.urn:
+            del self._live[message.run_id]
+        if not message.created:
+            # The run never became durable: the caller got the error, forget it.
+            self._parts.index.forget(message.run_id)
+            self._queued.pop(message.run_id, None)
+            self._activate_queued()
+            return
+        failures = self._parked.get(message.run_id, 0) + 1
+        self._parked[message.run_id] = failures
+        delay = min(60.0, 0.5 * 2 ** (failures - 1))
+        log.error("run %s stopped (%s); reactivating in %.1f s", message.run_id, message.reason, delay)
+        self._queued.setdefault(message.run_id, _Queued())
+        self._parts.timers.schedule(message.run_id, ACTIVATE_TIMER, now() + delay)
+        self._activate_queued()
+
+    # -- start and stop -----------------------------------------------------------
+
+    def _recover(self, message: Recover) -> None:
+        try:
+            report = recovery.recover(self._parts)
+        except Exception as exc:  # noqa: BLE001
+            reject(message.reply, exc)
+            return
+        for run_id in report.resume:
+            self._queued.setdefault(run_id, _Queued())
+        self._activate_queued()
+        resolve(message.reply, report)
+
+    def _shutdown(self, message: Shutdown) -> None:
+        self._stopping = True
+        refs = [live.ref for live in self._live.values()]
+        self._live.clear()
+        for ref in refs:
+            ref.stop(block=False)
+        for ref in refs:
+            try:
+                ref.stop(block=True, timeout=10)
+            except pykka.Timeout:
+                log.warning("a run actor did not stop within 10 s")
+        for queued in self._queued.values():
+            reject(queued.created_reply, ShuttingDown("the server is shutting down"))
+            for pending in queued.messages:
+                if isinstance(pending, Deliver | AwaitDurable):
+                    reject(pending.reply, ShuttingDown("the server is shutting down"))
+        self._queued.clear()
+        resolve(message.reply, len(refs))
+
+    def live_count(self) -> int:
+        return len(self._live)

@@ -1,0 +1,158 @@
+"""What a workflow is: an ordered list of steps, described as data.
+
+The engine knows nothing about any particular workflow. A workflow is a
+:class:`Workflow` holding :class:`Step` (run a function, with a retry policy)
+and :class:`Wait` (park durably until a named signal arrives) items, plus a few
+hooks that let the engine index and summarise its runs without understanding
+them.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from userflow.actors.retry import RetryPolicy
+from userflow.actors.timeutil import iso_now
+
+
+class SignalRejected(Exception):
+    """A signal the run refuses: ``reason`` is a short code such as ``expired``."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class StepContext:
+    """What a step function sees: its run, its attempt, and the run's state.
+
+    ``state`` is a private copy: it becomes the run's state only if the step
+    succeeds, so a failed attempt leaves nothing half-written. ``checkpoint()``
+    makes the copy durable at once, for steps that must record an intent before
+    an outside effect (an email's Message-ID before it is sent).
+    """
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        step_id: str,
+        attempt: int,
+        input: Mapping[str, Any],
+        state: dict[str, Any],
+        outputs: Mapping[str, Any],
+        services: Any,
+        checkpoint: Callable[[StepContext], None],
+    ) -> None:
+        self.run_id = run_id
+        self.step_id = step_id
+        self.attempt = attempt
+        self.input = input
+        self.state = copy.deepcopy(state)
+        self.outputs = outputs
+        self.services = services
+        self.entries: list[dict[str, Any]] = []
+        self._checkpoint = checkpoint
+
+    def log(self, message: str, type: str = "info") -> None:
+        """Add a timeline entry, recorded with the step's next commit."""
+        self.entries.append({"at": iso_now(), "type": type, "message": message})
+
+    def checkpoint(self) -> None:
+        """Durably record the state and log entries so far, before going on."""
+        self._checkpoint(self)
+
+
+StepFunction = Callable[[StepContext], Any]
+Fallback = Callable[[StepContext, BaseException], Any]
+
+
+@dataclass(frozen=True)
+class Step:
+    """Run ``run(context)``; its return value (JSON-able) is the step's output.
+
+    ``run`` may be a plain or an ``async`` function. When retries are exhausted
+    and ``fallback`` is set, the fallback's return value completes the step
+    instead of failing the run.
+    """
+
+    id: str
+    name: str
+    run: StepFunction
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    fallback: Fallback | None = None
+    kind: Literal["task"] = "task"
+
+
+SignalCheck = Callable[[Mapping[str, Any], Mapping[str, Any]], None]
+
+
+def _accept_all(run: Mapping[str, Any], payload: Mapping[str, Any]) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Park the run until signal ``signal`` arrives; no thread is held meanwhile.
+
+    ``accept(run, payload)`` vets a signal when it is delivered (raising
+    :class:`SignalRejected`), which can be before the run reaches this wait: an
+    accepted signal is recorded at once and consumed when the wait starts.
+    """
+
+    id: str
+    name: str
+    signal: str
+    accept: SignalCheck = _accept_all
+    kind: Literal["wait"] = "wait"
+
+
+Duplicate = Literal["reuse", "conflict", "new"]
+
+
+def _no_keys(run: Mapping[str, Any]) -> dict[str, list[str]]:
+    return {}
+
+
+def _no_summary(run: Mapping[str, Any]) -> dict[str, Any]:
+    return {}
+
+
+def _always_new(summary: Mapping[str, Any]) -> Duplicate:
+    return "new"
+
+
+@dataclass(frozen=True)
+class Workflow:
+    """An ordered list of steps and the hooks the engine needs to serve its runs.
+
+    - ``keys(run)``: lookup keys for a run, e.g. ``{"email": [...]}``, kept in
+      the in-memory index (rebuilt from storage at startup);
+    - ``summary(run)``: small extra fields kept in memory for listings;
+    - ``on_duplicate(summary)``: what a start with the same dedupe key does when
+      a run already holds it: return that run, refuse, or start a new one.
+    """
+
+    name: str
+    steps: tuple[Step | Wait, ...]
+    keys: Callable[[Mapping[str, Any]], dict[str, list[str]]] = _no_keys
+    summary: Callable[[Mapping[str, Any]], dict[str, Any]] = _no_summary
+    on_duplicate: Callable[[Mapping[str, Any]], Duplicate] = _always_new
+
+    def __post_init__(self) -> None:
+        ids = [step.id for step in self.steps]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"workflow {self.name}: step ids must be unique")
+        signals = [step.signal for step in self.steps if isinstance(step, Wait)]
+        if len(set(signals)) != len(signals):
+            raise ValueError(f"workflow {self.name}: one wait per signal")
+
+    def wait_for(self, signal: str) -> Wait | None:
+        for step in self.steps:
+            if isinstance(step, Wait) and step.signal == signal:
+                return step
+        return None

@@ -1,0 +1,17 @@
+"""Durable storage for userflow: per-run TinyDB files written atomically."""
+
+from userflow.storage.atomic import CorruptFileError, StorageError
+from userflow.storage.datadir import DataDir, DataDirBusy
+from userflow.storage.runs import FileRunStore, RunHandle, RunStore, StoredRun, valid_run_id
+
+__all__ = [
+    "CorruptFileError",
+    "DataDir",
+    "DataDirBusy",
+    "FileRunStore",
+    "RunHandle",
+    "RunStore",
+    "StorageError",
+    "StoredRun",
+    "valid_run_id",
+]

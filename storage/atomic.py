@@ -1,0 +1,135 @@
+"""A TinyDB storage that never leaves a torn file behind.
+
+TinyDB's own JSONStorage truncates and rewrites its file in place, so a crash in
+the middle of a write loses the whole database. This storage writes the new
+content to a temporary file, fsyncs it, renames it over the old one and fsyncs
+the directory: after a crash the file holds either the old or the new content.
+
+It also opens the file only while reading or writing (no descriptor is held per
+run), and can defer writes so that several table updates become one durable
+write (see :meth:`AtomicJSONStorage.batch`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+from tinydb.storages import Storage
+
+from userflow.storage.faults import crash_point
+
+FILE_MODE = 0o600
+
+
+class StorageError(OSError):
+    """Persisting failed (disk full, I/O error): nothing was made durable."""
+
+
+class CorruptFileError(ValueError):
+    """A stored file exists but cannot be parsed."""
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str, payload: bytes) -> None:
+    """Make ``payload`` the durable content of ``path``, all or nothing."""
+    directory = os.path.dirname(path) or "."
+    tmp = f"{path}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        try:
+            view = memoryview(payload)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        crash_point("storage", "before-rename")
+        os.replace(tmp, path)
+        fsync_dir(directory)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise StorageError(exc.errno, f"could not persist {os.path.basename(path)}: {exc.strerror}") from exc
+
+
+def read_json(path: str) -> Any:
+    """The parsed content of ``path``, or None if it does not exist."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except FileNotFoundError:
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise CorruptFileError(f"{path}: {exc}") from exc
+
+
+class AtomicJSONStorage(Storage):
+    """TinyDB storage: cached in memory, written atomically, fd-free at rest."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._data: dict[str, dict[str, Any]] | None = None
+        self._loaded = False
+        self._deferred = 0
+        self._dirty = False
+
+    def read(self) -> dict[str, dict[str, Any]] | None:
+        if not self._loaded:
+            data = read_json(self._path)
+            if data is not None and not isinstance(data, dict):
+                raise CorruptFileError(f"{self._path}: not a TinyDB document")
+            self._data = data
+            self._loaded = True
+        return self._data
+
+    def write(self, data: dict[str, dict[str, Any]]) -> None:
+        self._data = data
+        self._loaded = True
+        if self._deferred:
+            self._dirty = True
+            return
+        self._flush()
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Turn every write inside the block into one durable write at its end.
+
+        If the block raises, nothing is written and the cache is dropped so the
+        next read sees what is really on disk.
+        """
+        self._deferred += 1
+        try:
+            yield
+        except BaseException:
+            self._deferred -= 1
+            self._dirty = False
+            self._loaded = False
+            raise
+        self._deferred -= 1
+        if not self._deferred and self._dirty:
+            self._dirty = False
+            try:
+                self._flush()
+            except StorageError:
+                self._loaded = False
+                raise
+
+    def _flush(self) -> None:
+        write_atomic(self._path, orjson.dumps(self._data or {}))
+
+    def close(self) -> None:
+        """Nothing to close: the file is only open during a read or write."""
