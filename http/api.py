@@ -1,0 +1,172 @@
+"""HTTP handlers of the JSON API: translate requests into engine calls and back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from userflow.actors.signup import EMAIL_VERIFIED, NAME, SignupServices
+from userflow.actors.signup.tokens import token_hash, well_formed
+from userflow.actors.status import RunStatus
+from userflow.actors.supervisor import DuplicateRun, new_run_id
+from userflow.actors.timeutil import iso_now
+from userflow.actors.workflow import SignalRejected
+from userflow.http import views
+from userflow.http.errors import ApiError, json_response
+from userflow.http.keys import RUNTIME, SERVICES
+from userflow.http.validation import SignupBody, VerifyBody, json_object, normalise_email, normalise_name, parse
+from userflow.storage import valid_run_id
+
+MAX_LIMIT = 200
+USER_STATUSES = ("PENDING", "ACTIVE", "FLAGGED", "EXPIRED")
+
+
+def new_user_id() -> str:
+    return "usr_" + new_run_id()[3:]
+
+
+# -- signup and verification ------------------------------------------------------
+
+
+async def signup(request: web.Request) -> web.Response:
+    body = parse(SignupBody, await json_object(request))
+    assert isinstance(body, SignupBody)
+    email, email_key = normalise_email(body.email)
+    name = normalise_name(body.name)
+    runtime = request.app[RUNTIME]
+    input = {"userId": new_user_id(), "email": email, "emailKey": email_key, "name": name, "requestedAt": iso_now()}
+    try:
+        result = await runtime.start_run(NAME, input, dedupe=("email", email_key))
+    except DuplicateRun as exc:
+        raise ApiError(
+            409,
+            "email_taken",
+            f"{email} is already registered (user {exc.summary['user']['status']}); sign in instead",
+        ) from None
+    return json_response(
+        {"workflowId": result.run_id, "userId": result.summary["userId"], "status": result.summary["status"]},
+        status=202,
+        headers={"Location": f"/api/workflows/{result.run_id}"},
+    )
+
+
+async def verify_token(request: web.Request, token: Any) -> dict[str, str]:
+    """Deliver the email-verified signal for ``token``; the shared core of both verify routes."""
+    if not isinstance(token, str) or not well_formed(token):
+        raise ApiError(400, "invalid_token", "token: expected the 43-character token from the verification link")
+    digest = token_hash(token)
+    runtime = request.app[RUNTIME]
+    run_id = runtime.index.lookup("token", digest)
+    if run_id is None:
+        raise ApiError(404, "unknown_token", "this verification link is not valid")
+    try:
+        await runtime.signal(run_id, EMAIL_VERIFIED, {"tokenHash": digest})
+    except SignalRejected as exc:
+        if exc.reason == "unknown":
+            raise ApiError(404, "unknown_token", "this verification link is not valid") from None
+        raise ApiError(410, "link_expired", f"this verification link no longer works: {exc.message}") from None
+    return {"workflowId": run_id, "status": "verified"}
+
+
+async def verify_get(request: web.Request) -> web.Response:
+    tokens = request.query.getall("token", [])
+    return json_response(await verify_token(request, tokens[0] if len(tokens) == 1 else None))
+
+
+async def verify_post(request: web.Request) -> web.Response:
+    body = parse(VerifyBody, await json_object(request))
+    assert isinstance(body, VerifyBody)
+    return json_response(await verify_token(request, body.token))
+
+
+# -- reading ----------------------------------------------------------------------
+
+
+def _limit(request: web.Request, default: int = 50) -> int:
+    raw = request.query.get("limit")
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise ApiError(400, "invalid_limit", f"limit: a whole number from 1 to {MAX_LIMIT}")
+    return int(raw)
+
+
+def _cursor(request: web.Request) -> str | None:
+    raw = request.query.get("cursor")
+    if raw is not None and not valid_run_id(raw):
+        raise ApiError(400, "invalid_cursor", "cursor: pass back the nextCursor of the previous page")
+    return raw
+
+
+def _choice(request: web.Request, name: str, allowed: tuple[str, ...]) -> str | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    if raw.upper() not in allowed:
+        raise ApiError(400, f"invalid_{name}", f"{name}: one of {', '.join(allowed)}")
+    return raw.upper()
+
+
+async def list_workflows(request: web.Request) -> web.Response:
+    status = _choice(request, "status", tuple(RunStatus))
+    limit, cursor = _limit(request), _cursor(request)
+    where = (lambda s: s["status"] == status) if status else None
+    items, next_cursor = request.app[RUNTIME].index.page(limit=limit, before=cursor, where=where)
+    return json_response({"workflows": [views.workflow_summary(s) for s in items], "nextCursor": next_cursor})
+
+
+async def get_workflow(request: web.Request) -> web.Response:
+    run_id = request.match_info["id"]
+    runtime = request.app[RUNTIME]
+    summary = runtime.index.get(run_id) if valid_run_id(run_id) else None
+    stored = await runtime.read(run_id) if summary else None
+    if summary is None or stored is None:
+        raise ApiError(404, "workflow_not_found", f"no workflow with id {run_id!r}")
+    return json_response(views.workflow_detail(stored, runtime.index.get(run_id) or summary))
+
+
+async def list_users(request: web.Request) -> web.Response:
+    status = _choice(request, "status", USER_STATUSES)
+    limit, cursor = _limit(request), _cursor(request)
+    where = (lambda s: s["user"]["status"] == status) if status else None
+    items, next_cursor = request.app[RUNTIME].index.page(limit=limit, before=cursor, where=where)
+    return json_response({"users": [views.user(s) for s in items], "nextCursor": next_cursor})
+
+
+async def get_user(request: web.Request) -> web.Response:
+    user_id = request.match_info["id"]
+    index = request.app[RUNTIME].index
+    run_id = index.lookup("user", user_id)
+    summary = index.get(run_id) if run_id else None
+    if summary is None:
+        raise ApiError(404, "user_not_found", f"no user with id {user_id!r}")
+    return json_response(views.user(summary))
+
+
+async def outbox(request: web.Request) -> web.Response:
+    services: SignupServices = request.app[SERVICES]
+    if not services.mailer.outbox_mode:
+        raise ApiError(404, "outbox_disabled", "emails are sent over SMTP; there is no outbox to show")
+    limit = _limit(request, default=100)
+    emails: list[dict[str, Any]] = []
+    for summary in request.app[RUNTIME].index.newest(where=lambda s: bool(s["emails"])):
+        emails.extend(views.outbox_email(summary, e, services) for e in summary["emails"])
+        if len(emails) >= limit * 2:
+            break
+    emails.sort(key=lambda e: e["sentAt"], reverse=True)
+    return json_response({"emails": emails[:limit]})
+
+
+# -- health -----------------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    runtime = request.app.get(RUNTIME)
+    if runtime is None or not runtime.ready:
+        return json_response({"status": "starting"}, status=503, headers={"Retry-After": "1"})
+    return json_response({"status": "ready", "runs": len(runtime.index)})

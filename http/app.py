@@ -1,0 +1,94 @@
+"""The aiohttp application: routes, middlewares, and the engine's life cycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from userflow.actors.runtime import Runtime
+from userflow.actors.signup import SIGNUP, SignupServices
+from userflow.actors.signup.email import Mailer, OutboxTransport
+from userflow.actors.signup.risk import HeuristicRisk
+from userflow.actors.signup.smtp import SmtpTransport
+from userflow.actors.signup.tokens import TokenSigner
+from userflow.http import api, pages
+from userflow.http.config import Settings
+from userflow.http.errors import error_middleware, error_response
+from userflow.http.keys import RUNTIME, SERVICES, SETTINGS
+from userflow.http.openapi import openapi
+from userflow.storage import DataDir, FileRunStore
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 16 * 1024
+
+
+def make_services(settings: Settings, data_dir: DataDir, public_url: str) -> SignupServices:
+    transport = OutboxTransport() if settings.outbox_mode else SmtpTransport(settings.smtp_url or "", settings.mail_from)
+    return SignupServices(
+        tokens=TokenSigner(data_dir.secret()),
+        mailer=Mailer(transport, settings.failure_rate),
+        risk=HeuristicRisk(),
+        public_url=public_url,
+    )
+
+
+@web.middleware
+async def readiness_middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    """Until recovery has rebuilt the index, the API would answer from half the truth."""
+    if request.path.startswith("/api/") or request.path == "/verify":
+        runtime = request.app.get(RUNTIME)
+        if runtime is None or not runtime.ready:
+            return error_response(503, "starting", "the server is recovering its runs; retry in a moment", {"Retry-After": "1"})
+    return await handler(request)
+
+
+def build_app(settings: Settings, data_dir: DataDir, public_url: str, *, autostart: bool = True) -> web.Application:
+    """The application; with ``autostart`` the engine starts (and recovers) at app startup."""
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[error_middleware, readiness_middleware])
+    app[SETTINGS] = settings
+    app[SERVICES] = make_services(settings, data_dir, public_url)
+
+    async def engine(app: web.Application) -> AsyncIterator[None]:
+        runtime = Runtime(
+            FileRunStore(data_dir.path),
+            [SIGNUP],
+            app[SERVICES],
+            max_live=settings.max_live_actors,
+            loop=asyncio.get_running_loop(),
+        )
+        app[RUNTIME] = runtime
+        if autostart:
+            await start_engine(app)
+        yield
+        await asyncio.to_thread(runtime.stop)
+
+    app.cleanup_ctx.append(engine)
+    add_routes(app)
+    return app
+
+
+async def start_engine(app: web.Application) -> None:
+    report = await asyncio.to_thread(app[RUNTIME].start)
+    log.info("ready: %d runs recovered, %d resumed", report.runs, len(report.resume))
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/api/signup", api.signup)
+    app.router.add_get("/api/verify", api.verify_get)
+    app.router.add_post("/api/verify", api.verify_post)
+    app.router.add_get("/api/workflows", api.list_workflows)
+    app.router.add_get("/api/workflows/{id}", api.get_workflow)
+    app.router.add_get("/api/users", api.list_users)
+    app.router.add_get("/api/users/{id}", api.get_user)
+    app.router.add_get("/api/outbox", api.outbox)
+    app.router.add_get("/api/openapi.json", openapi)
+    app.router.add_get("/healthz", api.healthz)
+    app.router.add_get("/readyz", api.readyz)
+    app.router.add_get("/verify", pages.verify_page)
+    app.router.add_post("/verify", pages.verify_submit)
+    app.router.add_get("/", pages.dashboard)
+    app.router.add_static("/static/", pages.STATIC_DIR, show_index=False, follow_symlinks=False)

@@ -1,0 +1,11 @@
+"""Typed keys of the application's shared state."""
+
+from aiohttp import web
+
+from userflow.actors.runtime import Runtime
+from userflow.actors.signup import SignupServices
+from userflow.http.config import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+RUNTIME = web.AppKey("runtime", Runtime)
+SERVICES = web.AppKey("services", SignupServices)

@@ -1,0 +1,243 @@
+"""The OpenAPI 3.1 description of the API, served at /api/openapi.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from userflow.http.errors import json_response
+
+_STR = {"type": "string"}
+_TIME = {"type": "string", "format": "date-time"}
+_NTIME = {"type": ["string", "null"], "format": "date-time"}
+_NSTR = {"type": ["string", "null"]}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _obj(required: list[str], **props: Any) -> dict[str, Any]:
+    return {"type": "object", "required": required, "properties": props}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {
+        400: "invalid input",
+        404: "not found",
+        409: "conflict with the current state",
+        410: "no longer valid",
+        413: "body too large",
+        415: "body is not JSON",
+        503: "starting, shutting down or storage unavailable",
+    }
+    return {str(code): _json(_ref("Error"), text[code]) for code in codes}
+
+
+_LIMIT = {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200}}
+_CURSOR = {"name": "cursor", "in": "query", "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}}
+_TOKEN = {"name": "token", "in": "query", "required": True, "schema": {"type": "string"}}
+_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+_BODY_ERRORS = (400, 413, 415, 503)
+
+SCHEMAS: dict[str, Any] = {
+    "Error": _obj(["error"], error=_obj(["code", "message"], code=_STR, message=_STR)),
+    "SignupRequest": {
+        **_obj(["email", "name"], email={"type": "string", "maxLength": 254}, name={"type": "string", "maxLength": 100}),
+        "additionalProperties": False,
+    },
+    "SignupAccepted": _obj(["workflowId", "userId", "status"], workflowId=_STR, userId=_STR, status=_STR),
+    "VerifyRequest": {**_obj(["token"], token=_STR), "additionalProperties": False},
+    "Verified": _obj(["workflowId", "status"], workflowId=_STR, status={"const": "verified"}),
+    "Risk": {
+        "type": ["object", "null"],
+        "properties": {
+            "decision": {"enum": ["ALLOW", "FLAG"]},
+            "score": {"type": "number"},
+            "reasons": {"type": "array", "items": _STR},
+            "source": {"enum": ["gemini", "heuristic", "heuristic-fallback"]},
+            "model": _NSTR,
+            "attempts": {"type": ["integer", "null"]},
+            "latencyMs": {"type": ["number", "null"]},
+        },
+    },
+    "User": _obj(
+        ["id", "email", "name", "status", "risk", "createdAt", "verifiedAt", "finishedAt"],
+        id=_STR,
+        email=_STR,
+        name=_STR,
+        status={"enum": ["PENDING", "ACTIVE", "FLAGGED", "EXPIRED"]},
+        risk=_ref("Risk"),
+        workflowId=_STR,
+        createdAt=_TIME,
+        verifiedAt=_NTIME,
+        finishedAt=_NTIME,
+    ),
+    "WorkflowSummary": _obj(
+        ["id", "workflow", "status", "currentStep", "userId", "createdAt", "updatedAt"],
+        id=_STR,
+        workflow=_STR,
+        status={"enum": ["RUNNING", "WAITING", "COMPLETED", "FAILED", "CANCELLED"]},
+        currentStep=_NSTR,
+        userId=_STR,
+        email=_STR,
+        userStatus=_STR,
+        outcome=_NSTR,
+        error={"type": ["object", "null"]},
+        createdAt=_TIME,
+        updatedAt=_TIME,
+        finishedAt=_NTIME,
+    ),
+    "Attempt": _obj(["number", "startedAt", "finishedAt", "error"], number={"type": "integer"}, startedAt=_TIME, finishedAt=_NTIME, error=_NSTR),
+    "Step": _obj(
+        ["id", "name", "status", "attempts", "output"],
+        id=_STR,
+        name=_STR,
+        kind={"enum": ["task", "wait"]},
+        status={"enum": ["PENDING", "RUNNING", "RETRYING", "WAITING", "COMPLETED", "FAILED", "SKIPPED"]},
+        attempts={"type": "array", "items": _ref("Attempt")},
+        output={},
+        startedAt=_NTIME,
+        finishedAt=_NTIME,
+        durationMs={"type": ["integer", "null"]},
+        retryAt=_NTIME,
+    ),
+    "TimelineEntry": _obj(
+        ["at", "type", "step", "attempt", "message"],
+        seq={"type": "integer"},
+        at=_TIME,
+        type=_STR,
+        step=_NSTR,
+        attempt={"type": ["integer", "null"]},
+        message=_STR,
+    ),
+    "WorkflowDetail": {
+        "allOf": [
+            _ref("WorkflowSummary"),
+            _obj(
+                ["steps", "timeline"],
+                user=_ref("User"),
+                steps={"type": "array", "items": _ref("Step")},
+                timeline={"type": "array", "items": _ref("TimelineEntry")},
+            ),
+        ]
+    },
+    "OutboxEmail": _obj(
+        ["to", "subject", "kind", "link", "messageId", "sentAt"],
+        to=_STR,
+        subject=_STR,
+        kind={"enum": ["verification", "reminder", "resend"]},
+        link=_STR,
+        messageId=_STR,
+        sentAt=_TIME,
+        text=_STR,
+        workflowId=_STR,
+        userId=_STR,
+    ),
+}
+
+
+def document() -> dict[str, Any]:
+    paths: dict[str, Any] = {
+        "/api/signup": {
+            "post": {
+                "summary": "Sign up: start the user's workflow (idempotent per email while PENDING)",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("SignupRequest")}}},
+                "responses": {
+                    "202": {**_json(_ref("SignupAccepted"), "accepted and durable"), "headers": {"Location": {"schema": _STR}}},
+                    **_errors(400, 409, 413, 415, 503),
+                },
+            }
+        },
+        "/api/verify": {
+            "get": {
+                "summary": "Verify an email address with the token from the link",
+                "parameters": [_TOKEN],
+                "responses": {"200": _json(_ref("Verified"), "verified (repeating is harmless)"), **_errors(400, 404, 410, 503)},
+            },
+            "post": {
+                "summary": "Verify an email address (for forms and clients)",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("VerifyRequest")}}},
+                "responses": {"200": _json(_ref("Verified"), "verified"), **_errors(*_BODY_ERRORS, 404, 410)},
+            },
+        },
+        "/api/workflows": {
+            "get": {
+                "summary": "Workflow runs, newest first",
+                "parameters": [{"name": "status", "in": "query", "schema": _STR}, _LIMIT, _CURSOR],
+                "responses": {
+                    "200": _json(
+                        _obj(["workflows", "nextCursor"], workflows={"type": "array", "items": _ref("WorkflowSummary")}, nextCursor=_NSTR),
+                        "one page",
+                    ),
+                    **_errors(400, 503),
+                },
+            }
+        },
+        "/api/workflows/{id}": {
+            "get": {
+                "summary": "One run with its steps, attempts and timeline",
+                "parameters": [_ID],
+                "responses": {"200": _json(_ref("WorkflowDetail"), "the run"), **_errors(404, 503)},
+            }
+        },
+        "/api/users": {
+            "get": {
+                "summary": "Users, newest first",
+                "parameters": [{"name": "status", "in": "query", "schema": _STR}, _LIMIT, _CURSOR],
+                "responses": {
+                    "200": _json(_obj(["users", "nextCursor"], users={"type": "array", "items": _ref("User")}, nextCursor=_NSTR), "one page"),
+                    **_errors(400, 503),
+                },
+            }
+        },
+        "/api/users/{id}": {
+            "get": {"summary": "One user", "parameters": [_ID], "responses": {"200": _json(_ref("User"), "the user"), **_errors(404, 503)}}
+        },
+        "/api/outbox": {
+            "get": {
+                "summary": "Emails kept in outbox mode, newest first (404 with SMTP)",
+                "parameters": [_LIMIT],
+                "responses": {
+                    "200": _json(_obj(["emails"], emails={"type": "array", "items": _ref("OutboxEmail")}), "the outbox"),
+                    **_errors(400, 404, 503),
+                },
+            }
+        },
+        "/api/openapi.json": {"get": {"summary": "This document", "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")}}},
+        "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json(_obj(["status"], status=_STR), "alive")}}},
+        "/readyz": {
+            "get": {
+                "summary": "Readiness: 200 once recovery is done",
+                "responses": {"200": _json(_obj(["status"], status=_STR), "ready"), "503": _json(_obj(["status"], status=_STR), "recovering")},
+            }
+        },
+        "/verify": {
+            "get": {
+                "summary": "Page with a button that confirms the email (GET alone verifies no one)",
+                "parameters": [{"name": "token", "in": "query", "schema": _STR}],
+                "responses": {"200": {"description": "HTML page", "content": {"text/html": {}}}},
+            },
+            "post": {
+                "summary": "The page's form submission",
+                "requestBody": {"content": {"application/x-www-form-urlencoded": {"schema": _obj([], token=_STR)}}},
+                "responses": {str(c): {"description": "HTML result page", "content": {"text/html": {}}} for c in (200, 400, 404, 410, 503)},
+            },
+        },
+        "/": {"get": {"summary": "The dashboard", "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}}}},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "userflow", "version": "0.1.0", "description": "The user lifecycle as one durable workflow per user."},
+        "paths": paths,
+        "components": {"schemas": SCHEMAS},
+    }
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(document())

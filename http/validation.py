@@ -1,0 +1,98 @@
+"""Request bodies and what makes them acceptable.
+
+Pydantic checks shape and types; email-validator checks the address and
+normalises it (surrounding space trimmed, domain lowercased, ``+tag`` kept).
+Everything rejected here is a 400 with a message that says what to fix.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+import orjson
+from aiohttp import web
+from email_validator import EmailNotValidError, validate_email
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from userflow.http.errors import ApiError
+
+MAX_EMAIL = 254
+MAX_NAME = 100
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_ASCII_UPPER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+class SignupBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    email: str = Field(max_length=1000)
+    name: str = Field(max_length=1000)
+
+
+class VerifyBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    token: str = Field(max_length=1000)
+
+
+def _explain(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "body"
+        what = "unknown field" if item["type"] == "extra_forbidden" else item["msg"]
+        parts.append(f"{where}: {what}")
+    return "; ".join(parts)
+
+
+async def json_object(request: web.Request) -> dict[str, object]:
+    """The request's JSON object body, or a 415/400/413 ApiError."""
+    if request.content_type != "application/json":
+        raise ApiError(415, "unsupported_media_type", "send the body as JSON with Content-Type: application/json")
+    raw = await request.read()
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON ({exc.msg})") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "invalid_json", "the body must be a JSON object")
+    return data
+
+
+def parse(model: type[BaseModel], data: dict[str, object]) -> BaseModel:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ApiError(400, "invalid_fields", _explain(exc)) from None
+
+
+def normalise_email(raw: str) -> tuple[str, str]:
+    """The address to store and send to, and the key that identifies its owner."""
+    email = raw.strip()
+    if not email:
+        raise ApiError(400, "invalid_email", "email: an email address is required")
+    if _CONTROL.search(email):
+        raise ApiError(400, "invalid_email", "email: control characters and line breaks are not allowed")
+    if len(email) > MAX_EMAIL:
+        raise ApiError(400, "invalid_email", f"email: at most {MAX_EMAIL} characters")
+    try:
+        result = validate_email(email, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise ApiError(400, "invalid_email", f"email: {exc}") from None
+    normalized = result.normalized
+    if len(normalized) > MAX_EMAIL:
+        raise ApiError(400, "invalid_email", f"email: at most {MAX_EMAIL} characters")
+    local, _, domain = normalized.rpartition("@")
+    # Only ASCII case is folded for the key: Unicode look-alikes stay distinct.
+    return normalized, f"{local.translate(_ASCII_UPPER)}@{domain.lower()}"
+
+
+def normalise_name(raw: str) -> str:
+    name = unicodedata.normalize("NFC", " ".join(raw.split()))
+    if not name:
+        raise ApiError(400, "invalid_fields", "name: a name is required")
+    if _CONTROL.search(name) or any(unicodedata.category(c) in ("Cf", "Cs", "Co", "Cn") for c in name):
+        raise ApiError(400, "invalid_fields", "name: control or invisible characters are not allowed")
+    if len(name) > MAX_NAME:
+        raise ApiError(400, "invalid_fields", f"name: at most {MAX_NAME} characters")
+    return name

@@ -1,0 +1,131 @@
+"""JSON shapes of runs, users and outbox emails, as the API documents them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from userflow.actors.signup import SignupServices
+from userflow.actors.signup.email import verification_email
+from userflow.storage import StoredRun
+
+
+def _ms_between(start: str | None, end: str | None) -> int | None:
+    if not start or not end:
+        return None
+    delta = datetime.fromisoformat(end) - datetime.fromisoformat(start)
+    return round(delta.total_seconds() * 1000)
+
+
+def user(summary: dict[str, Any]) -> dict[str, Any]:
+    u = summary["user"]
+    risk = u.get("risk")
+    return {
+        "id": u["id"],
+        "email": u["email"],
+        "name": u["name"],
+        "status": u["status"],
+        "risk": risk
+        and {
+            "decision": risk["decision"],
+            "score": risk["score"],
+            "reasons": risk["reasons"],
+            "source": risk["source"],
+            "model": risk.get("model"),
+            "attempts": risk.get("attempts"),
+            "latencyMs": risk.get("latencyMs"),
+        },
+        "workflowId": u["workflowId"],
+        "createdAt": u["createdAt"],
+        "verifiedAt": u["verifiedAt"],
+        "finishedAt": u["finishedAt"],
+    }
+
+
+def workflow_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": summary["id"],
+        "workflow": summary["workflow"],
+        "status": summary["status"],
+        "currentStep": summary["currentStep"],
+        "userId": summary["userId"],
+        "email": summary["user"]["email"],
+        "userStatus": summary["user"]["status"],
+        "outcome": summary["outcome"],
+        "error": summary["error"],
+        "createdAt": summary["createdAt"],
+        "updatedAt": summary["updatedAt"],
+        "finishedAt": summary["finishedAt"],
+    }
+
+
+def _step_output(step: dict[str, Any]) -> Any:
+    output = step["output"]
+    if step["kind"] == "wait" and output:
+        # The signal's payload holds a token hash: it is no one's business.
+        return {"signal": output["signal"], "receivedAt": output["receivedAt"]}
+    return output
+
+
+def workflow_detail(stored: StoredRun, summary: dict[str, Any]) -> dict[str, Any]:
+    run = stored.run
+    steps = [
+        {
+            "id": step["id"],
+            "name": step["name"],
+            "kind": step["kind"],
+            "status": step["status"],
+            "attempts": [
+                {"number": a["number"], "startedAt": a["startedAt"], "finishedAt": a["finishedAt"], "error": a["error"]}
+                for a in step["attempts"]
+            ],
+            "output": _step_output(step),
+            "startedAt": step["startedAt"],
+            "finishedAt": step["finishedAt"],
+            "durationMs": _ms_between(step["startedAt"], step["finishedAt"]),
+            "retryAt": step["retryAt"],
+        }
+        for step in run["steps"]
+    ]
+    detail = workflow_summary(summary)
+    detail.update(
+        {
+            "status": run["status"],
+            "currentStep": run["steps"][run["cursor"]]["id"] if run["cursor"] < len(run["steps"]) else None,
+            "updatedAt": run["updatedAt"],
+            "user": user(summary),
+            "steps": steps,
+            "timeline": [
+                {
+                    "seq": e["seq"],
+                    "at": e["at"],
+                    "type": e["type"],
+                    "step": e["step"],
+                    "attempt": e["attempt"],
+                    "message": e["message"],
+                }
+                for e in stored.timeline
+            ],
+        }
+    )
+    return detail
+
+
+def outbox_email(summary: dict[str, Any], email: dict[str, Any], services: SignupServices) -> dict[str, Any]:
+    """An outbox entry; the link is derived again, the token was never stored."""
+    link = services.link(summary["id"], email["sendNo"])
+    u = summary["user"]
+    body = verification_email(
+        run_id=summary["id"], kind=email["kind"], send_no=email["sendNo"], to=email["to"], name=u["name"], link=link
+    )
+    return {
+        "to": email["to"],
+        "subject": email["subject"],
+        "kind": email["kind"],
+        "link": link,
+        "messageId": email["messageId"],
+        "sentAt": email["sentAt"],
+        "text": body.text,
+        "workflowId": summary["id"],
+        "userId": summary["userId"],
+    }
