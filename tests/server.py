@@ -1,0 +1,115 @@
+"""A real userflow server in a child process, for restart and kill -9 tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+LISTENING = re.compile(r"listening on (http://\S+)")
+
+
+class Server:
+    def __init__(self, data_dir: str, *args: str, env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.args = list(args)
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        if "USERFLOW_FAULTS" not in (env or {}):
+            self.env.pop("USERFLOW_FAULTS", None)
+        self.proc: subprocess.Popen[str] | None = None
+        self.url = ""
+        self.stderr: list[str] = []
+
+    def start(self, timeout: float = 30.0) -> Server:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "userflow.http.cli", "serve", "--port", "0", "--data-dir", self.data_dir, *self.args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.env,
+        )
+        self._reader = threading.Thread(target=self._drain_stderr, daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + timeout
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                code = self._reap(10)
+                raise RuntimeError(f"server exited ({code}): {''.join(self.stderr[-20:])}")
+            match = LISTENING.search(line)
+            if match:
+                self.url = match.group(1)
+                return self
+        raise TimeoutError("server did not print its listening line")
+
+    def _drain_stderr(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr.append(line)
+
+    def kill(self) -> int:
+        """SIGKILL: no cleanup, no flush, exactly like a crash."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        return self._reap(10)
+
+    def terminate(self, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self._reap(timeout)
+
+    def wait_exit(self, timeout: float = 20.0) -> int:
+        return self._reap(timeout)
+
+    def _reap(self, timeout: float) -> int:
+        assert self.proc is not None
+        code = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=5)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        return code
+
+    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=15) as resp:
+                return resp.status, json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read() or b"null")
+
+    def get(self, path: str) -> Any:
+        status, body = self.request("GET", path)
+        assert status == 200, (path, status, body)
+        return body
+
+    def wait_for(self, path: str, predicate: Callable[[Any], bool], timeout: float = 20.0) -> Any:
+        deadline = time.monotonic() + timeout
+        body = None
+        while time.monotonic() < deadline:
+            status, body = self.request("GET", path)
+            if status == 200 and predicate(body):
+                return body
+            time.sleep(0.02)  # polling interval, not synchronisation: the predicate decides
+        raise TimeoutError(f"{path} never satisfied the condition; last: {body}")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.kill()
+        if self.proc.stdout is not None and not self.proc.stdout.closed:
+            self._reap(10)
