@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import smtplib
 import ssl
+from email import policy
 from email.message import EmailMessage
 from email.utils import formatdate
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -69,7 +70,7 @@ class SmtpTransport:
                 code, reply = smtp.rcpt(email.to)
                 if code not in (250, 251):
                     raise smtplib.SMTPRecipientsRefused({email.to: (code, reply)})
-                code, reply = smtp.data(message.as_bytes())
+                code, reply = smtp.data(message.as_bytes(policy=policy.SMTP))  # CRLF line ends
                 if code != 250:
                     raise smtplib.SMTPDataError(code, reply)
                 return f"{code} {reply.decode(errors='replace')}"

@@ -32,4 +32,4 @@ def token_hash(token: str) -> str:
 
 
 def well_formed(token: str) -> bool:
-    return bool(TOKEN_PATTERN.match(token))
+    return bool(TOKEN_PATTERN.fullmatch(token))
