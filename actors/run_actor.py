@@ -263,9 +263,8 @@ class RunActor(pykka.ThreadingActor):
         result = spec.run(context)
         if asyncio.iscoroutine(result):
             loop = self._parts.loop
-            if loop is None:
-                result.close()
-                raise RuntimeError(f"step {spec.id} is async but the engine has no event loop")
+            if loop is None:  # no shared loop (scripts, tests): a private one
+                return asyncio.run(result)
             return asyncio.run_coroutine_threadsafe(result, loop).result()
         return result
 

@@ -10,10 +10,12 @@ from aiohttp import web
 
 from userflow.actors.runtime import Runtime
 from userflow.actors.signup import SIGNUP, SignupServices
+from userflow.actors.signup.gemini import GeminiRisk
 from userflow.actors.signup.email import Mailer, OutboxTransport
 from userflow.actors.signup.risk import HeuristicRisk
 from userflow.actors.signup.smtp import SmtpTransport
 from userflow.actors.signup.tokens import TokenSigner
+from userflow.actors.signup.workflow import RiskChecker
 from userflow.http import api, pages
 from userflow.http.config import Settings
 from userflow.http.errors import error_middleware, error_response
@@ -26,12 +28,21 @@ log = logging.getLogger(__name__)
 MAX_BODY = 16 * 1024
 
 
+def risk_checker(settings: Settings) -> RiskChecker:
+    """Gemini when a key is set, else the local heuristic (say which, at startup)."""
+    if not settings.gemini_api_key:
+        log.info("risk check: local heuristic (set GEMINI_API_KEY to ask Gemini)")
+        return HeuristicRisk()
+    log.info("risk check: Gemini model %s%s", settings.gemini_model, f" at {settings.gemini_base_url}" if settings.gemini_base_url else "")
+    return GeminiRisk(settings.gemini_api_key, settings.gemini_model, settings.gemini_base_url, settings.gemini_timeout)
+
+
 def make_services(settings: Settings, data_dir: DataDir, public_url: str) -> SignupServices:
     transport = OutboxTransport() if settings.outbox_mode else SmtpTransport(settings.smtp_url or "", settings.mail_from)
     return SignupServices(
         tokens=TokenSigner(data_dir.secret()),
         mailer=Mailer(transport, settings.failure_rate),
-        risk=HeuristicRisk(),
+        risk=risk_checker(settings),
         public_url=public_url,
     )
 

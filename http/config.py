@@ -21,8 +21,9 @@ class Settings:
     reminder_after: float = 3600.0
     max_live_actors: int = 256
     gemini_api_key: str | None = None
-    gemini_model: str = "gemini-2.5-flash"
+    gemini_model: str = "gemini-2.5-flash"  # a current Flash model
     gemini_base_url: str | None = None
+    gemini_timeout: float = 10.0
 
     @property
     def outbox_mode(self) -> bool:
@@ -105,6 +106,17 @@ def parser() -> argparse.ArgumentParser:
     return main
 
 
+def _gemini_timeout() -> float:
+    raw = _env("GEMINI_TIMEOUT")
+    try:
+        value = float(raw) if raw else Settings.gemini_timeout
+    except ValueError:
+        value = -1
+    if not 0 < value <= 300:
+        parser().error(f"GEMINI_TIMEOUT={raw!r}: seconds between 0 and 300")
+    return value
+
+
 def load(argv: list[str] | None = None) -> tuple[str, Settings]:
     args = parser().parse_args(argv)
     settings = Settings(
@@ -121,5 +133,6 @@ def load(argv: list[str] | None = None) -> tuple[str, Settings]:
         gemini_api_key=_env("GEMINI_API_KEY"),
         gemini_model=_env("GEMINI_MODEL") or Settings.gemini_model,
         gemini_base_url=_env("GEMINI_BASE_URL"),
+        gemini_timeout=_gemini_timeout(),
     )
     return args.command, settings

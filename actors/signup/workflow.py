@@ -9,7 +9,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import inspect
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -33,9 +34,11 @@ class UserStatus:
 
 
 class RiskChecker(Protocol):
+    """Decides ALLOW or FLAG; may be a coroutine (a model behind the network)."""
+
     name: str
 
-    def assess(self, email: str, name: str) -> Verdict: ...
+    def assess(self, email: str, name: str) -> Verdict | Awaitable[Verdict]: ...
 
 
 @dataclass
@@ -99,19 +102,35 @@ def accept_verification(run: Mapping[str, Any], payload: Mapping[str, Any]) -> N
         raise SignalRejected("expired", "this link was replaced by a newer email; use the latest link")
 
 
-def ai_risk_check(ctx: StepContext) -> dict[str, Any]:
+def ai_risk_check(ctx: StepContext) -> Any:
     services: SignupServices = ctx.services
     user = ctx.state["user"]
-    verdict = services.risk.assess(user["email"], user["name"]).as_record()
-    user["risk"] = verdict
-    ctx.log(f"risk decision {verdict['decision']} (score {verdict['score']}, {verdict['source']})", "risk-decision")
-    return verdict
+    verdict = services.risk.assess(user["email"], user["name"])
+    if inspect.isawaitable(verdict):  # the model is asked on the event loop
+        return _record_when_done(ctx, verdict)
+    return _record_verdict(ctx, verdict)
+
+
+async def _record_when_done(ctx: StepContext, pending: Awaitable[Verdict]) -> dict[str, Any]:
+    return _record_verdict(ctx, await pending)
+
+
+def _record_verdict(ctx: StepContext, verdict: Verdict) -> dict[str, Any]:
+    record = verdict.as_record()
+    record["attempts"] = ctx.attempt
+    ctx.state["user"]["risk"] = record
+    model = f", {record['model']}, {record['latencyMs']:.0f} ms" if record["model"] else ""
+    ctx.log(f"risk decision {record['decision']} (score {record['score']}, {record['source']}{model})", "risk-decision")
+    return record
 
 
 def heuristic_fallback(ctx: StepContext, error: BaseException) -> dict[str, Any]:
+    services: SignupServices = ctx.services
     user = ctx.state["user"]
     verdict = assess(user["email"], user["name"], source="heuristic-fallback").as_record()
     verdict["attempts"] = ctx.attempt
+    verdict["model"] = getattr(services.risk, "model", None)
+    verdict["reasons"].append(f"decided locally: the model gave no usable answer ({error})")
     user["risk"] = verdict
     ctx.log(f"risk decision {verdict['decision']} by the local heuristic after: {error}", "risk-decision")
     return verdict
