@@ -38,6 +38,15 @@ class TimerFired(NamedTuple):
     due: float
 
 
+class Command(NamedTuple):
+    """An operator action on run ``run_id``: ``retry``, ``cancel`` or one of its workflow's actions."""
+
+    run_id: str
+    name: str
+    args: dict[str, Any]
+    reply: Future[Any]
+
+
 class AwaitDurable(NamedTuple):
     """Answer ``reply`` with the run's id once its creation is durable."""
 
@@ -94,6 +103,10 @@ class StartResult(NamedTuple):
 class Delivered(NamedTuple):
     run_id: str
     duplicate: bool
+
+
+#: Messages the supervisor routes to a run's actor, activating it if needed.
+ROUTED = (Deliver, TimerFired, AwaitDurable, Command)
 
 
 def resolve(reply: Future[Any] | None, value: Any) -> None:

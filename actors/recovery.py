@@ -48,7 +48,7 @@ def recover(parts: EngineParts) -> RecoveryReport:
             report.timers += 1
         if run["status"] == RunStatus.WAITING:
             report.waiting += 1
-        elif run["status"] == RunStatus.RUNNING and not run.get("timers"):
+        elif run["status"] == RunStatus.RUNNING and "retry" not in run.get("timers", {}):
             report.resume.append(run["id"])
     report.seconds = time.perf_counter() - started
     log.info(

@@ -26,10 +26,12 @@ import pykka
 
 from userflow.actors.index import RunIndex
 from userflow.actors.messages import (
+    ROUTED,
     ActorFailed,
     Advance,
     AwaitDurable,
     Bounce,
+    Command,
     Deliver,
     Delivered,
     Idle,
@@ -41,7 +43,7 @@ from userflow.actors.messages import (
 from userflow.actors.status import FINISHED, RunStatus, StepStatus
 from userflow.actors.timers import TimerQueue
 from userflow.actors.timeutil import iso, iso_now, now
-from userflow.actors.workflow import SignalRejected, Step, StepContext, Wait, Workflow
+from userflow.actors.workflow import ActionRejected, Deadline, SignalRejected, Step, StepContext, Wait, Workflow
 from userflow.storage import RunHandle, RunStore, StorageError
 from userflow.storage.faults import crash_point
 
@@ -169,6 +171,8 @@ class RunActor(pykka.ThreadingActor):
                     self._deliver(message)
                 elif isinstance(message, TimerFired):
                     self._timer(message)
+                elif isinstance(message, Command):
+                    self._command(message)
                 elif isinstance(message, AwaitDurable):
                     resolve(message.reply, self._start_result(created=False))
                 else:
@@ -200,11 +204,11 @@ class RunActor(pykka.ThreadingActor):
         """Hand routed messages still queued here back to the supervisor."""
         while not self.actor_inbox.empty():
             envelope = self.actor_inbox.get()
-            if isinstance(envelope.message, Deliver | TimerFired | AwaitDurable):
+            if isinstance(envelope.message, ROUTED):
                 self._bounce(envelope.message)
 
     def _bounce(self, message: Any) -> None:
-        if isinstance(message, Deliver | TimerFired | AwaitDurable):
+        if isinstance(message, ROUTED):
             self._supervisor.tell(Bounce(self._run_id, message))
 
     # -- the cursor -----------------------------------------------------------
@@ -251,7 +255,7 @@ class RunActor(pykka.ThreadingActor):
         context = self._context(spec, number)
         started = time.perf_counter()
         try:
-            output = self._call(spec, context)
+            output = self._call(spec.run, context)
         except Exception as exc:  # noqa: BLE001 - every failure is recorded, none escapes
             self._attempt_failed(spec, step, attempt, context, exc)
             return
@@ -259,8 +263,8 @@ class RunActor(pykka.ThreadingActor):
         elapsed = (time.perf_counter() - started) * 1000
         self._complete(spec, step, attempt, context, output, f"{spec.name} completed in {elapsed:.0f} ms")
 
-    def _call(self, spec: Step, context: StepContext) -> Any:
-        result = spec.run(context)
+    def _call(self, function: Any, context: StepContext) -> Any:
+        result = function(context)
         if asyncio.iscoroutine(result):
             loop = self._parts.loop
             if loop is None:  # no shared loop (scripts, tests): a private one
@@ -268,12 +272,12 @@ class RunActor(pykka.ThreadingActor):
             return asyncio.run_coroutine_threadsafe(result, loop).result()
         return result
 
-    def _context(self, spec: Step, attempt: int) -> StepContext:
+    def _context(self, spec: Step | Wait | str, attempt: int) -> StepContext:
         run = self._run
         outputs = {step["id"]: step["output"] for step in run["steps"] if step["status"] == StepStatus.COMPLETED}
         return StepContext(
             run_id=self._run_id,
-            step_id=spec.id,
+            step_id=spec if isinstance(spec, str) else spec.id,
             attempt=attempt,
             input=run["input"],
             state=run["state"],
@@ -325,7 +329,8 @@ class RunActor(pykka.ThreadingActor):
         attempt["finishedAt"] = iso_now()
         attempt["error"] = describe(error)
         self._take_entries(context)
-        failures = sum(1 for a in step["attempts"] if a["error"] and not a.get("interrupted"))
+        budget = step["attempts"][step.get("attemptBase", 0) :]
+        failures = sum(1 for a in budget if a["error"] and not a.get("interrupted"))
         if spec.retry.should_retry(failures, error):
             delay = spec.retry.backoff(failures)
             due = now() + delay
@@ -362,15 +367,17 @@ class RunActor(pykka.ThreadingActor):
 
     def _wait(self, spec: Wait, step: dict[str, Any]) -> None:
         run = self._run
+        signal = next((s for s in run["signals"] if s["name"] == spec.signal), None)
         if step["status"] != StepStatus.WAITING:
             step["status"] = StepStatus.WAITING
             step["startedAt"] = step["startedAt"] or iso_now()
-            self._log("waiting", f"{spec.name}: waiting for signal {spec.signal}", spec.id)
-        signal = next((s for s in run["signals"] if s["name"] == spec.signal), None)
+            if signal is None:
+                self._log("waiting", f"{spec.name}: waiting for signal {spec.signal}{self._arm_deadlines(spec, step)}", spec.id)
         if signal is None:
             run["status"] = RunStatus.WAITING
             self._commit()
             return
+        self._drop_deadlines(spec)
         run["signals"].remove(signal)
         step["status"] = StepStatus.COMPLETED
         step["output"] = {"signal": signal["name"], "payload": signal["payload"], "receivedAt": signal["receivedAt"]}
@@ -380,6 +387,85 @@ class RunActor(pykka.ThreadingActor):
         self._commit()
         self._advance_soon()
 
+    def _arm_deadlines(self, spec: Wait, step: dict[str, Any]) -> str:
+        """Set the wait's deadlines once per run (a rewind does not move them)."""
+        if step.get("deadlines") is not None:
+            return ""
+        started = now()
+        step["deadlines"] = {}
+        for deadline in spec.deadlines:
+            after = deadline.after(self._parts.services)
+            if after is None:
+                continue
+            due = started + after
+            step["deadlines"][deadline.name] = iso(due)
+            self._run["timers"][deadline.name] = due
+            self._parts.timers.schedule(self._run_id, deadline.name, due)
+        return "".join(f"; {name} at {at}" for name, at in step["deadlines"].items())
+
+    def _drop_deadlines(self, spec: Wait) -> None:
+        for deadline in spec.deadlines:
+            if self._run["timers"].pop(deadline.name, None) is not None:
+                self._parts.timers.cancel(self._run_id, deadline.name)
+
+    def _deadline(self, wait: Wait, deadline: Deadline) -> None:
+        run = self._run
+        del run["timers"][deadline.name]
+        step = next(s for s in run["steps"] if s["id"] == wait.id)
+        if run["status"] in FINISHED or step["status"] == StepStatus.COMPLETED:
+            return
+        if deadline.outcome is None and step["status"] != StepStatus.WAITING:
+            self._log("deadline", f"{wait.name}: {deadline.name} skipped, the run is not waiting", wait.id)
+            self._commit()
+            return
+        tries = step.setdefault("deadlineTries", {})
+        number = tries[deadline.name] = tries.get(deadline.name, 0) + 1
+        if deadline.action is not None:
+            context = self._context(wait, number)
+            try:
+                self._call(deadline.action, context)
+            except Exception as exc:  # noqa: BLE001 - recorded, retried or given up
+                self._take_entries(context)
+                if deadline.retry.should_retry(number, exc):
+                    delay = deadline.retry.backoff(number)
+                    run["timers"][deadline.name] = due = now() + delay
+                    self._log("deadline-failed", f"{deadline.name} failed ({describe(exc)}); retrying in {delay:.1f} s", wait.id, number)
+                    self._commit()
+                    self._parts.timers.schedule(self._run_id, deadline.name, due)
+                    return
+                self._log("deadline-failed", f"{deadline.name} failed ({describe(exc)}); given up", wait.id, number)
+                if deadline.outcome is None:
+                    self._commit()
+                    return
+            else:
+                run["state"] = context.state
+                self._take_entries(context)
+        self._log("deadline", f"{wait.name}: {deadline.name} deadline reached", wait.id)
+        if deadline.outcome is not None:
+            self._drop_deadlines(wait)
+            step["status"] = StepStatus.COMPLETED
+            step["output"] = {"deadline": deadline.name, "at": iso_now()}
+            step["finishedAt"] = step["output"]["at"]
+            self._end(RunStatus.COMPLETED, deadline.outcome, f"run completed ({deadline.outcome})")
+            return
+        self._commit()
+
+    def _end(self, status: RunStatus, outcome: str, message: str) -> None:
+        """Close the run early: pending timers dropped, unfinished steps SKIPPED."""
+        run = self._run
+        for name in list(run["timers"]):
+            self._parts.timers.cancel(self._run_id, name)
+        run["timers"] = {}
+        for step in run["steps"]:
+            if step["status"] != StepStatus.COMPLETED:
+                step["status"] = StepStatus.SKIPPED
+                step["retryAt"] = None
+        run["status"] = status
+        run["outcome"] = outcome
+        run["finishedAt"] = iso_now()
+        self._log("run-completed" if status == RunStatus.COMPLETED else "run-cancelled", message)
+        self._commit()
+
     def _finish(self) -> None:
         run = self._run
         run["status"] = RunStatus.COMPLETED
@@ -387,6 +473,82 @@ class RunActor(pykka.ThreadingActor):
         run["finishedAt"] = iso_now()
         self._log("run-completed", f"run completed ({run['outcome']})")
         self._commit()
+
+    # -- operator commands --------------------------------------------------------
+
+    def _command(self, message: Command) -> None:
+        try:
+            if message.name == "retry":
+                self._retry_failed()
+            elif message.name == "cancel":
+                self._cancel()
+            else:
+                self._action(message.name, message.args)
+        except ActionRejected as exc:
+            reject(message.reply, exc)
+            return
+        except StorageError as exc:
+            reject(message.reply, exc)
+            raise
+        resolve(message.reply, self._start_result(created=False))
+
+    def _retry_failed(self) -> None:
+        run = self._run
+        if run["status"] != RunStatus.FAILED:
+            raise ActionRejected("conflict", f"only a FAILED run can be retried; this one is {run['status']}")
+        step = run["steps"][run["cursor"]]
+        self._reset(step)
+        run["status"] = RunStatus.RUNNING
+        run["error"] = None
+        self._log("operator-retry", f"retry requested: {step['name']} runs again with a fresh attempt budget", step["id"])
+        self._commit()
+        self._advance_soon()
+
+    def _cancel(self) -> None:
+        run = self._run
+        if run["status"] not in (RunStatus.RUNNING, RunStatus.WAITING):
+            raise ActionRejected("conflict", f"only a RUNNING or WAITING run can be cancelled; this one is {run['status']}")
+        self._end(RunStatus.CANCELLED, "cancelled", "run cancelled by an operator")
+
+    def _action(self, name: str, args: dict[str, Any]) -> None:
+        assert self._workflow is not None
+        spec = self._workflow.action(name)
+        if spec is None:
+            raise ActionRejected("unknown_action", f"this workflow has no action {name!r}")
+        if self._run["status"] in FINISHED:
+            raise ActionRejected("conflict", f"this run is {self._run['status']}")
+        context = self._context(name, 1)
+        context.args = args
+        self._call(spec.run, context)
+        self._run["state"] = context.state
+        self._take_entries(context)
+        if context.rewind is not None:
+            self._rewind(context.rewind)
+        self._commit()
+        if context.rewind is not None:
+            self._advance_soon()
+
+    def _rewind(self, step_id: str) -> None:
+        run = self._run
+        index = next(i for i, step in enumerate(run["steps"]) if step["id"] == step_id)
+        if index > run["cursor"]:
+            raise ValueError(f"cannot rewind forward to {step_id}")
+        for step in run["steps"][index : run["cursor"] + 1]:
+            self._reset(step)
+        if run["timers"].pop(RETRY_TIMER, None) is not None:
+            self._parts.timers.cancel(self._run_id, RETRY_TIMER)
+        run["cursor"] = index
+        run["status"] = RunStatus.RUNNING
+        run["error"] = None
+        self._log("rewound", f"running again from {run['steps'][index]['name']}", step_id)
+
+    @staticmethod
+    def _reset(step: dict[str, Any]) -> None:
+        step["status"] = StepStatus.PENDING
+        step["attemptBase"] = len(step["attempts"])
+        step["output"] = None
+        step["finishedAt"] = None
+        step["retryAt"] = None
 
     # -- messages from outside -------------------------------------------------
 
@@ -401,7 +563,7 @@ class RunActor(pykka.ThreadingActor):
                 resolve(message.reply, Delivered(self._run_id, duplicate=True))
                 return
             if run["status"] in FINISHED:
-                raise SignalRejected("closed", f"this run is {run['status'].lower()}")
+                raise SignalRejected("closed", f"the run has ended ({run.get('outcome') or run['status'].lower()})")
             spec.accept(run, message.payload)
         except SignalRejected as exc:
             reject(message.reply, exc)
@@ -438,6 +600,15 @@ class RunActor(pykka.ThreadingActor):
             return  # replaced or already handled: a stale wake-up
         if message.name == RETRY_TIMER:
             self._advance_soon()
+            return
+        assert self._workflow is not None
+        found = self._workflow.deadline(message.name)
+        if found is None:
+            log.warning("run %s: timer %r belongs to no deadline; dropped", self._run_id, message.name)
+            del self._run["timers"][message.name]
+            self._commit()
+            return
+        self._deadline(*found)
 
     # -- recording --------------------------------------------------------------
 

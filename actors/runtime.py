@@ -16,7 +16,7 @@ from typing import Any
 import pykka
 
 from userflow.actors.index import RunIndex
-from userflow.actors.messages import Deliver, Delivered, Recover, Shutdown, StartResult, StartRun, TimerFired
+from userflow.actors.messages import Command, Deliver, Delivered, Recover, Shutdown, StartResult, StartRun, TimerFired
 from userflow.actors.recovery import RecoveryReport
 from userflow.actors.run_actor import EngineParts
 from userflow.actors.supervisor import Supervisor
@@ -94,6 +94,10 @@ class Runtime:
     async def signal(self, run_id: str, name: str, payload: dict[str, Any]) -> Delivered:
         """Deliver a signal; returns once it is durably recorded (or was already)."""
         return await self._ask(lambda reply: Deliver(run_id, name, payload, reply))
+
+    async def command(self, run_id: str, name: str, args: dict[str, Any] | None = None) -> StartResult:
+        """Run an operator action (retry, cancel, or a workflow action); returns once durable."""
+        return await self._ask(lambda reply: Command(run_id, name, args or {}, reply))
 
     async def read(self, run_id: str) -> StoredRun | None:
         """The run's last committed snapshot and timeline, read off the event loop."""

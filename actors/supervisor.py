@@ -21,10 +21,10 @@ import pykka
 
 from userflow.actors import recovery
 from userflow.actors.messages import (
+    ROUTED,
     ActorFailed,
     AwaitDurable,
     Bounce,
-    Deliver,
     Idle,
     Recover,
     Shutdown,
@@ -84,10 +84,11 @@ class Supervisor(pykka.ThreadingActor):
         self._live: dict[str, _Live] = {}
         self._queued: OrderedDict[str, _Queued] = OrderedDict()
         self._parked: dict[str, int] = {}  # run id -> consecutive failures, waiting to retry
+        self._failures: dict[str, int] = {}  # run id -> consecutive failures, kept across reactivations
         self._stopping = False
 
     def on_receive(self, message: Any) -> Any:
-        if isinstance(message, Deliver | TimerFired | AwaitDurable):
+        if isinstance(message, ROUTED):
             if message.run_id in self._parked and isinstance(message, TimerFired) and message.name == ACTIVATE_TIMER:
                 del self._parked[message.run_id]
                 self._queued.setdefault(message.run_id, _Queued())
@@ -151,7 +152,7 @@ class Supervisor(pykka.ThreadingActor):
             live.routed += 1
             return
         if self._stopping:
-            if isinstance(message, Deliver | AwaitDurable):
+            if hasattr(message, "reply"):
                 reject(message.reply, ShuttingDown("the server is shutting down"))
             return
         queued = self._queued.get(run_id)
@@ -178,20 +179,28 @@ class Supervisor(pykka.ThreadingActor):
             return  # stale: the actor has more to handle and will report again
         del self._live[message.run_id]
         self._parked.pop(message.run_id, None)
+        self._failures.pop(message.run_id, None)
         live.ref.stop(block=False)
+        # It has nothing queued, so it stops at once; until it has, it still
+        # holds a thread, and starting its successor would exceed the cap.
+        live.ref.actor_stopped.wait(timeout=5)
         self._activate_queued()
 
     def _failed(self, message: ActorFailed) -> None:
         live = self._live.get(message.run_id)
         if live is not None and live.urn == message.urn:
             del self._live[message.run_id]
+            live.ref.actor_stopped.wait(timeout=5)  # it has stopped itself: let it finish first
         if not message.created:
             # The run never became durable: the caller got the error, forget it.
             self._parts.index.forget(message.run_id)
             self._queued.pop(message.run_id, None)
             self._activate_queued()
             return
-        failures = self._parked.get(message.run_id, 0) + 1
+        # Not counted in _parked: reactivation removes the run from it, which
+        # would restart the backoff at 0.5 s after every failure.
+        failures = self._failures.get(message.run_id, 0) + 1
+        self._failures[message.run_id] = failures
         self._parked[message.run_id] = failures
         delay = min(60.0, 0.5 * 2 ** (failures - 1))
         log.error("run %s stopped (%s); reactivating in %.1f s", message.run_id, message.reason, delay)
@@ -219,14 +228,14 @@ class Supervisor(pykka.ThreadingActor):
         for ref in refs:
             ref.stop(block=False)
         for ref in refs:
-            try:
-                ref.stop(block=True, timeout=10)
-            except pykka.Timeout:
+            # Not a second stop(block=True): RunActor.on_stop drains its inbox,
+            # which would swallow that stop's reply and wait out the timeout.
+            if not ref.actor_stopped.wait(timeout=10):
                 log.warning("a run actor did not stop within 10 s")
         for queued in self._queued.values():
             reject(queued.created_reply, ShuttingDown("the server is shutting down"))
             for pending in queued.messages:
-                if isinstance(pending, Deliver | AwaitDurable):
+                if hasattr(pending, "reply"):
                     reject(pending.reply, ShuttingDown("the server is shutting down"))
         self._queued.clear()
         resolve(message.reply, len(refs))

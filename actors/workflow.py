@@ -18,6 +18,16 @@ from userflow.actors.retry import RetryPolicy
 from userflow.actors.timeutil import iso_now
 
 
+class ActionRejected(Exception):
+    """An operator action that does not apply now: ``reason`` is ``conflict`` or ``rate_limited``."""
+
+    def __init__(self, reason: str, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.retry_after = retry_after
+
+
 class SignalRejected(Exception):
     """A signal the run refuses: ``reason`` is a short code such as ``expired``."""
 
@@ -56,6 +66,8 @@ class StepContext:
         self.outputs = outputs
         self.services = services
         self.entries: list[dict[str, Any]] = []
+        self.args: Mapping[str, Any] = {}
+        self.rewind: str | None = None
         self._checkpoint = checkpoint
 
     def log(self, message: str, type: str = "info") -> None:
@@ -65,6 +77,10 @@ class StepContext:
     def checkpoint(self) -> None:
         """Durably record the state and log entries so far, before going on."""
         self._checkpoint(self)
+
+    def rewind_to(self, step_id: str) -> None:
+        """(Actions only) run again from ``step_id``, with fresh attempt budgets."""
+        self.rewind = step_id
 
 
 StepFunction = Callable[[StepContext], Any]
@@ -88,6 +104,25 @@ class Step:
     kind: Literal["task"] = "task"
 
 
+@dataclass(frozen=True)
+class Deadline:
+    """What happens if a wait is still open ``after(services)`` seconds after it began.
+
+    ``after`` returning None means no such deadline for this run. ``action``
+    runs then, like a step (it may send an email); a failed action is retried
+    by ``retry`` and then given up, with every try in the timeline. With
+    ``outcome`` set the run ends there: COMPLETED with that outcome, the
+    remaining steps SKIPPED. The due time is absolute and kept in the run's
+    snapshot, so a restart does not move it.
+    """
+
+    name: str
+    after: Callable[[Any], float | None]
+    action: StepFunction | None = None
+    outcome: str | None = None
+    retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(max_attempts=3, initial_backoff=2.0))
+
+
 SignalCheck = Callable[[Mapping[str, Any], Mapping[str, Any]], None]
 
 
@@ -108,7 +143,22 @@ class Wait:
     name: str
     signal: str
     accept: SignalCheck = _accept_all
+    deadlines: tuple[Deadline, ...] = ()
     kind: Literal["wait"] = "wait"
+
+
+@dataclass(frozen=True)
+class Action:
+    """An operator action a workflow offers besides retry and cancel.
+
+    ``run(context)`` executes inside the run's actor, between two attempts,
+    with the run's state in ``context.state`` and the request's arguments in
+    ``context.args``. It may raise :class:`ActionRejected`, and may call
+    ``context.rewind_to(step_id)`` to run part of the workflow again.
+    """
+
+    name: str
+    run: StepFunction
 
 
 Duplicate = Literal["reuse", "conflict", "new"]
@@ -142,6 +192,7 @@ class Workflow:
     keys: Callable[[Mapping[str, Any]], dict[str, list[str]]] = _no_keys
     summary: Callable[[Mapping[str, Any]], dict[str, Any]] = _no_summary
     on_duplicate: Callable[[Mapping[str, Any]], Duplicate] = _always_new
+    actions: tuple[Action, ...] = ()
 
     def __post_init__(self) -> None:
         ids = [step.id for step in self.steps]
@@ -150,6 +201,20 @@ class Workflow:
         signals = [step.signal for step in self.steps if isinstance(step, Wait)]
         if len(set(signals)) != len(signals):
             raise ValueError(f"workflow {self.name}: one wait per signal")
+        timers = [d.name for step in self.steps if isinstance(step, Wait) for d in step.deadlines]
+        if len(set(timers)) != len(timers) or "retry" in timers:
+            raise ValueError(f"workflow {self.name}: deadline names must be unique and not 'retry'")
+
+    def action(self, name: str) -> Action | None:
+        return next((action for action in self.actions if action.name == name), None)
+
+    def deadline(self, name: str) -> tuple[Wait, Deadline] | None:
+        for step in self.steps:
+            if isinstance(step, Wait):
+                for deadline in step.deadlines:
+                    if deadline.name == name:
+                        return step, deadline
+        return None
 
     def wait_for(self, signal: str) -> Wait | None:
         for step in self.steps:

@@ -11,7 +11,7 @@ from userflow.actors.signup.tokens import token_hash, well_formed
 from userflow.actors.status import RunStatus
 from userflow.actors.supervisor import DuplicateRun, new_run_id
 from userflow.actors.timeutil import iso_now
-from userflow.actors.workflow import SignalRejected
+from userflow.actors.workflow import ActionRejected, SignalRejected
 from userflow.http import views
 from userflow.http.errors import ApiError, json_response
 from userflow.http.keys import RUNTIME, SERVICES
@@ -78,6 +78,49 @@ async def verify_post(request: web.Request) -> web.Response:
     body = parse(VerifyBody, await json_object(request))
     assert isinstance(body, VerifyBody)
     return json_response(await verify_token(request, body.token))
+
+
+# -- operator actions ---------------------------------------------------------------
+
+
+async def _command(request: web.Request, run_id: str, name: str) -> Any:
+    runtime = request.app[RUNTIME]
+    if not valid_run_id(run_id) or runtime.index.get(run_id) is None:
+        raise ApiError(404, "workflow_not_found", f"no workflow with id {run_id!r}")
+    try:
+        return await runtime.command(run_id, name)
+    except ActionRejected as exc:
+        if exc.reason == "rate_limited":
+            retry_after = str(max(1, round(exc.retry_after or 60)))
+            raise ApiError(429, "rate_limited", exc.message, {"Retry-After": retry_after}) from None
+        raise ApiError(409, "conflict", exc.message) from None
+
+
+async def retry_workflow(request: web.Request) -> web.Response:
+    result = await _command(request, request.match_info["id"], "retry")
+    return json_response(
+        {"workflowId": result.run_id, "status": result.summary["status"]},
+        status=202,
+        headers={"Location": f"/api/workflows/{result.run_id}"},
+    )
+
+
+async def cancel_workflow(request: web.Request) -> web.Response:
+    result = await _command(request, request.match_info["id"], "cancel")
+    return json_response({"workflowId": result.run_id, "status": result.summary["status"]})
+
+
+async def resend_verification(request: web.Request) -> web.Response:
+    user_id = request.match_info["id"]
+    run_id = request.app[RUNTIME].index.lookup("user", user_id)
+    if run_id is None:
+        raise ApiError(404, "user_not_found", f"no user with id {user_id!r}")
+    result = await _command(request, run_id, "resend-verification")
+    return json_response(
+        {"workflowId": result.run_id, "userId": user_id, "status": "sending"},
+        status=202,
+        headers={"Location": f"/api/workflows/{result.run_id}"},
+    )
 
 
 # -- reading ----------------------------------------------------------------------

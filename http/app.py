@@ -44,6 +44,8 @@ def make_services(settings: Settings, data_dir: DataDir, public_url: str) -> Sig
         mailer=Mailer(transport, settings.failure_rate),
         risk=risk_checker(settings),
         public_url=public_url,
+        verify_ttl=settings.verify_ttl,
+        reminder_after=settings.reminder_after,
     )
 
 
@@ -93,6 +95,9 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/verify", api.verify_post)
     app.router.add_get("/api/workflows", api.list_workflows)
     app.router.add_get("/api/workflows/{id}", api.get_workflow)
+    app.router.add_post("/api/workflows/{id}/retry", api.retry_workflow)
+    app.router.add_post("/api/workflows/{id}/cancel", api.cancel_workflow)
+    app.router.add_post("/api/users/{id}/resend-verification", api.resend_verification)
     app.router.add_get("/api/users", api.list_users)
     app.router.add_get("/api/users/{id}", api.get_user)
     app.router.add_get("/api/outbox", api.outbox)

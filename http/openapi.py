@@ -34,6 +34,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         410: "no longer valid",
         413: "body too large",
         415: "body is not JSON",
+        429: "too many requests; see Retry-After",
         503: "starting, shutting down or storage unavailable",
     }
     return {str(code): _json(_ref("Error"), text[code]) for code in codes}
@@ -52,6 +53,7 @@ SCHEMAS: dict[str, Any] = {
         "additionalProperties": False,
     },
     "SignupAccepted": _obj(["workflowId", "userId", "status"], workflowId=_STR, userId=_STR, status=_STR),
+    "ActionAccepted": _obj(["workflowId", "status"], workflowId=_STR, userId=_STR, status=_STR),
     "VerifyRequest": {**_obj(["token"], token=_STR), "additionalProperties": False},
     "Verified": _obj(["workflowId", "status"], workflowId=_STR, status={"const": "verified"}),
     "Risk": {
@@ -184,6 +186,27 @@ def document() -> dict[str, Any]:
                 "summary": "One run with its steps, attempts and timeline",
                 "parameters": [_ID],
                 "responses": {"200": _json(_ref("WorkflowDetail"), "the run"), **_errors(404, 503)},
+            }
+        },
+        "/api/workflows/{id}/retry": {
+            "post": {
+                "summary": "Resume a FAILED run from its failed step, with a fresh attempt budget",
+                "parameters": [_ID],
+                "responses": {"202": _json(_ref("ActionAccepted"), "resumed (durable)"), **_errors(404, 409, 503)},
+            }
+        },
+        "/api/workflows/{id}/cancel": {
+            "post": {
+                "summary": "Cancel a RUNNING or WAITING run: its timers are dropped and its link stops working",
+                "parameters": [_ID],
+                "responses": {"200": _json(_ref("ActionAccepted"), "cancelled (durable)"), **_errors(404, 409, 503)},
+            }
+        },
+        "/api/users/{id}/resend-verification": {
+            "post": {
+                "summary": "A fresh link by a new email for a PENDING user; the old link answers 410; the deadline stays",
+                "parameters": [_ID],
+                "responses": {"202": _json(_ref("ActionAccepted"), "the new email is on its way"), **_errors(404, 409, 429, 503)},
             }
         },
         "/api/users": {

@@ -63,7 +63,7 @@ def _step_output(step: dict[str, Any]) -> Any:
     output = step["output"]
     if step["kind"] == "wait" and output:
         # The signal's payload holds a token hash: it is no one's business.
-        return {"signal": output["signal"], "receivedAt": output["receivedAt"]}
+        return {key: value for key, value in output.items() if key != "payload"}
     return output
 
 

@@ -102,7 +102,11 @@ class AtomicJSONStorage(Storage):
         if self._deferred:
             self._dirty = True
             return
-        self._flush()
+        try:
+            self._flush()
+        except BaseException:
+            self._loaded = False  # the cache is ahead of the disk: drop it
+            raise
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -124,7 +128,7 @@ class AtomicJSONStorage(Storage):
             self._dirty = False
             try:
                 self._flush()
-            except StorageError:
+            except BaseException:  # not only StorageError: orjson raises TypeError for non-JSON values
                 self._loaded = False
                 raise
 

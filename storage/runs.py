@@ -59,7 +59,7 @@ class RunStore(Protocol):
 
 
 def valid_run_id(run_id: str) -> bool:
-    return bool(_RUN_ID.match(run_id))
+    return bool(_RUN_ID.fullmatch(run_id))  # not match: "$" also matches before a final newline
 
 
 class RunFile:

@@ -68,10 +68,6 @@ def live_run_actors() -> list[pykka.ActorRef[Any]]:
     return pykka.ActorRegistry.get_by_class(RunActor)
 
 
-async def run_in_thread(function: Callable[..., Any], *args: Any) -> Any:
-    return await asyncio.to_thread(function, *args)
-
-
 def epoch(iso_text: str) -> float:
     return datetime.fromisoformat(iso_text.replace("Z", "+00:00")).timestamp()
 
@@ -90,3 +86,69 @@ def python(code: str, *, cwd: str, faults: str | None = None, timeout: float = 3
         [sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
 
+
+
+class Gate:
+    """A step function that blocks on a threading.Event, counting who is waiting at it."""
+
+    def __init__(self, output: Any = None) -> None:
+        self.release = threading.Event()
+        self._lock = threading.Lock()
+        self._output = {"gated": True} if output is None else output
+        self.waiting = 0
+        self.peak = 0
+        self.passed = 0
+
+    def __call__(self, ctx: Any) -> Any:
+        with self._lock:
+            self.waiting += 1
+            self.peak = max(self.peak, self.waiting)
+        try:
+            if not self.release.wait(timeout=30):
+                raise TimeoutError("gate never opened")
+        finally:
+            with self._lock:
+                self.waiting -= 1
+                self.passed += 1
+        return self._output
+
+
+class Runtimes:
+    """Starts Runtimes for one test and stops them all (gates opened first) at teardown."""
+
+    def __init__(self, default_path: str) -> None:
+        self.default_path = default_path
+        self.made: list[Runtime] = []
+        self.gates: list[Gate] = []
+
+    async def __call__(
+        self, workflows: Any, *, path: str | None = None, max_live: int = 256, services: Any = None
+    ) -> Runtime:
+        from userflow.storage import FileRunStore
+
+        runtime = Runtime(
+            FileRunStore(str(path or self.default_path)),
+            workflows,
+            services,
+            max_live=max_live,
+            loop=asyncio.get_running_loop(),
+            request_timeout=20,
+        )
+        runtime.report = await asyncio.to_thread(runtime.start)  # type: ignore[attr-defined]
+        self.made.append(runtime)
+        return runtime
+
+    def gate(self) -> Gate:
+        self.gates.append(Gate())
+        return self.gates[-1]
+
+    async def close(self) -> None:
+        from userflow.actors.supervisor import Supervisor
+
+        for gate in self.gates:
+            gate.release.set()
+        for runtime in self.made:
+            await asyncio.to_thread(runtime.stop)
+        leftovers = pykka.ActorRegistry.get_by_class(Supervisor) + live_run_actors()
+        pykka.ActorRegistry.stop_all()
+        assert not leftovers, f"actors left running: {leftovers}"

@@ -7,11 +7,11 @@ import sys
 
 import orjson
 import pytest
+from tinydb import TinyDB
 
 from tests.helpers import python
 from userflow.storage import CorruptFileError, DataDir, DataDirBusy, FileRunStore, StorageError, valid_run_id
-from userflow.storage.atomic import read_json, write_atomic
-from userflow.storage.runs import RunFile
+from userflow.storage.atomic import AtomicJSONStorage, read_json, write_atomic
 
 CRASH_BEFORE_RENAME = "crash:storage:before-rename"
 
@@ -150,6 +150,16 @@ def test_failed_commit_leaves_disk_and_next_load_untouched(tmp_path) -> None:
     reloaded = handle.load()
     assert reloaded.run["version"] == 1
     assert [e["seq"] for e in reloaded.timeline] == [1]
+
+
+def test_unbatched_write_failure_does_not_leave_the_cache_ahead_of_the_disk(tmp_path) -> None:
+    db = TinyDB(str(tmp_path / "db.json"), storage=AtomicJSONStorage)
+    table = db.table("t", cache_size=0)
+    table.insert({"n": 1})
+    with pytest.raises(TypeError):
+        table.insert({"n": object()})
+    assert table.all() == [{"n": 1}]
+    assert orjson.loads((tmp_path / "db.json").read_bytes()) == {"t": {"1": {"n": 1}}}
 
 
 def test_scan_quarantines_unreadable_files_and_yields_good_ones(tmp_path, caplog) -> None:

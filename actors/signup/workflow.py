@@ -19,8 +19,8 @@ from userflow.actors.signup.email import Mailer, verification_email
 from userflow.actors.signup.risk import Verdict, assess
 from userflow.actors.signup.tokens import TokenSigner, token_hash
 from userflow.actors.status import RunStatus
-from userflow.actors.timeutil import iso_now
-from userflow.actors.workflow import SignalRejected, Step, StepContext, Wait, Workflow
+from userflow.actors.timeutil import iso_now, now
+from userflow.actors.workflow import Action, ActionRejected, Deadline, SignalRejected, Step, StepContext, Wait, Workflow
 
 NAME = "user-signup"
 EMAIL_VERIFIED = "email-verified"
@@ -49,6 +49,10 @@ class SignupServices:
     mailer: Mailer
     risk: RiskChecker
     public_url: str
+    verify_ttl: float = 86400.0
+    reminder_after: float = 3600.0
+    resend_interval: float = 30.0
+    max_resends: int = 5
 
     def link(self, run_id: str, send_no: int) -> str:
         return f"{self.public_url}/verify?token={self.tokens.token(run_id, send_no)}"
@@ -81,16 +85,56 @@ def send_verification_email(ctx: StepContext) -> dict[str, Any]:
     if digest not in hashes:
         hashes.append(digest)
     ctx.state["tokenHash"] = digest
-    user = ctx.state["user"]
+    return _send(ctx, "verification" if send_no == 1 else "resend", send_no)
+
+
+def _send(ctx: StepContext, kind: str, send_no: int) -> dict[str, Any]:
+    services: SignupServices = ctx.services
+    user = ctx.state["user"]  # always the stored address, whatever a request said
     email = verification_email(
         run_id=ctx.run_id,
-        kind="verification",
+        kind=kind,
         send_no=send_no,
         to=user["email"],
         name=user["name"],
         link=services.link(ctx.run_id, send_no),
     )
     return services.mailer.deliver(ctx, email, send_no)
+
+
+def send_reminder(ctx: StepContext) -> dict[str, Any]:
+    """The one reminder: the same link as the email it reminds of."""
+    return _send(ctx, "reminder", ctx.state["sendNo"])
+
+
+def expire_user(ctx: StepContext) -> None:
+    user = ctx.state["user"]
+    user["status"] = UserStatus.EXPIRED
+    user["finishedAt"] = iso_now()
+    ctx.state["tokenHash"] = None
+    ctx.log(f"user {user['id']} is EXPIRED: the verification link was not used in time")
+
+
+def resend_verification(ctx: StepContext) -> None:
+    """A fresh link by a new email; the old link stops working at once.
+
+    The deadline stays where it was: a resend is not a way to keep a link
+    alive forever. Resends are spaced and counted per user.
+    """
+    services: SignupServices = ctx.services
+    user = ctx.state.get("user")
+    if user is None or user["status"] != UserStatus.PENDING or ctx.outputs.get("wait-for-verification"):
+        raise ActionRejected("conflict", "only a PENDING user who has not verified yet can get a new link")
+    requests: list[float] = ctx.state.setdefault("resends", [])
+    if len(requests) >= services.max_resends:
+        raise ActionRejected("rate_limited", f"at most {services.max_resends} new links per signup")
+    if requests and (wait := requests[-1] + services.resend_interval - now()) > 0:
+        raise ActionRejected("rate_limited", f"a new link was sent moments ago; try again in {wait:.0f} s", wait)
+    requests.append(now())
+    ctx.state["sendNo"] = ctx.state.get("sendNo", 1) + 1
+    ctx.state["tokenHash"] = None  # the old link answers 410 from now on
+    ctx.log(f"new verification link requested ({len(requests)} of {services.max_resends})", "resend-requested")
+    ctx.rewind_to("send-verification-email")
 
 
 def accept_verification(run: Mapping[str, Any], payload: Mapping[str, Any]) -> None:
@@ -151,7 +195,7 @@ def finalize_user(ctx: StepContext) -> dict[str, Any]:
 def _verified_at(run: Mapping[str, Any]) -> str | None:
     for step in run["steps"]:
         if step["id"] == "wait-for-verification" and step["output"]:
-            return step["output"]["receivedAt"]
+            return step["output"].get("receivedAt")  # None if the wait ended by a deadline
     for signal in run["signals"]:
         if signal["name"] == EMAIL_VERIFIED:
             return signal["receivedAt"]
@@ -204,6 +248,12 @@ def on_duplicate(existing: Mapping[str, Any]) -> str:
     return "new"  # expired or cancelled: start afresh
 
 
+def _reminder_after(services: SignupServices) -> float | None:
+    """One reminder, if it comes before the link expires (0 turns it off)."""
+    after = services.reminder_after
+    return after if 0 < after < services.verify_ttl else None
+
+
 SIGNUP = Workflow(
     name=NAME,
     steps=(
@@ -214,7 +264,16 @@ SIGNUP = Workflow(
             send_verification_email,
             RetryPolicy(max_attempts=5, initial_backoff=0.5, coefficient=2.0, max_backoff=30.0),
         ),
-        Wait("wait-for-verification", "Wait for verification", EMAIL_VERIFIED, accept_verification),
+        Wait(
+            "wait-for-verification",
+            "Wait for verification",
+            EMAIL_VERIFIED,
+            accept_verification,
+            deadlines=(
+                Deadline("reminder", after=_reminder_after, action=send_reminder),
+                Deadline("expiry", after=lambda services: services.verify_ttl, action=expire_user, outcome="expired"),
+            ),
+        ),
         Step(
             "ai-risk-check",
             "AI risk check",
@@ -227,4 +286,5 @@ SIGNUP = Workflow(
     keys=keys,
     summary=summary,
     on_duplicate=on_duplicate,
+    actions=(Action("resend-verification", resend_verification),),
 )
