@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import pykka
 
 from userflow.actors.index import RunIndex
@@ -40,6 +41,7 @@ from userflow.actors.messages import (
     reject,
     resolve,
 )
+from userflow.actors.retry import PermanentError
 from userflow.actors.status import FINISHED, RunStatus, StepStatus
 from userflow.actors.timers import TimerQueue
 from userflow.actors.timeutil import iso, iso_now, now
@@ -69,6 +71,14 @@ def describe(error: BaseException) -> str:
     text = str(error).strip()
     name = type(error).__name__
     return f"{name}: {text}" if text else name
+
+
+def storable(*values: Any) -> None:
+    """Refuse what cannot be stored as JSON: a bug that retrying cannot fix."""
+    try:
+        orjson.dumps(values)
+    except TypeError as exc:
+        raise PermanentError(f"the step produced a value that cannot be stored: {exc}") from None
 
 
 def new_run(workflow: Workflow, run_id: str, input: dict[str, Any]) -> dict[str, Any]:
@@ -257,6 +267,11 @@ class RunActor(pykka.ThreadingActor):
         try:
             output = self._call(spec.run, context)
         except Exception as exc:  # noqa: BLE001 - every failure is recorded, none escapes
+            self._attempt_failed(spec, step, attempt, context, exc)
+            return
+        try:
+            storable(output, context.state)
+        except PermanentError as exc:
             self._attempt_failed(spec, step, attempt, context, exc)
             return
         crash_point(spec.id, "before-commit")

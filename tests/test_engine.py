@@ -646,17 +646,42 @@ async def test_signal_arriving_during_shutdown_is_refused_not_lost(engine) -> No
 async def test_a_run_whose_actor_keeps_failing_is_reactivated_with_growing_delays(engine) -> None:
     calls: list[float] = []
 
-    def unstorable(ctx: StepContext) -> Any:
-        calls.append(time.monotonic())
-        return {1, 2}  # not JSON: the commit of the step's result fails and stops the actor
+    def failing_summary(run: Any) -> dict[str, Any]:
+        # A bug in the workflow's summary hook: it fails once the step is running,
+        # which stops the actor right after its commit, every time it is activated.
+        if run["steps"][0]["status"] == "RUNNING":
+            calls.append(time.monotonic())
+            raise RuntimeError("summary bug")
+        return {}
 
-    workflow = Workflow("unstorable", (Step("a", "A", unstorable),))
+    workflow = Workflow("crashing", (Step("a", "A", lambda ctx: None),), summary=failing_summary)
     runtime = await engine([workflow])
-    result = await runtime.start_run("unstorable", {})
+    result = await runtime.start_run("crashing", {})
     await async_wait_until(lambda: len(calls) >= 3, timeout=6)
     # reactivated from its last commit after 0.5 s, then 1 s: the backoff grows
     assert calls[1] - calls[0] >= 0.45
     assert calls[2] - calls[1] >= 0.95
     stored = await runtime.read(result.run_id)
-    assert stored.run["steps"][0]["status"] == "RUNNING"  # the result was never committed
+    assert stored.run["steps"][0]["status"] == "RUNNING"  # the step never got further
     assert stored.run["steps"][0]["output"] is None
+
+
+async def test_a_step_output_that_cannot_be_stored_fails_the_run_instead_of_looping(tmp_path):
+    from userflow.actors.runtime import Runtime
+    from userflow.actors.workflow import Step, Workflow
+    from userflow.storage import FileRunStore
+
+    workflow = Workflow("bad-output", (Step("make-set", "Make a set", lambda ctx: {1, 2}),))
+    runtime = Runtime(FileRunStore(str(tmp_path)), [workflow], loop=asyncio.get_running_loop())
+    await asyncio.to_thread(runtime.start)
+    try:
+        started = await runtime.start_run("bad-output", {})
+        deadline = asyncio.get_running_loop().time() + 10
+        while runtime.index.get(started.run_id)["status"] != "FAILED":
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
+        stored = await runtime.read(started.run_id)
+        [attempt] = stored.run["steps"][0]["attempts"]
+        assert "cannot be stored" in attempt["error"]
+    finally:
+        await asyncio.to_thread(runtime.stop)
