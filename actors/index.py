@@ -8,13 +8,17 @@ an actor. It is never persisted: recovery rebuilds it from the run files.
 from __future__ import annotations
 
 import bisect
+import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from userflow.actors.workflow import Workflow
 
-Listener = Callable[[dict[str, Any], list[dict[str, Any]]], None]
+#: Called after every commit with the run's snapshot, its summary and the new timeline entries.
+log = logging.getLogger(__name__)
+
+Listener = Callable[[Mapping[str, Any], dict[str, Any], list[dict[str, Any]]], None]
 
 
 def current_step(run: Mapping[str, Any]) -> str | None:
@@ -63,7 +67,10 @@ class RunIndex:
                     table[value] = run_id
             listeners = list(self._listeners)
         for listener in listeners:
-            listener(summary, entries or [])
+            try:
+                listener(run, summary, entries or [])
+            except Exception:  # an observer must never break the run it observes
+                log.exception("index listener failed")
         return summary
 
     def forget(self, run_id: str) -> None:

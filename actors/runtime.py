@@ -18,7 +18,7 @@ import pykka
 from userflow.actors.index import RunIndex
 from userflow.actors.messages import Command, Deliver, Delivered, Recover, Shutdown, StartResult, StartRun, TimerFired
 from userflow.actors.recovery import RecoveryReport
-from userflow.actors.run_actor import EngineParts
+from userflow.actors.run_actor import EngineParts, RunActor
 from userflow.actors.supervisor import Supervisor
 from userflow.actors.timers import TimerQueue
 from userflow.actors.workflow import Workflow
@@ -98,6 +98,10 @@ class Runtime:
     async def command(self, run_id: str, name: str, args: dict[str, Any] | None = None) -> StartResult:
         """Run an operator action (retry, cancel, or a workflow action); returns once durable."""
         return await self._ask(lambda reply: Command(run_id, name, args or {}, reply))
+
+    def live_actors(self) -> int:
+        """Run actors alive now (each holds one thread)."""
+        return len(pykka.ActorRegistry.get_by_class(RunActor))
 
     async def read(self, run_id: str) -> StoredRun | None:
         """The run's last committed snapshot and timeline, read off the event loop."""

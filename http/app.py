@@ -19,7 +19,10 @@ from userflow.actors.signup.workflow import RiskChecker
 from userflow.http import api, pages
 from userflow.http.config import Settings
 from userflow.http.errors import error_middleware, error_response
-from userflow.http.keys import RUNTIME, SERVICES, SETTINGS
+from userflow.http.events import EventHub, stream
+from userflow.http.keys import EVENTS, METRICS, RUNTIME, SERVICES, SETTINGS
+from userflow.http.logs import log_entries
+from userflow.http.metrics import Metrics
 from userflow.http.openapi import openapi
 from userflow.storage import DataDir, FileRunStore
 
@@ -61,9 +64,13 @@ async def readiness_middleware(request: web.Request, handler):  # type: ignore[n
 
 def build_app(settings: Settings, data_dir: DataDir, public_url: str, *, autostart: bool = True) -> web.Application:
     """The application; with ``autostart`` the engine starts (and recovers) at app startup."""
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[error_middleware, readiness_middleware])
+    metrics = Metrics()
+    app = web.Application(
+        client_max_size=MAX_BODY, middlewares=[metrics.middleware(), error_middleware, readiness_middleware]
+    )
     app[SETTINGS] = settings
     app[SERVICES] = make_services(settings, data_dir, public_url)
+    app[METRICS] = metrics
 
     async def engine(app: web.Application) -> AsyncIterator[None]:
         runtime = Runtime(
@@ -74,12 +81,22 @@ def build_app(settings: Settings, data_dir: DataDir, public_url: str, *, autosta
             loop=asyncio.get_running_loop(),
         )
         app[RUNTIME] = runtime
+        hub = app[EVENTS] = EventHub(asyncio.get_running_loop())
+        runtime.index.subscribe(hub.publish_run)
+        runtime.index.subscribe(metrics.observe)
+        runtime.index.subscribe(log_entries)
+        metrics.add_gauges(runtime, lambda: hub.clients)
         if autostart:
             await start_engine(app)
         yield
         await asyncio.to_thread(runtime.stop)
 
+    async def close_streams(app: web.Application) -> None:
+        if EVENTS in app:
+            app[EVENTS].close()
+
     app.cleanup_ctx.append(engine)
+    app.on_shutdown.append(close_streams)
     add_routes(app)
     return app
 
@@ -87,6 +104,14 @@ def build_app(settings: Settings, data_dir: DataDir, public_url: str, *, autosta
 async def start_engine(app: web.Application) -> None:
     report = await asyncio.to_thread(app[RUNTIME].start)
     log.info("ready: %d runs recovered, %d resumed", report.runs, len(report.resume))
+
+
+async def events_stream(request: web.Request) -> web.StreamResponse:
+    return await stream(request, request.app[EVENTS])
+
+
+async def metrics_page(request: web.Request) -> web.Response:
+    return await request.app[METRICS].handler(request)
 
 
 def add_routes(app: web.Application) -> None:
@@ -102,6 +127,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/users/{id}", api.get_user)
     app.router.add_get("/api/outbox", api.outbox)
     app.router.add_get("/api/openapi.json", openapi)
+    app.router.add_get("/api/events", events_stream)
+    app.router.add_get("/metrics", metrics_page)
     app.router.add_get("/healthz", api.healthz)
     app.router.add_get("/readyz", api.readyz)
     app.router.add_get("/verify", pages.verify_page)

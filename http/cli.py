@@ -10,6 +10,7 @@ import sys
 
 from aiohttp import web
 
+from userflow.http import logs
 from userflow.http.app import build_app, start_engine
 from userflow.http.config import Settings, load
 from userflow.storage import DataDir, DataDirBusy
@@ -52,7 +53,7 @@ async def serve(settings: Settings, data_dir: DataDir) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     command, settings = load(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logs.configure()
     if command != "serve":
         return 2
     try:

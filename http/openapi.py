@@ -232,6 +232,23 @@ def document() -> dict[str, Any]:
                 },
             }
         },
+        "/api/events": {
+            "get": {
+                "summary": "Server-Sent Events: `timeline` (one per entry), `run` (a run's new summary), `reset` (reload)",
+                "description": "Ids are BOOT-SEQ; send Last-Event-ID (header, or ?lastEventId=) to get exactly the events missed. Heartbeat comments every 15 s.",
+                "parameters": [
+                    {"name": "Last-Event-ID", "in": "header", "schema": _STR},
+                    {"name": "lastEventId", "in": "query", "schema": _STR},
+                ],
+                "responses": {"200": {"description": "an event stream", "content": {"text/event-stream": {}}}, **_errors(503)},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {}}}},
+            }
+        },
         "/api/openapi.json": {"get": {"summary": "This document", "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")}}},
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json(_obj(["status"], status=_STR), "alive")}}},
         "/readyz": {

@@ -247,7 +247,7 @@ async def test_signal_before_the_wait_is_recorded_and_consumed_when_the_wait_sta
     gate = engine.gate()
     runtime = await engine([approval_workflow(gate)])
     statuses: list[str] = []
-    runtime.index.subscribe(lambda summary, entries: statuses.append(summary["status"]))
+    runtime.index.subscribe(lambda run, summary, entries: statuses.append(summary["status"]))
 
     result = await runtime.start_run("approve", {})
     await async_wait_until(lambda: gate.waiting == 1)

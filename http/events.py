@@ -1,0 +1,146 @@
+"""Server-Sent Events: every run change and timeline entry, as it happens.
+
+Run actors publish after each commit (from their threads) into one bounded
+ring of recent events; each SSE client only keeps a cursor into that ring,
+so a slow or vanished client costs no memory and cannot slow anyone down.
+Event ids are ``BOOT-SEQ``: a client reconnecting with ``Last-Event-ID``
+gets exactly what it missed, or a ``reset`` event (reload everything) when
+the id is from an earlier server process or has left the ring.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import secrets
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from userflow.http import views
+
+RING = 20_000
+HEARTBEAT = 15.0
+WRITE_TIMEOUT = 10.0
+
+
+class EventHub:
+    def __init__(self, loop: asyncio.AbstractEventLoop, capacity: int = RING) -> None:
+        self.boot = secrets.token_hex(4)
+        self._loop = loop
+        self._ring: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=capacity)
+        self._seq = itertools.count(1)
+        self._lock = threading.Lock()
+        self._changed = asyncio.Event()
+        self._wake_pending = False
+        self.clients = 0
+        self.closing = False
+
+    # -- publishing (any thread) --------------------------------------------------------
+
+    def publish_run(self, run: Mapping[str, Any], summary: dict[str, Any], entries: list[dict[str, Any]]) -> None:
+        """The index listener: one ``timeline`` event per entry, then the run's new summary."""
+        frames = [("timeline", {"workflowId": run["id"], **entry}) for entry in entries]
+        frames.append(("run", views.workflow_summary(summary)))
+        self.publish(frames)
+
+    def publish(self, frames: list[tuple[str, Any]]) -> None:
+        with self._lock:
+            for kind, data in frames:
+                seq = next(self._seq)
+                self._ring.append((seq, self._frame(seq, kind, data)))
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+        try:
+            self._loop.call_soon_threadsafe(self._wake)
+        except RuntimeError:  # the loop has closed: the server is gone
+            pass
+
+    def _frame(self, seq: int, kind: str, data: Any) -> bytes:
+        return b"id: %s-%d\nevent: %s\ndata: %s\n\n" % (self.boot.encode(), seq, kind.encode(), orjson.dumps(data))
+
+    def _wake(self) -> None:
+        with self._lock:
+            self._wake_pending = False
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    # -- reading (event loop) -----------------------------------------------------------
+
+    @property
+    def last_seq(self) -> int:
+        with self._lock:
+            return self._ring[-1][0] if self._ring else 0
+
+    def since(self, seq: int) -> tuple[list[bytes], int] | None:
+        """Frames after ``seq`` and the new cursor; None if some have left the ring."""
+        with self._lock:
+            if not self._ring:
+                return [], seq
+            first = self._ring[0][0]
+            if seq < first - 1:
+                return None
+            start = seq - first + 1
+            frames = [frame for _, frame in itertools.islice(self._ring, max(start, 0), None)]
+            return frames, self._ring[-1][0]
+
+    def resume_point(self, last_event_id: str | None) -> int | None:
+        """The cursor for a ``Last-Event-ID``: None means the client must start over."""
+        if not last_event_id:
+            return self.last_seq
+        boot, _, seq = last_event_id.partition("-")
+        if boot != self.boot or not seq.isdigit():
+            return None
+        return int(seq)
+
+    def close(self) -> None:
+        """Ask every stream to end (server shutdown): a stream would otherwise never finish."""
+        self.closing = True
+        self._changed.set()
+
+    async def changed(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout)
+
+
+async def stream(request: web.Request, hub: EventHub) -> web.StreamResponse:
+    """``GET /api/events``."""
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
+    await response.prepare(request)
+    cursor = hub.resume_point(request.headers.get("Last-Event-ID") or request.query.get("lastEventId"))
+    hub.clients += 1
+    try:
+        await _write(response, b"retry: 2000\n\n")
+        while not hub.closing:
+            if cursor is None:
+                cursor = hub.last_seq
+                await _write(response, b"id: %s-%d\nevent: reset\ndata: {}\n\n" % (hub.boot.encode(), cursor))
+            batch = hub.since(cursor)
+            if batch is None:
+                cursor = None  # fell behind the ring: tell the client to reload
+                continue
+            frames, cursor = batch
+            if frames:
+                await _write(response, b"".join(frames))
+            else:
+                await hub.changed(HEARTBEAT)
+                if hub.since(cursor) == ([], cursor):
+                    await _write(response, b": heartbeat\n\n")
+    except (ConnectionResetError, TimeoutError):
+        pass  # the client went away or stopped reading
+    finally:
+        hub.clients -= 1
+    return response
+
+
+async def _write(response: web.StreamResponse, data: bytes) -> None:
+    # A client that stops reading fills its socket buffer; give up on it then.
+    await asyncio.wait_for(response.write(data), WRITE_TIMEOUT)

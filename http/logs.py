@@ -1,0 +1,69 @@
+"""Logging: one line per event, JSON when not on a terminal, never a secret.
+
+Every timeline entry of every run is logged with its run id, step and
+attempt. Tokens never reach a log line: runs hold only their hashes, timeline
+messages never include them, and no request line (whose query may hold a
+token) is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+_FIELDS = ("runId", "step", "attempt", "event")
+run_log = logging.getLogger("userflow.run")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for field in _FIELDS:
+            value = getattr(record, field, None)
+            if value is not None:
+                line[field] = value
+        if record.exc_info:
+            line["error"] = self.formatException(record.exc_info)
+        return orjson.dumps(line).decode()
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        context = " ".join(f"{f}={getattr(record, f)}" for f in _FIELDS[:3] if getattr(record, f, None) is not None)
+        return f"{text} [{context}]" if context else text
+
+
+def configure(level: str = "INFO", json_lines: bool | None = None) -> None:
+    json_lines = not sys.stderr.isatty() if json_lines is None else json_lines
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter() if json_lines else TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    logging.Formatter.converter = time.gmtime  # UTC timestamps everywhere
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def log_entries(run: Mapping[str, Any], summary: dict[str, Any], entries: list[dict[str, Any]]) -> None:
+    """The index listener: one log line per timeline entry."""
+    if not run_log.isEnabledFor(logging.INFO):
+        return
+    for entry in entries:
+        level = logging.WARNING if entry["type"] in ("attempt-failed", "run-failed", "deadline-failed") else logging.INFO
+        run_log.log(
+            level,
+            entry["message"],
+            extra={"runId": run["id"], "step": entry["step"], "attempt": entry["attempt"], "event": entry["type"]},
+        )
