@@ -108,6 +108,7 @@ SCHEMAS: dict[str, Any] = {
         finishedAt=_NTIME,
         durationMs={"type": ["integer", "null"]},
         retryAt=_NTIME,
+        deadlines={"type": ["object", "null"], "additionalProperties": _TIME, "description": "a wait's deadlines, e.g. reminder and expiry"},
     ),
     "TimelineEntry": _obj(
         ["at", "type", "step", "attempt", "message"],

@@ -84,6 +84,7 @@ def workflow_detail(stored: StoredRun, summary: dict[str, Any]) -> dict[str, Any
             "finishedAt": step["finishedAt"],
             "durationMs": _ms_between(step["startedAt"], step["finishedAt"]),
             "retryAt": step["retryAt"],
+            "deadlines": step.get("deadlines"),
         }
         for step in run["steps"]
     ]
