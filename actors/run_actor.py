@@ -384,6 +384,7 @@ class RunActor(pykka.ThreadingActor):
         run = self._run
         signal = next((s for s in run["signals"] if s["name"] == spec.signal), None)
         if step["status"] != StepStatus.WAITING:
+            crash_point(spec.id, "before-run")
             step["status"] = StepStatus.WAITING
             step["startedAt"] = step["startedAt"] or iso_now()
             if signal is None:
@@ -399,6 +400,7 @@ class RunActor(pykka.ThreadingActor):
         step["finishedAt"] = iso_now()
         self._log("step-completed", f"{spec.name}: signal {spec.signal} received", spec.id)
         run["cursor"] += 1
+        crash_point(spec.id, "before-commit")
         self._commit()
         self._advance_soon()
 
@@ -593,6 +595,7 @@ class RunActor(pykka.ThreadingActor):
         except StorageError as exc:
             reject(message.reply, exc)
             raise
+        crash_point("signal", "after-commit")  # durable, not yet answered
         resolve(message.reply, Delivered(self._run_id, duplicate=False))
         if resume:
             self._advance_soon()

@@ -10,7 +10,6 @@ from aiohttp import web
 
 from userflow.actors.runtime import Runtime
 from userflow.actors.signup import SIGNUP, SignupServices
-from userflow.actors.signup.gemini import GeminiRisk
 from userflow.actors.signup.email import Mailer, OutboxTransport
 from userflow.actors.signup.risk import HeuristicRisk
 from userflow.actors.signup.smtp import SmtpTransport
@@ -36,6 +35,8 @@ def risk_checker(settings: Settings) -> RiskChecker:
     if not settings.gemini_api_key:
         log.info("risk check: local heuristic (set GEMINI_API_KEY to ask Gemini)")
         return HeuristicRisk()
+    from userflow.actors.signup.gemini import GeminiRisk  # the SDK takes most of a second to import
+
     log.info("risk check: Gemini model %s%s", settings.gemini_model, f" at {settings.gemini_base_url}" if settings.gemini_base_url else "")
     return GeminiRisk(settings.gemini_api_key, settings.gemini_model, settings.gemini_base_url, settings.gemini_timeout)
 

@@ -41,7 +41,7 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def write_atomic(path: str, payload: bytes) -> None:
+def write_atomic(path: str, payload: bytes, *, fault_point: bool = True) -> None:
     """Make ``payload`` the durable content of ``path``, all or nothing."""
     directory = os.path.dirname(path) or "."
     tmp = f"{path}.tmp"
@@ -55,7 +55,8 @@ def write_atomic(path: str, payload: bytes) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-        crash_point("storage", "before-rename")
+        if fault_point:
+            crash_point("storage", "before-rename")
         os.replace(tmp, path)
         fsync_dir(directory)
     except OSError as exc:

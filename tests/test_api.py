@@ -814,7 +814,7 @@ async def test_wrong_method_is_405_json(client: TestClient, method: str, path: s
     assert "Allow" in resp.headers
 
 
-SPEC_ONLY_ROUTES = [
+LIFECYCLE_ROUTES = [
     ("POST", "/api/workflows/{id}/retry"),
     ("POST", "/api/workflows/{id}/cancel"),
     ("POST", "/api/users/{id}/resend-verification"),
@@ -823,13 +823,9 @@ SPEC_ONLY_ROUTES = [
 ]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="GAP: SPEC.md section 3 documents these endpoints but http/app.py add_routes does not register them "
-    "(each answers 404 not_found / 405), and /api/openapi.json does not describe them",
-)
-@pytest.mark.parametrize(("method", "path"), SPEC_ONLY_ROUTES)
-async def test_every_spec_endpoint_is_routed(client: TestClient, method: str, path: str) -> None:
+@pytest.mark.parametrize(("method", "path"), LIFECYCLE_ROUTES)
+async def test_the_other_spec_endpoints_are_routed(client: TestClient, method: str, path: str) -> None:
+    """Documented in SPEC.md section 3; their behaviour is beyond these tests, only that they are served."""
     app: web.Application = client.server.app  # type: ignore[assignment]
     routed = {(r.method, r.resource.canonical) for r in app.router.routes() if r.resource is not None}
     assert (method, path) in routed

@@ -3,9 +3,9 @@
 Every email has a Message-ID derived from its run and purpose. The run's state
 keeps an outbox record per Message-ID, written durably as ``sending`` before
 the transport is called and as ``sent`` (with the transport's receipt) after.
-A retry finds ``sent`` and sends nothing; a crash between the transport's
-acceptance and the record can repeat that one send, with the same Message-ID,
-so the receiving side can tell it is the same message.
+A retry finds ``sent`` and sends nothing; only a crash between the
+transport's acceptance and the ``sent`` record can repeat that one send, with
+the same Message-ID, so the receiving side can tell it is the same message.
 
 In outbox mode the transport only keeps the email: the ``sent`` record in the
 run's file is the mailbox, listed by ``GET /api/outbox``. The token is not
@@ -123,6 +123,7 @@ class Mailer:
         record["sentAt"] = iso_now()
         record["receipt"] = receipt
         ctx.log(f"{email.kind} email sent to {email.to} ({email.message_id}, {self.transport.name})", "email-sent")
+        ctx.checkpoint()  # durable receipt: from here on, no crash can send it again
         return self._receipt(record)
 
     @staticmethod

@@ -1,0 +1,379 @@
+"""Durable deadlines of the verification wait: one reminder, then expiry (SPEC sections 2-3).
+
+In-process tests build the real app on a temporary data dir; the restart tests
+run a real server process and kill it with SIGKILL. Every wait polls with a
+deadline; the only waits that are not for a condition are the ones that prove
+something does NOT happen, and those wait for a clock time named by the run
+itself (a deadline plus a margin), never for a guessed pause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from tests.server import Server
+from userflow.http.app import build_app
+from userflow.http.config import Settings
+from userflow.storage import DataDir
+
+PUBLIC_URL = "http://public.example"
+LATER_STEPS = ["ai-risk-check", "finalize-user"]
+
+pytestmark = pytest.mark.timeout(90)
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def epoch(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def token_of(link: str) -> str:
+    tokens = parse_qs(urlsplit(link).query)["token"]
+    assert len(tokens) == 1
+    return tokens[0]
+
+
+def step_of(detail: dict[str, Any], step_id: str) -> dict[str, Any]:
+    return next(s for s in detail["steps"] if s["id"] == step_id)
+
+
+def entries(detail: dict[str, Any], type: str, step: str | None = None) -> list[dict[str, Any]]:
+    return [e for e in detail["timeline"] if e["type"] == type and (step is None or e["step"] == step)]
+
+
+async def until_clock(moment: float) -> None:
+    """Until the wall clock has passed ``moment`` (epoch seconds): waiting for a time, not a guess."""
+    while time.time() <= moment:
+        await asyncio.sleep(0.02)
+
+
+async def wait_for(client: TestClient, path: str, predicate: Callable[[Any], Any], timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        resp = await client.get(path)
+        if resp.status == 200:
+            last = await resp.json()
+            if predicate(last):
+                return last
+        else:
+            last = (resp.status, await resp.text())
+        if time.monotonic() > deadline:
+            raise AssertionError(f"GET {path}: condition not met within {timeout} s; last answer {last!r}")
+        await asyncio.sleep(0.02)
+
+
+async def wait_run(client: TestClient, run_id: str, *statuses: str, timeout: float = 10.0) -> dict[str, Any]:
+    """The run's detail once both the detail (file) and the listing (index) show one of ``statuses``."""
+    detail = await wait_for(client, f"/api/workflows/{run_id}", lambda d: d["status"] in statuses, timeout)
+    await wait_for(
+        client,
+        f"/api/workflows?status={detail['status']}&limit=200",
+        lambda b: any(w["id"] == run_id for w in b["workflows"]),
+        timeout,
+    )
+    return (await get_json(client, f"/api/workflows/{run_id}"))
+
+
+async def get_json(client: TestClient, path: str) -> Any:
+    resp = await client.get(path)
+    assert resp.status == 200, (path, resp.status, await resp.text())
+    return await resp.json()
+
+
+async def outbox_of(client: TestClient, run_id: str) -> list[dict[str, Any]]:
+    body = await get_json(client, "/api/outbox?limit=200")
+    return [e for e in body["emails"] if e["workflowId"] == run_id]
+
+
+async def signup(client: TestClient, email: str, name: str = "Ann Example") -> dict[str, Any]:
+    resp = await client.post("/api/signup", json={"email": email, "name": name})
+    assert resp.status == 202, await resp.text()
+    return await resp.json()
+
+
+async def expect_error(resp: Any, status: int, code: str) -> dict[str, Any]:
+    text = await resp.text()
+    assert resp.status == status, f"expected {status}, got {resp.status}: {text}"
+    assert resp.content_type == "application/json", text
+    body = json.loads(text)
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    assert body["error"]["code"] == code, body
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"].strip(), body
+    return body
+
+
+async def expect_gone(client: TestClient, token: str) -> None:
+    """The link answers 410 by GET and by POST, in the documented error shape."""
+    await expect_error(await client.get("/api/verify", params={"token": token}), 410, "link_expired")
+    await expect_error(await client.post("/api/verify", json={"token": token}), 410, "link_expired")
+
+
+MakeApp = Callable[..., Awaitable[TestClient]]
+
+
+@pytest.fixture
+async def make_app(tmp_path: Path, aiohttp_client: Any) -> AsyncIterator[MakeApp]:
+    """Apps on fresh data dirs; keyword arguments override Settings (no email failures by default)."""
+    opened: list[tuple[TestClient, DataDir]] = []
+
+    async def make(**overrides: Any) -> TestClient:
+        path = tmp_path / f"data{len(opened)}"
+        fields: dict[str, Any] = {"data_dir": str(path), "email_failure_rate": 0.0}
+        fields.update(overrides)
+        data_dir = DataDir(str(path)).open()
+        try:
+            client = await aiohttp_client(build_app(Settings(**fields), data_dir, PUBLIC_URL))
+        except BaseException:
+            data_dir.close()
+            raise
+        opened.append((client, data_dir))
+        return client
+
+    yield make
+    for client, data_dir in reversed(opened):
+        try:
+            await client.close()
+        finally:
+            data_dir.close()
+
+
+# -- in process -----------------------------------------------------------------------------
+
+
+async def test_reminder_then_expiry(make_app: MakeApp) -> None:
+    client = await make_app(verify_ttl=3, reminder_after=1)
+    accepted = await signup(client, "ann@example.com")
+    run_id, user_id = accepted["workflowId"], accepted["userId"]
+
+    waiting = await wait_run(client, run_id, "WAITING")
+    wait_step = step_of(waiting, "wait-for-verification")
+    assert wait_step["status"] == "WAITING"
+    deadlines = wait_step["deadlines"]
+    assert set(deadlines) == {"reminder", "expiry"}, deadlines
+    began = epoch(wait_step["startedAt"])
+    assert epoch(deadlines["reminder"]) - began == pytest.approx(1.0, abs=0.2)
+    assert epoch(deadlines["expiry"]) - began == pytest.approx(3.0, abs=0.2)
+
+    [first] = await outbox_of(client, run_id)
+    assert first["kind"] == "verification"
+    token = token_of(first["link"])
+
+    # The reminder: its own Message-ID, the same link.
+    await wait_for(client, "/api/outbox?limit=200", lambda b: any(e["kind"] == "reminder" for e in b["emails"]))
+    [reminder] = [e for e in await outbox_of(client, run_id) if e["kind"] == "reminder"]
+    assert reminder["messageId"] == f"<{run_id}.reminder.1@userflow>"
+    assert reminder["messageId"] != first["messageId"]
+    assert reminder["link"] == first["link"]
+    assert reminder["to"] == "ann@example.com"
+    assert epoch(reminder["sentAt"]) >= epoch(deadlines["reminder"])
+    assert epoch(reminder["sentAt"]) < epoch(deadlines["expiry"])
+
+    # The expiry.
+    done = await wait_run(client, run_id, "COMPLETED", timeout=10)
+    assert done["outcome"] == "expired"
+    assert epoch(done["finishedAt"]) >= epoch(deadlines["expiry"])
+    assert step_of(done, "wait-for-verification")["status"] == "COMPLETED"
+    assert step_of(done, "wait-for-verification")["deadlines"] == deadlines
+    assert [step_of(done, s)["status"] for s in LATER_STEPS] == ["SKIPPED", "SKIPPED"]
+    assert [step_of(done, s)["attempts"] for s in LATER_STEPS] == [[], []]
+
+    user = await get_json(client, f"/api/users/{user_id}")
+    assert user["status"] == "EXPIRED"
+    assert user["verifiedAt"] is None and user["finishedAt"]
+    assert done["user"]["status"] == "EXPIRED"
+
+    # The timeline: the reminder (sent, then its deadline), then the expiry, then the end.
+    seq = {e["seq"]: e for e in done["timeline"]}
+    reached = entries(done, "deadline", "wait-for-verification")
+    assert [("reminder" in e["message"], "expiry" in e["message"]) for e in reached] == [(True, False), (False, True)]
+    sent = [e for e in entries(done, "email-sent") if "reminder" in e["message"]]
+    assert len(sent) == 1 and sent[0]["step"] == "wait-for-verification"
+    [completed] = entries(done, "run-completed")
+    assert "expired" in completed["message"]
+    assert sent[0]["seq"] < reached[0]["seq"] < reached[1]["seq"] < completed["seq"]
+    assert len(seq) == len(done["timeline"])
+    assert not entries(done, "deadline-failed")
+
+    await expect_gone(client, token)
+
+    # Exactly one reminder, and nothing else ever sent.
+    emails = await outbox_of(client, run_id)
+    assert sorted(e["kind"] for e in emails) == ["reminder", "verification"]
+    assert len({e["messageId"] for e in emails}) == 2
+
+
+@pytest.mark.parametrize(
+    ("reminder_after", "verify_ttl"),
+    [
+        pytest.param(0, 1.5, id="reminder-off"),
+        pytest.param(1.5, 1.5, id="reminder-at-ttl"),
+        pytest.param(3, 1.5, id="reminder-after-ttl"),
+    ],
+)
+async def test_no_reminder_when_off_or_not_before_expiry(make_app: MakeApp, reminder_after: float, verify_ttl: float) -> None:
+    client = await make_app(verify_ttl=verify_ttl, reminder_after=reminder_after)
+    accepted = await signup(client, "bob@example.com", "Bob Stone")
+    run_id = accepted["workflowId"]
+    waiting = await wait_run(client, run_id, "WAITING")
+    deadlines = step_of(waiting, "wait-for-verification")["deadlines"]
+    assert set(deadlines) == {"expiry"}, deadlines  # no reminder timer is even armed
+
+    done = await wait_run(client, run_id, "COMPLETED", timeout=10)
+    assert done["outcome"] == "expired"
+    # Past the time a reminder would have been due (if it would ever be): still one email.
+    await until_clock(epoch(deadlines["expiry"]) + max(0.0, reminder_after - verify_ttl) + 0.3)
+    emails = await outbox_of(client, run_id)
+    assert [e["kind"] for e in emails] == ["verification"]
+    detail = await get_json(client, f"/api/workflows/{run_id}")
+    assert not any("reminder" in e["message"] for e in detail["timeline"])
+
+
+async def test_verification_before_the_reminder_cancels_reminder_and_expiry(make_app: MakeApp) -> None:
+    client = await make_app(verify_ttl=2, reminder_after=1)
+    accepted = await signup(client, "cy@example.com", "Cy Young")
+    run_id, user_id = accepted["workflowId"], accepted["userId"]
+    waiting = await wait_run(client, run_id, "WAITING")
+    deadlines = step_of(waiting, "wait-for-verification")["deadlines"]
+    [email] = await outbox_of(client, run_id)
+
+    resp = await client.get("/api/verify", params={"token": token_of(email["link"])})
+    assert resp.status == 200, await resp.text()
+    assert time.time() < epoch(deadlines["reminder"]), "verified too late for this test to mean anything"
+    done = await wait_run(client, run_id, "COMPLETED")
+    assert done["outcome"] == "completed"
+    user = await get_json(client, f"/api/users/{user_id}")
+    assert user["status"] in ("ACTIVE", "FLAGGED")
+
+    # Well past the expiry: no reminder, no expiry, nothing changed.
+    await until_clock(epoch(deadlines["expiry"]) + 0.5)
+    emails = await outbox_of(client, run_id)
+    assert [e["kind"] for e in emails] == ["verification"]
+    after = await get_json(client, f"/api/workflows/{run_id}")
+    assert after["status"] == "COMPLETED" and after["outcome"] == "completed"
+    assert after["timeline"] == done["timeline"]
+    assert not entries(after, "deadline") and not entries(after, "deadline-failed")
+    assert (await get_json(client, f"/api/users/{user_id}"))["status"] == user["status"]
+
+
+async def test_signup_after_expiry_starts_a_new_run(make_app: MakeApp) -> None:
+    client = await make_app(verify_ttl=1, reminder_after=0)
+    first = await signup(client, "dee@example.com", "Dee Dee")
+    done = await wait_run(client, first["workflowId"], "COMPLETED", timeout=10)
+    assert done["outcome"] == "expired"
+    assert (await get_json(client, f"/api/users/{first['userId']}"))["status"] == "EXPIRED"
+
+    second = await signup(client, "dee@example.com", "Dee Dee")
+    assert second["workflowId"] != first["workflowId"]
+    assert second["userId"] != first["userId"]
+    await wait_run(client, second["workflowId"], "WAITING")
+    assert (await get_json(client, f"/api/users/{second['userId']}"))["status"] == "PENDING"
+    assert (await get_json(client, f"/api/users/{first['userId']}"))["status"] == "EXPIRED"
+    # The old link stays dead; the new run has its own.
+    [old] = await outbox_of(client, first["workflowId"])
+    [new] = await outbox_of(client, second["workflowId"])
+    assert old["link"] != new["link"]
+    await expect_gone(client, token_of(old["link"]))
+
+
+# -- a real process, killed -----------------------------------------------------------------
+
+FLAGS = ("--email-failure-rate", "0", "--verify-ttl", "4", "--reminder-after", "2")
+
+
+@pytest.fixture
+def servers():
+    started: list[Server] = []
+
+    def make(data_dir: Any, *args: str) -> Server:
+        server = Server(str(data_dir), *args)
+        started.append(server)
+        return server.start()
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+def waiting_run(server: Server) -> tuple[dict[str, Any], dict[str, str], str]:
+    """Sign up and wait for the durable wait: (202 body, the wait's deadlines, the link's token)."""
+    status, accepted = server.request("POST", "/api/signup", {"email": "eve@example.com", "name": "Eve Adams"})
+    assert status == 202, accepted
+    detail = server.wait_for(f"/api/workflows/{accepted['workflowId']}", lambda d: d["status"] == "WAITING")
+    deadlines = step_of(detail, "wait-for-verification")["deadlines"]
+    assert set(deadlines) == {"reminder", "expiry"}, deadlines
+    outbox = server.wait_for("/api/outbox", lambda b: len(b["emails"]) == 1)
+    return accepted, deadlines, token_of(outbox["emails"][0]["link"])
+
+
+def check_expired(server: Server, run_id: str, token: str) -> dict[str, Any]:
+    done = server.wait_for(f"/api/workflows/{run_id}", lambda d: d["status"] == "COMPLETED", timeout=15)
+    assert done["outcome"] == "expired"
+    assert done["user"]["status"] == "EXPIRED"
+    assert [step_of(done, s)["status"] for s in LATER_STEPS] == ["SKIPPED", "SKIPPED"]
+    for method, path, body in (("GET", f"/api/verify?token={token}", None), ("POST", "/api/verify", {"token": token})):
+        status, answer = server.request(method, path, body)
+        assert status == 410 and answer["error"]["code"] == "link_expired", (method, status, answer)
+    return done
+
+
+def test_kill_during_the_wait_keeps_the_deadlines(servers, tmp_path) -> None:
+    first = servers(tmp_path, *FLAGS)
+    accepted, deadlines, token = waiting_run(first)
+    run_id = accepted["workflowId"]
+    assert time.time() < epoch(deadlines["reminder"]) - 0.3, "too slow to kill before the reminder"
+    assert first.kill() == -9
+
+    again = servers(tmp_path, *FLAGS)
+    detail = again.get(f"/api/workflows/{run_id}")
+    assert step_of(detail, "wait-for-verification")["deadlines"] == deadlines  # the same ISO strings
+
+    done = check_expired(again, run_id, token)
+    expiry = epoch(deadlines["expiry"])
+    [completed] = entries(done, "run-completed")
+    assert epoch(completed["at"]) >= expiry and epoch(done["finishedAt"]) >= expiry
+    assert epoch(done["finishedAt"]) - expiry < 2.0, (done["finishedAt"], deadlines)
+    assert step_of(done, "wait-for-verification")["deadlines"] == deadlines
+
+    emails = again.get("/api/outbox?limit=200")["emails"]
+    reminders = [e for e in emails if e["kind"] == "reminder"]
+    assert len(reminders) == 1 and len(emails) == 2, emails
+    assert reminders[0]["messageId"] == f"<{run_id}.reminder.1@userflow>"
+    assert epoch(reminders[0]["sentAt"]) >= epoch(deadlines["reminder"])
+    assert len([e for e in entries(done, "deadline") if "reminder" in e["message"]]) == 1
+
+
+def test_expiry_that_passed_while_down_fires_at_once_after_restart(servers, tmp_path) -> None:
+    first = servers(tmp_path, *FLAGS)
+    accepted, deadlines, token = waiting_run(first)
+    run_id = accepted["workflowId"]
+    assert first.kill() == -9
+
+    expiry = epoch(deadlines["expiry"])
+    deadline = time.monotonic() + 10
+    while time.time() <= expiry + 0.2:  # the server is down until the expiry has passed
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+    restarted = time.time()
+    again = servers(tmp_path, *FLAGS)
+    done = check_expired(again, run_id, token)
+    finished = epoch(done["finishedAt"])
+    assert finished >= expiry
+    assert finished - restarted < 5.0, "the overdue expiry did not fire at once after the restart"
+    assert step_of(done, "wait-for-verification")["deadlines"] == deadlines
+    # At most the one reminder (it was overdue too); never a second one.
+    reminders = [e for e in again.get("/api/outbox?limit=200")["emails"] if e["kind"] == "reminder"]
+    assert len(reminders) <= 1
