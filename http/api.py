@@ -14,7 +14,7 @@ from userflow.actors.timeutil import iso_now
 from userflow.actors.workflow import ActionRejected, SignalRejected
 from userflow.http import views
 from userflow.http.errors import ApiError, json_response
-from userflow.http.keys import RUNTIME, SERVICES
+from userflow.http.keys import RUNTIME, SERVICES, SIGNUP_LIMIT, VERIFY_LIMIT
 from userflow.http.validation import SignupBody, VerifyBody, json_object, normalise_email, normalise_name, parse
 from userflow.storage import valid_run_id
 
@@ -29,7 +29,12 @@ def new_user_id() -> str:
 # -- signup and verification ------------------------------------------------------
 
 
+def client_address(request: web.Request) -> str:
+    return request.remote or "unknown"
+
+
 async def signup(request: web.Request) -> web.Response:
+    request.app[SIGNUP_LIMIT].check(client_address(request))
     body = parse(SignupBody, await json_object(request))
     assert isinstance(body, SignupBody)
     email, email_key = normalise_email(body.email)
@@ -53,6 +58,7 @@ async def signup(request: web.Request) -> web.Response:
 
 async def verify_token(request: web.Request, token: Any) -> dict[str, str]:
     """Deliver the email-verified signal for ``token``; the shared core of both verify routes."""
+    request.app[VERIFY_LIMIT].check(client_address(request))
     if not isinstance(token, str) or not well_formed(token):
         raise ApiError(400, "invalid_token", "token: expected the 43-character token from the verification link")
     digest = token_hash(token)
@@ -130,7 +136,7 @@ def _limit(request: web.Request, default: int = 50) -> int:
     raw = request.query.get("limit")
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
         raise ApiError(400, "invalid_limit", f"limit: a whole number from 1 to {MAX_LIMIT}")
     return int(raw)
 
@@ -162,11 +168,12 @@ async def list_workflows(request: web.Request) -> web.Response:
 async def get_workflow(request: web.Request) -> web.Response:
     run_id = request.match_info["id"]
     runtime = request.app[RUNTIME]
-    summary = runtime.index.get(run_id) if valid_run_id(run_id) else None
-    stored = await runtime.read(run_id) if summary else None
-    if summary is None or stored is None:
+    known = valid_run_id(run_id) and runtime.index.get(run_id) is not None
+    stored = await runtime.read(run_id) if known else None
+    if stored is None:
         raise ApiError(404, "workflow_not_found", f"no workflow with id {run_id!r}")
-    return json_response(views.workflow_detail(stored, runtime.index.get(run_id) or summary))
+    # Everything from the one committed snapshot, never half file and half index.
+    return json_response(views.workflow_detail(stored, runtime.index.summarise(stored.run)))
 
 
 async def list_users(request: web.Request) -> web.Response:

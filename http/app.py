@@ -19,9 +19,10 @@ from userflow.http import api, pages
 from userflow.http.config import Settings
 from userflow.http.errors import error_middleware, error_response
 from userflow.http.events import EventHub, stream
-from userflow.http.keys import EVENTS, METRICS, RUNTIME, SERVICES, SETTINGS
+from userflow.http.keys import EVENTS, METRICS, RUNTIME, SERVICES, SETTINGS, SIGNUP_LIMIT, VERIFY_LIMIT
 from userflow.http.logs import log_entries
 from userflow.http.metrics import Metrics
+from userflow.http.ratelimit import Rate, RateLimiter
 from userflow.http.openapi import openapi
 from userflow.storage import DataDir, FileRunStore
 
@@ -72,6 +73,8 @@ def build_app(settings: Settings, data_dir: DataDir, public_url: str, *, autosta
     app[SETTINGS] = settings
     app[SERVICES] = make_services(settings, data_dir, public_url)
     app[METRICS] = metrics
+    app[SIGNUP_LIMIT] = RateLimiter(Rate.parse(settings.signup_rate), "signup")
+    app[VERIFY_LIMIT] = RateLimiter(Rate.parse(settings.verify_rate), "verification")
 
     async def engine(app: web.Application) -> AsyncIterator[None]:
         runtime = Runtime(

@@ -20,6 +20,8 @@ class Settings:
     verify_ttl: float = 86400.0
     reminder_after: float = 3600.0
     max_live_actors: int = 256
+    signup_rate: str = "20/60"  # per client address; "0" turns it off
+    verify_rate: str = "60/60"
     gemini_api_key: str | None = None
     gemini_model: str = "gemini-2.5-flash"  # a current Flash model
     gemini_base_url: str | None = None
@@ -62,6 +64,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _rate(text: str) -> str:
+    from userflow.http.ratelimit import Rate
+
+    try:
+        Rate.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -102,6 +114,8 @@ def parser() -> argparse.ArgumentParser:
     option("--email-failure-rate", "USERFLOW_EMAIL_FAILURE_RATE", _fraction, None, "injected transient email failures (0.2 in outbox mode, 0 with SMTP)")
     option("--verify-ttl", "USERFLOW_VERIFY_TTL", _seconds, d.verify_ttl, "seconds a verification link stays valid")
     option("--reminder-after", "USERFLOW_REMINDER_AFTER", _seconds, d.reminder_after, "seconds before one reminder email, 0 = never")
+    option("--signup-rate-limit", "USERFLOW_SIGNUP_RATE_LIMIT", _rate, d.signup_rate, "signups per client address, N/SECONDS, 0 = off")
+    option("--verify-rate-limit", "USERFLOW_VERIFY_RATE_LIMIT", _rate, d.verify_rate, "verifications per client address, N/SECONDS, 0 = off")
     option("--max-live-actors", "USERFLOW_MAX_LIVE_ACTORS", int, d.max_live_actors, "cap on run actors alive at once")
     return main
 
@@ -130,6 +144,8 @@ def load(argv: list[str] | None = None) -> tuple[str, Settings]:
         verify_ttl=args.verify_ttl,
         reminder_after=args.reminder_after,
         max_live_actors=max(1, args.max_live_actors),
+        signup_rate=args.signup_rate_limit,
+        verify_rate=args.verify_rate_limit,
         gemini_api_key=_env("GEMINI_API_KEY"),
         gemini_model=_env("GEMINI_MODEL") or Settings.gemini_model,
         gemini_base_url=_env("GEMINI_BASE_URL"),

@@ -7,9 +7,12 @@ from userflow.actors.signup import SignupServices
 from userflow.http.config import Settings
 from userflow.http.events import EventHub
 from userflow.http.metrics import Metrics
+from userflow.http.ratelimit import RateLimiter
 
 SETTINGS = web.AppKey("settings", Settings)
 RUNTIME = web.AppKey("runtime", Runtime)
 SERVICES = web.AppKey("services", SignupServices)
 EVENTS = web.AppKey("events", EventHub)
 METRICS = web.AppKey("metrics", Metrics)
+SIGNUP_LIMIT = web.AppKey("signup_limit", RateLimiter)
+VERIFY_LIMIT = web.AppKey("verify_limit", RateLimiter)

@@ -153,7 +153,7 @@ def document() -> dict[str, Any]:
                 "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("SignupRequest")}}},
                 "responses": {
                     "202": {**_json(_ref("SignupAccepted"), "accepted and durable"), "headers": {"Location": {"schema": _STR}}},
-                    **_errors(400, 409, 413, 415, 503),
+                    **_errors(400, 409, 413, 415, 429, 503),
                 },
             }
         },
@@ -161,12 +161,12 @@ def document() -> dict[str, Any]:
             "get": {
                 "summary": "Verify an email address with the token from the link",
                 "parameters": [_TOKEN],
-                "responses": {"200": _json(_ref("Verified"), "verified (repeating is harmless)"), **_errors(400, 404, 410, 503)},
+                "responses": {"200": _json(_ref("Verified"), "verified (repeating is harmless)"), **_errors(400, 404, 410, 429, 503)},
             },
             "post": {
                 "summary": "Verify an email address (for forms and clients)",
                 "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("VerifyRequest")}}},
-                "responses": {"200": _json(_ref("Verified"), "verified"), **_errors(*_BODY_ERRORS, 404, 410)},
+                "responses": {"200": _json(_ref("Verified"), "verified"), **_errors(*_BODY_ERRORS, 404, 410, 429)},
             },
         },
         "/api/workflows": {

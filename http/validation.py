@@ -75,6 +75,9 @@ def normalise_email(raw: str) -> tuple[str, str]:
         raise ApiError(400, "invalid_email", "email: control characters and line breaks are not allowed")
     if len(email) > MAX_EMAIL:
         raise ApiError(400, "invalid_email", f"email: at most {MAX_EMAIL} characters")
+    if unicodedata.normalize("NFC", email) != email or any(unicodedata.category(c) in ("Cf", "Co", "Cn") for c in email):
+        # e.g. the Kelvin sign, which normalises to "K": a look-alike of another address.
+        raise ApiError(400, "invalid_email", "email: contains look-alike or invisible characters; type the address plainly")
     try:
         result = validate_email(email, check_deliverability=False)
     except EmailNotValidError as exc:

@@ -1,137 +1,767 @@
-// The dashboard: plain DOM, no framework. Everything shown is built with
-// textContent, never innerHTML, so user-supplied names cannot inject markup.
+// The userflow dashboard: plain DOM, no framework, no build step.
+//
+// It updates live from the Server-Sent Events at /api/events: a `run` event
+// refetches that run's detail (debounced per run) and re-renders only that
+// run; `reset` (and the first connection) reloads the lists. There is no
+// polling loop; a one-second ticker only rewrites relative times ("3 s ago").
+//
+// Everything shown is built with textContent and setAttribute, never
+// innerHTML: user names and emails are hostile input.
 "use strict";
 
-const $ = (sel) => document.querySelector(sel);
+(() => {
+  const STEP_ORDER = ["create-user", "send-verification-email", "wait-for-verification", "ai-risk-check", "finalize-user"];
+  const PAGE = 50;
+  const DETAIL_DEBOUNCE_MS = 120;
+  const DETAIL_CONCURRENCY = 4;
 
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs)) {
-    if (key === "class") node.className = value;
-    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
-    else node.setAttribute(key, value);
-  }
-  for (const child of children) {
-    if (child !== null && child !== undefined) node.append(child instanceof Node ? child : String(child));
-  }
-  return node;
-}
+  const $ = (sel, root = document) => root.querySelector(sel);
 
-const badge = (text) => el("span", { class: `badge b-${text}` }, text);
+  // -- state -----------------------------------------------------------------------
 
-async function api(path, options = {}) {
-  const response = await fetch(path, options);
-  const body = await response.json().catch(() => null);
-  return { ok: response.ok, status: response.status, body };
-}
+  const state = {
+    runs: new Map(),        // id -> summary
+    details: new Map(),     // id -> detail
+    detailText: new Map(),  // id -> JSON of the last rendered detail (skip needless re-renders)
+    users: new Map(),       // userId -> user
+    outbox: [],             // emails, newest first
+    outboxEnabled: true,
+    filter: "",
+    nextCursor: null,
+    runMessages: new Map(), // id -> {text, kind}
+    mailMessages: new Map(),// messageId -> {text, kind}
+    openTimelines: new Set(),
+    loaded: false,
+  };
+  const cards = new Map();  // id -> <article>
 
-function ago(iso) {
-  if (!iso) return "";
-  const s = Math.round((Date.now() - Date.parse(iso)) / 1000);
-  return s < 60 ? `${s}s ago` : s < 3600 ? `${Math.round(s / 60)}m ago` : new Date(iso).toLocaleString();
-}
+  // -- small helpers ---------------------------------------------------------------
 
-function renderStep(step) {
-  const attempts = step.attempts.length;
-  const last = step.attempts[attempts - 1];
-  const failed = step.attempts.filter((a) => a.error);
-  return el("div", { class: `step s-${step.status}` },
-    el("div", { class: "name" }, step.name),
-    el("div", {}, badge(step.status)),
-    attempts ? el("div", { class: "att" }, `${attempts} attempt${attempts > 1 ? "s" : ""}` +
-      (step.durationMs != null ? ` · ${step.durationMs} ms` : "")) : null,
-    step.retryAt && step.status === "RETRYING" ? el("div", { class: "att" }, `retry at ${new Date(step.retryAt).toLocaleTimeString()}`) : null,
-    ...failed.map((a) => el("div", { class: "err" }, `#${a.number}: ${a.error}`)),
-    last && !last.finishedAt ? el("div", { class: "att" }, "running…") : null,
-  );
-}
-
-const details = new Map();
-
-async function refreshRuns() {
-  const status = $("#status-filter").value;
-  const { ok, body } = await api(`/api/workflows?limit=30${status ? `&status=${status}` : ""}`);
-  if (!ok) return;
-  const container = $("#runs");
-  const nodes = [];
-  for (const run of body.workflows) {
-    let detail = details.get(run.id);
-    if (!detail || detail.updatedAt !== run.updatedAt) {
-      const answer = await api(`/api/workflows/${run.id}`);
-      if (!answer.ok) continue;
-      detail = answer.body;
-      details.set(run.id, detail);
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (value === null || value === undefined || value === false) continue;
+      if (key === "class") node.className = value;
+      else if (key === "text") node.textContent = value;
+      else if (key.startsWith("on") && typeof value === "function") node.addEventListener(key.slice(2), value);
+      else node.setAttribute(key, value === true ? "" : String(value));
     }
-    nodes.push(el("article", { class: "run", "aria-label": `run for ${run.email}` },
-      el("div", { class: "run-head" },
-        el("span", { class: "email" }, run.email), badge(detail.status), badge(detail.user.status),
-        el("span", { class: "meta" }, `${run.id} · ${ago(run.createdAt)}`)),
-      el("div", { class: "steps" }, ...detail.steps.map(renderStep)),
-    ));
+    for (const child of children.flat()) {
+      if (child === null || child === undefined || child === false) continue;
+      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return node;
   }
-  container.replaceChildren(...(nodes.length ? nodes : [el("p", { class: "hint" }, "No runs yet: sign someone up.")]));
-}
 
-async function verify(link, button) {
-  button.disabled = true;
-  const token = new URL(link).searchParams.get("token");
-  const { ok, body } = await api("/api/verify", {
-    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ token }),
+  const badge = (status, label) => el("span", { class: `badge b-${status}`, "data-status": status }, label || status);
+
+  async function api(path, options = {}) {
+    const init = { ...options, headers: { Accept: "application/json", ...(options.headers || {}) } };
+    if (options.json !== undefined) {
+      init.method = init.method || "POST";
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(options.json);
+      delete init.json;
+    }
+    let response;
+    try {
+      response = await fetch(path, init);
+    } catch (err) {
+      return { ok: false, status: 0, body: null, message: "Could not reach the server; is it running?" };
+    }
+    const body = await response.json().catch(() => null);
+    const message = body && body.error && body.error.message
+      ? body.error.message
+      : response.ok ? "" : `the server answered ${response.status}`;
+    return { ok: response.ok, status: response.status, body, message, headers: response.headers };
+  }
+
+  function formatDuration(ms) {
+    if (ms === null || ms === undefined || Number.isNaN(ms)) return "";
+    const abs = Math.abs(ms);
+    if (abs < 1000) return `${Math.round(abs)} ms`;
+    const s = abs / 1000;
+    if (s < 10) return `${s.toFixed(1)} s`;
+    if (s < 60) return `${Math.round(s)} s`;
+    const m = Math.floor(s / 60);
+    if (m < 60) return `${m} min ${Math.round(s % 60)} s`;
+    const h = Math.floor(m / 60);
+    if (h < 48) return `${h} h ${m % 60} min`;
+    return `${Math.round(h / 24)} days`;
+  }
+
+  const ms = (iso) => (iso ? Date.parse(iso) : NaN);
+
+  function relative(iso, mode) {
+    const t = ms(iso);
+    if (Number.isNaN(t)) return "";
+    const diff = Date.now() - t;
+    if (mode === "elapsed") return formatDuration(Math.max(0, diff));
+    if (mode === "until") return diff >= 0 ? "due now" : `in ${formatDuration(-diff)}`;
+    return diff < 1000 ? "just now" : `${formatDuration(diff)} ago`;
+  }
+
+  function clock(iso, withDate) {
+    const t = ms(iso);
+    if (Number.isNaN(t)) return "";
+    const d = new Date(t);
+    const time = d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false });
+    if (!withDate && new Date().toDateString() === d.toDateString()) return time;
+    return `${d.toLocaleDateString([], { month: "short", day: "numeric" })} ${time}`;
+  }
+
+  // A <time> element the ticker keeps current: mode is ago, until or elapsed.
+  function timeEl(iso, mode = "ago", prefix = "") {
+    return el("time", { datetime: iso, "data-rel": mode, "data-prefix": prefix, title: new Date(ms(iso)).toString() },
+      prefix + relative(iso, mode));
+  }
+
+  function tick() {
+    for (const node of document.querySelectorAll("time[data-rel]")) {
+      const text = node.dataset.prefix + relative(node.getAttribute("datetime"), node.dataset.rel);
+      if (node.textContent !== text) node.textContent = text;
+    }
+  }
+
+  function plural(n, word) {
+    return `${n} ${word}${n === 1 ? "" : "s"}`;
+  }
+
+  // Keep keyboard focus across a re-render: focusable parts carry data-focus.
+  function replaceKeepingFocus(oldNode, newNode) {
+    const active = document.activeElement;
+    const key = active && oldNode.contains(active) ? active.dataset.focus : null;
+    oldNode.replaceWith(newNode);
+    if (key) {
+      const again = newNode.querySelector(`[data-focus="${CSS.escape(key)}"]`);
+      if (again && !again.disabled) again.focus({ preventScroll: true });
+    }
+  }
+
+  // -- connection indicator ----------------------------------------------------------
+
+  function setConnection(kind) {
+    const text = { live: "Live", connecting: "Connecting…", reconnecting: "Reconnecting…", offline: "Disconnected — retrying" }[kind];
+    const node = $("#conn");
+    if (node.dataset.state === kind) return;
+    node.dataset.state = kind;
+    $("#conn-text").textContent = text;
+    node.title = kind === "live" ? "Receiving live updates from the server" : "Not receiving live updates; the page will catch up when the connection is back";
+  }
+
+  // -- loading -------------------------------------------------------------------
+
+  function putSummary(summary) {
+    const known = state.runs.get(summary.id);
+    if (known && known.updatedAt > summary.updatedAt) return false;  // an older answer than what we have
+    state.runs.set(summary.id, summary);
+    const user = state.users.get(summary.userId);
+    if (user && summary.userStatus && user.status !== summary.userStatus) {
+      state.users.set(summary.userId, { ...user, status: summary.userStatus });
+      renderSoon("users");
+    }
+    return true;
+  }
+
+  function putUser(user) {
+    if (!user) return;
+    state.users.set(user.id, user);
+    renderSoon("users");
+    renderSoon("outbox");
+  }
+
+  async function loadRuns(append) {
+    const params = new URLSearchParams({ limit: String(PAGE) });
+    if (state.filter) params.set("status", state.filter);
+    if (append && state.nextCursor) params.set("cursor", state.nextCursor);
+    const answer = await api(`/api/workflows?${params}`);
+    if (!answer.ok) return;
+    state.nextCursor = answer.body.nextCursor;
+    const ids = [];
+    for (const summary of answer.body.workflows) {
+      const known = state.runs.get(summary.id);
+      putSummary(summary);
+      if (!state.details.has(summary.id) || !known || known.updatedAt !== summary.updatedAt) ids.push(summary.id);
+    }
+    renderSoon("list");
+    await fetchDetails(ids);
+  }
+
+  async function fetchDetails(ids) {
+    const queue = [...ids];
+    const worker = async () => {
+      while (queue.length) await fetchRun(queue.shift());
+    };
+    await Promise.all(Array.from({ length: Math.min(DETAIL_CONCURRENCY, queue.length) }, worker));
+  }
+
+  async function loadUsers() {
+    const answer = await api("/api/users?limit=200");
+    if (!answer.ok) return;
+    for (const user of answer.body.users) state.users.set(user.id, user);
+    renderSoon("users");
+    renderSoon("outbox");
+  }
+
+  async function loadOutbox() {
+    const answer = await api("/api/outbox?limit=50");
+    if (answer.status === 404) {
+      state.outboxEnabled = false;
+      $("#outbox-card").hidden = true;
+      return;
+    }
+    if (!answer.ok) return;
+    state.outboxEnabled = true;
+    $("#outbox-card").hidden = false;
+    state.outbox = answer.body.emails;
+    renderSoon("outbox");
+  }
+
+  let loading = null;
+  async function loadAll() {
+    if (loading) return loading;
+    loading = (async () => {
+      try {
+        await Promise.all([loadUsers(), loadOutbox(), loadRuns(false)]);
+        state.loaded = true;
+        document.body.dataset.loaded = "true";
+      } finally {
+        loading = null;
+      }
+    })();
+    return loading;
+  }
+
+  // One detail fetch per run at a time; a change during a fetch fetches again after it.
+  const pending = new Map();   // id -> timer
+  const inflight = new Set();
+  const again = new Set();
+
+  function scheduleRun(id, delay = DETAIL_DEBOUNCE_MS) {
+    if (pending.has(id)) return;
+    pending.set(id, setTimeout(() => { pending.delete(id); fetchRun(id); }, delay));
+  }
+
+  async function fetchRun(id) {
+    if (inflight.has(id)) { again.add(id); return; }
+    inflight.add(id);
+    try {
+      const answer = await api(`/api/workflows/${encodeURIComponent(id)}`);
+      if (answer.ok) {
+        const detail = answer.body;
+        const { steps, timeline, user, ...summary } = detail;
+        putSummary(summary);
+        state.details.set(id, detail);
+        putUser(user);
+        renderRun(id);
+        renderSoon("list");
+      }
+    } finally {
+      inflight.delete(id);
+      if (again.delete(id)) scheduleRun(id, 0);
+    }
+  }
+
+  let outboxTimer = null;
+  function scheduleOutbox() {
+    if (!state.outboxEnabled || outboxTimer) return;
+    outboxTimer = setTimeout(() => { outboxTimer = null; loadOutbox(); }, DETAIL_DEBOUNCE_MS);
+  }
+
+  // -- the event stream ----------------------------------------------------------
+
+  let source = null;
+  let lastEventId = "";
+  let retryDelay = 1000;
+
+  function connect() {
+    setConnection(source ? "reconnecting" : "connecting");
+    // The browser resends Last-Event-ID on its own reconnects; a stream we open
+    // again ourselves (after the server refused one) passes it in the query.
+    const url = lastEventId ? `/api/events?lastEventId=${encodeURIComponent(lastEventId)}` : "/api/events";
+    const es = new EventSource(url);
+    source = es;
+    es.addEventListener("open", () => {
+      retryDelay = 1000;
+      setConnection("live");
+      if (!state.loaded) loadAll();
+    });
+    es.addEventListener("error", () => {
+      if (!state.loaded) loadAll();  // show what there is, even without live updates
+      if (es.readyState === EventSource.CLOSED) {
+        // Refused (e.g. 503 while the server recovers): the browser gives up, we do not.
+        setConnection("offline");
+        setTimeout(() => { if (source === es) connect(); }, retryDelay);
+        retryDelay = Math.min(retryDelay * 2, 15000);
+      } else {
+        setConnection("reconnecting");
+      }
+    });
+    es.addEventListener("timeline", (event) => {
+      lastEventId = event.lastEventId || lastEventId;
+      const entry = JSON.parse(event.data);
+      if (entry.type === "email-sent") scheduleOutbox();
+    });
+    es.addEventListener("run", (event) => {
+      lastEventId = event.lastEventId || lastEventId;
+      const summary = JSON.parse(event.data);
+      if (putSummary(summary)) {
+        updateCardHead(summary.id);
+        renderSoon("list");
+      }
+      scheduleRun(summary.id);
+    });
+    es.addEventListener("reset", (event) => {
+      lastEventId = event.lastEventId || lastEventId;
+      state.loaded = false;
+      loadAll();
+    });
+  }
+
+  // -- rendering: batching ----------------------------------------------------------
+
+  const dirty = new Set();
+  let frame = 0;
+  function renderSoon(part) {
+    dirty.add(part);
+    if (!frame) frame = requestAnimationFrame(flush);
+  }
+  function flush() {
+    frame = 0;
+    const parts = [...dirty];
+    dirty.clear();
+    if (parts.includes("list")) renderList();
+    if (parts.includes("users")) renderUsers();
+    if (parts.includes("outbox")) renderOutbox();
+  }
+  // requestAnimationFrame does not run in background tabs; do not let them fall behind.
+  document.addEventListener("visibilitychange", () => { if (!document.hidden && dirty.size) flush(); });
+  setInterval(() => { if (document.hidden && dirty.size) flush(); }, 1000);
+
+  // -- rendering: runs ------------------------------------------------------------
+
+  const byNewest = (a, b) => (a.createdAt < b.createdAt ? 1 : a.createdAt > b.createdAt ? -1 : a.id < b.id ? 1 : -1);
+
+  function renderList() {
+    const all = [...state.runs.values()].sort(byNewest);
+    // Counts per status among the runs loaded so far.
+    const counts = { "": all.length };
+    for (const run of all) counts[run.status] = (counts[run.status] || 0) + 1;
+    for (const button of document.querySelectorAll("#filters button")) {
+      const n = counts[button.dataset.filter] || 0;
+      $(".n", button).textContent = String(n);
+    }
+    const shown = all.filter((run) => !state.filter || run.status === state.filter);
+    const container = $("#runs");
+    const wanted = shown.map((run) => cardFor(run.id));
+    // Reorder only where needed, so focus and open timelines survive.
+    let cursor = container.firstChild;
+    for (const card of wanted) {
+      if (card === cursor) { cursor = cursor.nextSibling; continue; }
+      container.insertBefore(card, cursor);
+    }
+    while (cursor) { const next = cursor.nextSibling; cursor.remove(); cursor = next; }
+    const empty = $("#runs-empty");
+    empty.hidden = shown.length > 0;
+    empty.textContent = !state.loaded ? "Loading…" : state.filter
+      ? `No ${state.filter.toLowerCase()} runs.`
+      : "No runs yet: sign someone up.";
+    $("#runs-more").hidden = !state.nextCursor;
+  }
+
+  function cardFor(id) {
+    let card = cards.get(id);
+    if (!card) {
+      card = buildCard(id);
+      cards.set(id, card);
+    }
+    return card;
+  }
+
+  function renderRun(id) {
+    const detail = state.details.get(id);
+    const text = detail ? JSON.stringify(detail) : "";
+    const old = cards.get(id);
+    if (old && state.detailText.get(id) === text && !old.dataset.stale) return;
+    state.detailText.set(id, text);
+    const card = buildCard(id);
+    cards.set(id, card);
+    if (old && old.isConnected) replaceKeepingFocus(old, card);
+  }
+
+  // A `run` event arrives before its detail: show the new status at once.
+  function updateCardHead(id) {
+    const card = cards.get(id);
+    const summary = state.runs.get(id);
+    if (!card || !summary) return;
+    const status = $("[data-role=run-status]", card);
+    if (status && status.dataset.status !== summary.status) {
+      status.replaceWith(runStatusBadge(summary.status));
+      card.dataset.status = summary.status;
+      card.dataset.stale = "1";  // re-render when the detail arrives even if it equals the old one
+    }
+  }
+
+  function runStatusBadge(status) {
+    const node = badge(status);
+    node.dataset.role = "run-status";
+    node.setAttribute("aria-label", `run ${status}`);
+    return node;
+  }
+
+  function buildCard(id) {
+    const summary = state.runs.get(id);
+    const detail = state.details.get(id);
+    const run = detail || summary;
+    const user = (detail && detail.user) || state.users.get(run.userId);
+    const titleId = `run-title-${id}`;
+
+    const head = el("div", { class: "run-head" },
+      el("h3", { id: titleId, class: "run-title" },
+        user && user.name ? el("span", { class: "who" }, user.name) : null,
+        el("span", { class: "email" }, run.email || (user && user.email) || run.userId)),
+      el("div", { class: "run-badges" },
+        runStatusBadge(run.status),
+        el("span", { class: `badge b-${run.userStatus} user-badge`, "data-role": "user-status" }, `user ${run.userStatus || "?"}`)),
+      el("div", { class: "run-meta" },
+        timeEl(run.createdAt, "ago", "started "),
+        run.finishedAt ? [" · ", el("span", {}, `finished in ${formatDuration(ms(run.finishedAt) - ms(run.createdAt))}`)] : null,
+        " · ", el("code", { class: "run-id" }, id)),
+      actionsFor(run, titleId));
+
+    const message = state.runMessages.get(id);
+    const children = [
+      head,
+      el("p", { class: `run-msg ${message ? message.kind : ""}`, role: "status", "aria-live": "polite", "data-role": "run-msg" },
+        message ? message.text : ""),
+    ];
+    if (run.error) {
+      children.push(el("p", { class: "run-error", "data-role": "run-error" },
+        `Failed${run.error.step ? ` at ${run.error.step}` : ""}: ${run.error.message || JSON.stringify(run.error)}`));
+    }
+    if (detail) {
+      children.push(el("ol", { class: "steps", "aria-label": "steps" },
+        ...orderSteps(detail.steps).map((step, i) => renderStep(step, i, detail))));
+      children.push(renderTimeline(id, detail.timeline));
+    } else {
+      children.push(el("p", { class: "hint" }, "Loading steps…"));
+    }
+    return el("article", {
+      class: `run r-${run.status}`, "data-run-id": id, "data-status": run.status,
+      "data-user-status": run.userStatus, "aria-labelledby": titleId,
+    }, ...children);
+  }
+
+  function orderSteps(steps) {
+    return [...steps].sort((a, b) => {
+      const ia = STEP_ORDER.indexOf(a.id), ib = STEP_ORDER.indexOf(b.id);
+      return (ia < 0 ? 99 : ia) - (ib < 0 ? 99 : ib);
+    });
+  }
+
+  function actionsFor(run, titleId) {
+    const buttons = [];
+    const action = (name, label, handler) => el("button", {
+      type: "button", class: `action a-${name}`, "data-action": name, "data-focus": `action-${name}`,
+      "aria-describedby": titleId, onclick: (event) => handler(run, event.currentTarget),
+    }, label);
+    if (run.status === "FAILED") buttons.push(action("retry", "Retry", retryRun));
+    if (run.status === "WAITING" && run.userStatus === "PENDING") buttons.push(action("resend", "Resend link", resendLink));
+    if (run.status === "RUNNING" || run.status === "WAITING") buttons.push(action("cancel", "Cancel", cancelRun));
+    return el("div", { class: "actions" }, ...buttons);
+  }
+
+  function deadlinesOf(step, detail) {
+    if (step.deadlines && typeof step.deadlines === "object") return step.deadlines;
+    // Older servers: the deadlines are only in the "waiting" timeline entry.
+    const entry = [...(detail.timeline || [])].reverse().find((e) => e.type === "waiting" && e.step === step.id);
+    if (!entry) return null;
+    const found = {};
+    for (const match of entry.message.matchAll(/;\s*([\w-]+) at (\S+)/g)) found[match[1]] = match[2];
+    return Object.keys(found).length ? found : null;
+  }
+
+  function renderStep(step, index, detail) {
+    const attempts = step.attempts || [];
+    const failed = attempts.filter((a) => a.error);
+    const last = attempts[attempts.length - 1];
+    const isCurrent = detail.currentStep === step.id && !["COMPLETED", "CANCELLED", "FAILED"].includes(detail.status);
+    const parts = [
+      el("div", { class: "step-top" },
+        el("span", { class: "step-n", "aria-hidden": "true" }, String(index + 1)),
+        el("span", { class: "step-name" }, step.name)),
+      el("div", { class: "step-status" }, badge(step.status)),
+    ];
+    const meta = [];
+    if (step.kind !== "wait" || attempts.length) meta.push(plural(attempts.length, "attempt"));
+    if (step.durationMs !== null && step.durationMs !== undefined) meta.push(`took ${formatDuration(step.durationMs)}`);
+    if (meta.length) parts.push(el("div", { class: "step-meta", "data-role": "attempts", "data-attempts": attempts.length }, meta.join(" · ")));
+    if (step.startedAt && !step.finishedAt && ["RUNNING", "WAITING", "RETRYING"].includes(step.status)) {
+      parts.push(el("div", { class: "step-meta" }, step.status === "WAITING" ? "waiting " : "for ", timeEl(step.startedAt, "elapsed")));
+    }
+    if (step.status === "RETRYING" && step.retryAt) {
+      parts.push(el("div", { class: "step-retry", "data-role": "retry-at" },
+        "next attempt ", timeEl(step.retryAt, "until"), ` (${clock(step.retryAt)})`));
+    }
+    if (last && !last.finishedAt && step.status === "RUNNING") {
+      parts.push(el("div", { class: "step-meta" }, `attempt ${last.number} running…`));
+    }
+    if (failed.length) {
+      // Consecutive attempts that failed the same way share one line: "#1 #2 #3 TransientEmailError: …".
+      const groups = [];
+      for (const a of failed) {
+        const prev = groups[groups.length - 1];
+        if (prev && prev.error === a.error) prev.attempts.push(a); else groups.push({ error: a.error, attempts: [a] });
+      }
+      parts.push(el("ul", { class: "attempt-errors", "aria-label": "failed attempts" },
+        ...groups.map((g) => el("li", {
+          class: "attempt-error", "data-attempts": g.attempts.map((a) => a.number).join(","),
+          title: g.attempts.map((a) => `attempt ${a.number}: ${clock(a.startedAt)}, ${a.finishedAt ? formatDuration(ms(a.finishedAt) - ms(a.startedAt)) : "unfinished"}`).join("\n"),
+        },
+          el("span", { class: "attempt-no" }, g.attempts.map((a) => `#${a.number}`).join(" ")), " ",
+          el("span", { class: "attempt-text" }, g.error)))));
+    }
+    if (step.kind === "wait") {
+      const deadlines = deadlinesOf(step, detail);
+      if (deadlines && step.status === "WAITING") {
+        parts.push(el("dl", { class: "deadlines", "data-role": "deadlines" },
+          ...Object.entries(deadlines).filter(([, at]) => at).flatMap(([name, at]) => [
+            el("dt", {}, name),
+            el("dd", {}, timeEl(at, "until"), el("span", { class: "abs" }, ` · ${clock(at, true)}`)),
+          ])));
+      }
+      if (step.output && step.output.receivedAt) {
+        parts.push(el("div", { class: "step-meta" }, "verified ", timeEl(step.output.receivedAt, "ago")));
+      }
+    }
+    return el("li", {
+      class: `step s-${step.status}${isCurrent ? " current" : ""}`, "data-step": step.id, "data-status": step.status,
+      "aria-current": isCurrent ? "step" : null,
+    }, ...parts);
+  }
+
+  function renderTimeline(id, timeline) {
+    const entries = timeline || [];
+    const details = el("details", { class: "timeline", "data-role": "timeline", open: state.openTimelines.has(id) },
+      el("summary", { "data-focus": "timeline" }, `Timeline · ${entries.length} ${entries.length === 1 ? "entry" : "entries"}`),
+      el("ol", { class: "timeline-list" }, ...entries.slice(-300).map((e) => el("li", { class: `t-${e.type}` },
+        el("time", { datetime: e.at, title: e.at }, clock(e.at)),
+        el("span", { class: "t-type" }, e.type),
+        el("span", { class: "t-msg" }, e.message)))));
+    details.addEventListener("toggle", () => {
+      if (details.open) state.openTimelines.add(id); else state.openTimelines.delete(id);
+    });
+    return details;
+  }
+
+  // -- operator actions -------------------------------------------------------------
+
+  async function runAction(run, button, path, busyText, doneText) {
+    button.disabled = true;
+    setRunMessage(run.id, busyText, "busy");
+    const answer = await api(path, { method: "POST" });
+    if (answer.ok) {
+      setRunMessage(run.id, doneText, "ok");
+    } else {
+      let text = answer.message;
+      const wait = answer.headers && answer.headers.get("Retry-After");
+      if (answer.status === 429 && wait && !/\d+\s*s\b/.test(text)) text += ` (try again in ${wait} s)`;
+      setRunMessage(run.id, `${answer.status ? `${answer.status}: ` : ""}${text}`, "error");
+      button.disabled = false;
+    }
+    scheduleRun(run.id, 0);  // the truth, even if the event stream is down
+    return answer;
+  }
+
+  function setRunMessage(id, text, kind) {
+    state.runMessages.set(id, { text, kind });
+    const card = cards.get(id);
+    const node = card && $("[data-role=run-msg]", card);
+    if (node) {
+      node.textContent = text;
+      node.className = `run-msg ${kind}`;
+    }
+  }
+
+  const retryRun = (run, button) => runAction(run, button, `/api/workflows/${encodeURIComponent(run.id)}/retry`, "Retrying…", "Retry accepted: the failed step runs again.");
+  const cancelRun = (run, button) => runAction(run, button, `/api/workflows/${encodeURIComponent(run.id)}/cancel`, "Cancelling…", "Cancelled.");
+  async function resendLink(run, button) {
+    const answer = await runAction(run, button, `/api/users/${encodeURIComponent(run.userId)}/resend-verification`,
+      "Sending a new link…", "A new link is on its way; the old one no longer works.");
+    if (answer.ok) scheduleOutbox();
+  }
+
+  // -- rendering: outbox --------------------------------------------------------------
+
+  function tokenOf(link) {
+    try { return new URL(link, location.href).searchParams.get("token"); } catch { return null; }
+  }
+
+  function safeHref(link) {
+    try {
+      const url = new URL(link, location.href);
+      return url.protocol === "http:" || url.protocol === "https:" ? url.href : null;
+    } catch { return null; }
+  }
+
+  function renderOutbox() {
+    if (!state.outboxEnabled) return;
+    const list = $("#outbox");
+    const newestLink = new Map();  // workflowId -> link of its newest email
+    for (const email of state.outbox) if (!newestLink.has(email.workflowId)) newestLink.set(email.workflowId, email.link);
+    $("#outbox-count").textContent = state.outbox.length ? `(${state.outbox.length})` : "";
+    const active = document.activeElement;
+    const focusKey = active && list.contains(active) ? active.dataset.focus : null;
+    const items = state.outbox.map((email) => {
+      const user = state.users.get(email.userId);
+      const run = state.runs.get(email.workflowId);
+      const verified = Boolean(user && user.verifiedAt);
+      const replaced = newestLink.get(email.workflowId) !== email.link;
+      const closed = run && ["CANCELLED", "COMPLETED"].includes(run.status) && !verified;
+      const message = state.mailMessages.get(email.messageId);
+      const href = safeHref(email.link);
+      const button = el("button", {
+        type: "button", class: "verify-btn", "data-action": "verify", "data-focus": `verify-${email.messageId}`,
+        disabled: verified, "aria-describedby": `mail-${email.messageId}`,
+        onclick: (event) => verifyEmail(email, event.currentTarget),
+      }, verified ? "Verified ✓" : "Verify email");
+      let note = null;
+      if (!verified && replaced) note = "replaced by a newer link";
+      else if (!verified && closed) note = `run ${run.status.toLowerCase()}`;
+      return el("li", { class: "mail", "data-to": email.to, "data-kind": email.kind, "data-workflow-id": email.workflowId },
+        el("div", { class: "mail-head" },
+          el("span", { class: `badge k-${email.kind}` }, email.kind),
+          el("span", { class: "mail-time" }, "sent ", timeEl(email.sentAt, "ago"))),
+        el("div", { class: "mail-subject", id: `mail-${email.messageId}` }, email.subject),
+        el("div", { class: "mail-to" }, "to ", el("span", { class: "addr" }, email.to)),
+        href ? el("a", { class: "mail-link", href, target: "_blank", rel: "noopener noreferrer" }, email.link)
+          : el("span", { class: "mail-link" }, email.link),
+        el("div", { class: "mail-actions" }, button,
+          note ? el("span", { class: "mail-note" }, note) : null,
+          el("span", { class: `mail-msg ${message ? message.kind : ""}`, role: "status", "aria-live": "polite" }, message ? message.text : "")));
+    });
+    list.replaceChildren(...items);
+    if (!items.length) list.append(el("li", { class: "hint empty" }, "No emails yet."));
+    if (focusKey) {
+      const again = list.querySelector(`[data-focus="${CSS.escape(focusKey)}"]`);
+      if (again && !again.disabled) again.focus({ preventScroll: true });
+    }
+  }
+
+  async function verifyEmail(email, button) {
+    const token = tokenOf(email.link);
+    button.disabled = true;
+    const answer = await api("/api/verify", { json: { token } });
+    state.mailMessages.set(email.messageId, answer.ok
+      ? { text: "Verified: the run continues.", kind: "ok" }
+      : { text: `${answer.status ? `${answer.status}: ` : ""}${answer.message}`, kind: "error" });
+    if (!answer.ok) button.disabled = false;
+    renderOutbox();
+    scheduleRun(email.workflowId, 0);
+  }
+
+  // -- rendering: users ----------------------------------------------------------------
+
+  function renderUsers() {
+    const users = [...state.users.values()].sort((a, b) => (a.createdAt < b.createdAt ? 1 : a.createdAt > b.createdAt ? -1 : 0));
+    const rows = users.map((u) => {
+      const risk = u.risk;
+      return el("tr", { "data-user-id": u.id, "data-email": u.email, "data-status": u.status },
+        el("td", { "data-label": "Email", class: "u-email" }, u.email),
+        el("td", { "data-label": "Name", class: "u-name" }, u.name),
+        el("td", { "data-label": "Status", class: "u-status" }, badge(u.status)),
+        el("td", { "data-label": "Risk", class: "u-risk" }, risk ? badge(risk.decision) : el("span", { class: "muted" }, "—")),
+        el("td", { "data-label": "Score", class: "u-score" }, risk ? Number(risk.score).toFixed(2) : "—"),
+        el("td", { "data-label": "Reasons", class: "u-reasons" },
+          risk && risk.reasons && risk.reasons.length
+            ? el("ul", { class: "reasons" }, ...risk.reasons.map((r) => el("li", {}, r)))
+            : el("span", { class: "muted" }, risk ? "none given" : "not assessed yet")),
+        el("td", { "data-label": "Source", class: "u-source" }, risk ? risk.source + (risk.model ? ` (${risk.model})` : "") : "—"));
+    });
+    $("#users tbody").replaceChildren(...rows);
+    $("#users-empty").hidden = rows.length > 0;
+    $("#users-count").textContent = rows.length ? `(${rows.length})` : "";
+  }
+
+  // -- the signup form ---------------------------------------------------------------
+
+  const form = $("#signup-form");
+  const fields = { name: $("#signup-name"), email: $("#signup-email") };
+
+  function fieldError(name, text) {
+    const input = fields[name];
+    const slot = $(`#signup-${name}-err`);
+    slot.textContent = text || "";
+    slot.hidden = !text;
+    if (text) input.setAttribute("aria-invalid", "true"); else input.removeAttribute("aria-invalid");
+  }
+
+  function formMessage(text, kind) {
+    const node = $("#signup-msg");
+    node.textContent = text;
+    node.className = `form-msg ${kind || ""}`;
+  }
+
+  function checkForm() {
+    const name = fields.name.value.trim();
+    const email = fields.email.value.trim();
+    const errors = {};
+    if (!name) errors.name = "Enter a name.";
+    if (!email) errors.email = "Enter an email address.";
+    else if (!/^[^\s@]+@[^\s@]+$/.test(email)) errors.email = "Enter an email address like ann@example.com.";
+    fieldError("name", errors.name);
+    fieldError("email", errors.email);
+    return errors;
+  }
+
+  for (const input of Object.values(fields)) {
+    input.addEventListener("input", () => { if (input.getAttribute("aria-invalid")) fieldError(input.name, ""); });
+  }
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const errors = checkForm();
+    if (Object.keys(errors).length) {
+      formMessage("Please fix the highlighted fields.", "error");
+      fields[errors.name ? "name" : "email"].focus();
+      return;
+    }
+    const submit = $("#signup-submit");
+    submit.disabled = true;
+    formMessage("Signing up…", "busy");
+    const answer = await api("/api/signup", { json: { name: fields.name.value, email: fields.email.value } });
+    submit.disabled = false;
+    if (answer.ok) {
+      formMessage(`Signed up ${fields.email.value.trim()}: workflow ${answer.body.workflowId} is ${answer.body.status}.`, "ok");
+      form.reset();
+      scheduleRun(answer.body.workflowId, 0);
+    } else {
+      formMessage(answer.message, "error");
+      const field = /^(email|name):/.exec(answer.message || "");
+      if (field) fields[field[1]].setAttribute("aria-invalid", "true");
+    }
   });
-  button.textContent = ok ? "Verified" : (body && body.error ? body.error.message : "Failed");
-  refresh();
-}
 
-async function refreshOutbox() {
-  const { ok, status, body } = await api("/api/outbox?limit=20");
-  if (status === 404) { $("#outbox-card").hidden = true; return; }
-  if (!ok) return;
-  $("#outbox").replaceChildren(...body.emails.map((email) => {
-    const user = users.get(email.userId);
-    const done = user && user.verifiedAt;
-    return el("li", {},
-      el("div", {}, el("div", {}, `${email.subject} → ${email.to}`),
-        el("div", { class: "meta" }, `${email.kind} · ${email.messageId} · ${ago(email.sentAt)}`)),
-      el("button", { type: "button", onclick: (ev) => verify(email.link, ev.target), ...(done ? { disabled: "" } : {}) },
-        done ? "Verified" : "Verify email"));
-  }));
-}
+  // -- filters and paging --------------------------------------------------------------
 
-const users = new Map();
+  for (const button of document.querySelectorAll("#filters button")) {
+    button.addEventListener("click", () => {
+      state.filter = button.dataset.filter;
+      for (const other of document.querySelectorAll("#filters button")) {
+        other.setAttribute("aria-pressed", String(other === button));
+      }
+      state.nextCursor = null;
+      renderList();
+      loadRuns(false);  // older runs of this status than the ones loaded
+    });
+  }
+  $("#runs-more").addEventListener("click", () => loadRuns(true));
 
-async function refreshUsers() {
-  const { ok, body } = await api("/api/users?limit=50");
-  if (!ok) return;
-  for (const user of body.users) users.set(user.id, user);
-  $("#users tbody").replaceChildren(...body.users.map((u) => el("tr", {},
-    el("td", {}, u.email), el("td", {}, u.name), el("td", {}, badge(u.status)),
-    el("td", {}, u.risk ? badge(u.risk.decision) : "—"), el("td", {}, u.risk ? u.risk.score : "—"),
-    el("td", {}, u.risk ? u.risk.source : "—"), el("td", { class: "reasons" }, u.risk ? u.risk.reasons.join("; ") : ""))));
-}
+  // -- start -------------------------------------------------------------------------
 
-let busy = false;
-async function refresh() {
-  if (busy) return;
-  busy = true;
-  try { await refreshUsers(); await Promise.all([refreshRuns(), refreshOutbox()]); }
-  catch (err) { console.warn("refresh failed", err); }
-  finally { busy = false; }
-}
-
-$("#signup").addEventListener("submit", async (event) => {
-  event.preventDefault();
-  const form = event.target;
-  const msg = $("#signup-msg");
-  const { ok, body } = await api("/api/signup", {
-    method: "POST", headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ name: form.name.value, email: form.email.value }),
-  });
-  msg.className = ok ? "ok" : "error";
-  msg.textContent = ok ? `Signed up: run ${body.workflowId}` : body.error.message;
-  if (ok) form.reset();
-  refresh();
-});
-$("#status-filter").addEventListener("change", refresh);
-
-refresh();
-setInterval(refresh, 1000);
+  renderList();
+  renderOutbox();
+  renderUsers();
+  setInterval(tick, 1000);
+  connect();
+})();

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 from tinydb.storages import Storage
 
-from userflow.storage.faults import crash_point
+from userflow.storage.faults import crash_point, io_error
 
 FILE_MODE = 0o600
 
@@ -46,6 +46,8 @@ def write_atomic(path: str, payload: bytes, *, fault_point: bool = True) -> None
     directory = os.path.dirname(path) or "."
     tmp = f"{path}.tmp"
     try:
+        if fault_point:
+            io_error("storage")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
         try:
             view = memoryview(payload)

@@ -1,4 +1,4 @@
-"""Named crash points, for proving the durability guarantees.
+"""Named crash points and injected I/O errors, for proving the durability guarantees.
 
 ``USERFLOW_FAULTS`` is a comma-separated list of points such as
 ``crash:send-verification-email:after-send`` or ``crash:storage:before-rename``.
@@ -9,6 +9,7 @@ When the running code reaches a listed point the process ends at once with
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -34,3 +35,9 @@ def crash_point(scope: str, point: str) -> None:
         sys.stderr.write(f"userflow: fault injected at crash:{scope}:{point}\n")
         sys.stderr.flush()
         os._exit(137)
+
+
+def io_error(scope: str) -> None:
+    """Raise ENOSPC if ``ioerror:{scope}`` is armed: a full disk, on demand."""
+    if _armed and f"ioerror:{scope}" in _armed:
+        raise OSError(errno.ENOSPC, "No space left on device (injected)")

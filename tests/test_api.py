@@ -577,14 +577,7 @@ async def test_workflow_list_rejects_bad_parameters(client: TestClient, params: 
     await expect_error(await client.get("/api/workflows", params=params), 400, code)
 
 
-LIMIT_BUG = (
-    "BUG http/api.py _limit: str.isdigit() is true for Unicode digits such as '\u00b2' "
-    "(superscript two), which int() cannot parse, so ?limit=%C2%B2 raises ValueError: "
-    "expected 400 invalid_limit, got 500 internal_error (GET /api/workflows, /api/users, /api/outbox)"
-)
 
-
-@pytest.mark.xfail(strict=False, reason=LIMIT_BUG)
 @pytest.mark.parametrize("path", ["/api/workflows", "/api/users", "/api/outbox"])
 async def test_a_unicode_digit_limit_is_400_not_500(client: TestClient, path: str) -> None:
     await expect_error(await client.get(f"{path}?limit=%C2%B2"), 400, "invalid_limit")
@@ -641,17 +634,7 @@ async def test_workflow_detail_has_the_documented_shape(client: TestClient) -> N
     assert "tokenHash" not in json.dumps(wait_output)
 
 
-SNAPSHOT_BUG = (
-    "BUG http/api.py get_workflow + views.workflow_detail mix two snapshots: status, steps, "
-    "currentStep and updatedAt come from the run file, while finishedAt, error, outcome, "
-    "userStatus and user come from the index, which RunActor._commit updates only after the "
-    "file is written. GET /api/workflows/{id} polled right after POST /api/verify can answer "
-    "status COMPLETED with finishedAt null (about half the time here), and a run just FAILED "
-    "with error null; expected one consistent snapshot"
-)
 
-
-@pytest.mark.xfail(strict=False, reason=SNAPSHOT_BUG)
 async def test_workflow_detail_is_one_consistent_snapshot(client: TestClient) -> None:
     for n in range(8):
         accepted, token = await waiting_signup(client, f"user{n}@example.com", "Ann Example")
