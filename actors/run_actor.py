@@ -435,6 +435,13 @@ class RunActor(pykka.ThreadingActor):
             self._log("deadline", f"{wait.name}: {deadline.name} skipped, the run is not waiting", wait.id)
             self._commit()
             return
+        if deadline.outcome is None and any(
+            d.outcome is not None and run["timers"].get(d.name, float("inf")) <= now() for d in wait.deadlines
+        ):
+            # Both overdue (the server was down): a reminder for a link that ends now helps no one.
+            self._log("deadline", f"{wait.name}: {deadline.name} skipped, a later deadline has passed too", wait.id)
+            self._commit()
+            return
         tries = step.setdefault("deadlineTries", {})
         number = tries[deadline.name] = tries.get(deadline.name, 0) + 1
         if deadline.action is not None:
@@ -525,6 +532,12 @@ class RunActor(pykka.ThreadingActor):
         run = self._run
         if run["status"] not in (RunStatus.RUNNING, RunStatus.WAITING):
             raise ActionRejected("conflict", f"only a RUNNING or WAITING run can be cancelled; this one is {run['status']}")
+        assert self._workflow is not None
+        if self._workflow.on_cancel is not None:
+            context = self._context("cancel", 1)
+            self._workflow.on_cancel(context)
+            run["state"] = context.state
+            self._take_entries(context)
         self._end(RunStatus.CANCELLED, "cancelled", "run cancelled by an operator")
 
     def _action(self, name: str, args: dict[str, Any]) -> None:

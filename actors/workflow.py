@@ -184,7 +184,9 @@ class Workflow:
       the in-memory index (rebuilt from storage at startup);
     - ``summary(run)``: small extra fields kept in memory for listings;
     - ``on_duplicate(summary)``: what a start with the same dedupe key does when
-      a run already holds it: return that run, refuse, or start a new one.
+      a run already holds it: return that run, refuse, or start a new one;
+    - ``actions``: operator actions beyond retry and cancel;
+    - ``on_cancel(context)``: bring the workflow's state to an end when cancelled.
     """
 
     name: str
@@ -193,6 +195,7 @@ class Workflow:
     summary: Callable[[Mapping[str, Any]], dict[str, Any]] = _no_summary
     on_duplicate: Callable[[Mapping[str, Any]], Duplicate] = _always_new
     actions: tuple[Action, ...] = ()
+    on_cancel: StepFunction | None = None
 
     def __post_init__(self) -> None:
         ids = [step.id for step in self.steps]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from aiohttp import web
@@ -19,7 +20,8 @@ from userflow.http.validation import SignupBody, VerifyBody, json_object, normal
 from userflow.storage import valid_run_id
 
 MAX_LIMIT = 200
-USER_STATUSES = ("PENDING", "ACTIVE", "FLAGGED", "EXPIRED")
+_OUTBOX_CURSOR = re.compile(r"[0-9T:.Z-]{10,40}\|<[A-Za-z0-9_.-]{1,100}@userflow>")
+USER_STATUSES = ("PENDING", "ACTIVE", "FLAGGED", "EXPIRED", "CANCELLED")
 
 
 def new_user_id() -> str:
@@ -195,17 +197,33 @@ async def get_user(request: web.Request) -> web.Response:
 
 
 async def outbox(request: web.Request) -> web.Response:
+    """Kept emails, newest first; ``workflowId`` narrows to one run, ``cursor`` pages."""
     services: SignupServices = request.app[SERVICES]
     if not services.mailer.outbox_mode:
         raise ApiError(404, "outbox_disabled", "emails are sent over SMTP; there is no outbox to show")
     limit = _limit(request, default=100)
-    emails: list[dict[str, Any]] = []
-    for summary in request.app[RUNTIME].index.newest(where=lambda s: bool(s["emails"])):
-        emails.extend(views.outbox_email(summary, e, services) for e in summary["emails"])
-        if len(emails) >= limit * 2:
-            break
-    emails.sort(key=lambda e: e["sentAt"], reverse=True)
-    return json_response({"emails": emails[:limit]})
+    cursor = request.query.get("cursor")
+    if cursor is not None and not _OUTBOX_CURSOR.fullmatch(cursor):
+        raise ApiError(400, "invalid_cursor", "cursor: pass back the nextCursor of the previous page")
+    index = request.app[RUNTIME].index
+    run_id = request.query.get("workflowId")
+    if run_id is not None:
+        summary = index.get(run_id) if valid_run_id(run_id) else None
+        summaries = [summary] if summary else []
+    else:
+        summaries = list(index.newest(where=lambda s: bool(s["emails"])))
+    # (sentAt, messageId) orders every email, resends and reminders included.
+    keyed = sorted(
+        ((e["sentAt"], e["messageId"], summary, e) for summary in summaries for e in summary["emails"]),
+        key=lambda item: (item[0], item[1]),
+        reverse=True,
+    )
+    if cursor:
+        keyed = [item for item in keyed if f"{item[0]}|{item[1]}" < cursor]
+    page = keyed[:limit]
+    next_cursor = f"{page[-1][0]}|{page[-1][1]}" if len(keyed) > limit else None
+    emails = [views.outbox_email(summary, e, services) for _, _, summary, e in page]
+    return json_response({"emails": emails, "nextCursor": next_cursor})
 
 
 # -- health -----------------------------------------------------------------------

@@ -73,7 +73,7 @@ SCHEMAS: dict[str, Any] = {
         id=_STR,
         email=_STR,
         name=_STR,
-        status={"enum": ["PENDING", "ACTIVE", "FLAGGED", "EXPIRED"]},
+        status={"enum": ["PENDING", "ACTIVE", "FLAGGED", "EXPIRED", "CANCELLED"]},
         risk=_ref("Risk"),
         workflowId=_STR,
         createdAt=_TIME,
@@ -226,9 +226,16 @@ def document() -> dict[str, Any]:
         "/api/outbox": {
             "get": {
                 "summary": "Emails kept in outbox mode, newest first (404 with SMTP)",
-                "parameters": [_LIMIT],
+                "parameters": [
+                    _LIMIT,
+                    {"name": "cursor", "in": "query", "schema": _STR},
+                    {"name": "workflowId", "in": "query", "schema": _STR},
+                ],
                 "responses": {
-                    "200": _json(_obj(["emails"], emails={"type": "array", "items": _ref("OutboxEmail")}), "the outbox"),
+                    "200": _json(
+                        _obj(["emails", "nextCursor"], emails={"type": "array", "items": _ref("OutboxEmail")}, nextCursor=_NSTR),
+                        "the outbox",
+                    ),
                     **_errors(400, 404, 503),
                 },
             }

@@ -84,7 +84,8 @@
     if (s < 10) return `${s.toFixed(1)} s`;
     if (s < 60) return `${Math.round(s)} s`;
     const m = Math.floor(s / 60);
-    if (m < 60) return `${m} min ${Math.round(s % 60)} s`;
+    if (m < 10) return `${m} min ${Math.floor(s % 60)} s`;
+    if (m < 60) return `${m} min`;
     const h = Math.floor(m / 60);
     if (h < 48) return `${h} h ${m % 60} min`;
     return `${Math.round(h / 24)} days`;
@@ -417,12 +418,13 @@
     const titleId = `run-title-${id}`;
 
     const head = el("div", { class: "run-head" },
-      el("h3", { id: titleId, class: "run-title" },
-        user && user.name ? el("span", { class: "who" }, user.name) : null,
-        el("span", { class: "email" }, run.email || (user && user.email) || run.userId)),
-      el("div", { class: "run-badges" },
-        runStatusBadge(run.status),
-        el("span", { class: `badge b-${run.userStatus} user-badge`, "data-role": "user-status" }, `user ${run.userStatus || "?"}`)),
+      el("div", { class: "run-line" },
+        el("h3", { id: titleId, class: "run-title" },
+          user && user.name ? el("span", { class: "who" }, user.name) : null,
+          el("span", { class: "email" }, run.email || (user && user.email) || run.userId)),
+        el("div", { class: "run-badges" },
+          runStatusBadge(run.status),
+          el("span", { class: `badge b-${run.userStatus} user-badge`, "data-role": "user-status" }, `user ${run.userStatus || "?"}`))),
       el("div", { class: "run-meta" },
         timeEl(run.createdAt, "ago", "started "),
         run.finishedAt ? [" · ", el("span", {}, `finished in ${formatDuration(ms(run.finishedAt) - ms(run.createdAt))}`)] : null,
@@ -493,18 +495,22 @@
       el("div", { class: "step-status" }, badge(step.status)),
     ];
     const meta = [];
-    if (step.kind !== "wait" || attempts.length) meta.push(plural(attempts.length, "attempt"));
-    if (step.durationMs !== null && step.durationMs !== undefined) meta.push(`took ${formatDuration(step.durationMs)}`);
-    if (meta.length) parts.push(el("div", { class: "step-meta", "data-role": "attempts", "data-attempts": attempts.length }, meta.join(" · ")));
-    if (step.startedAt && !step.finishedAt && ["RUNNING", "WAITING", "RETRYING"].includes(step.status)) {
-      parts.push(el("div", { class: "step-meta" }, step.status === "WAITING" ? "waiting " : "for ", timeEl(step.startedAt, "elapsed")));
-    }
-    if (step.status === "RETRYING" && step.retryAt) {
-      parts.push(el("div", { class: "step-retry", "data-role": "retry-at" },
-        "next attempt ", timeEl(step.retryAt, "until"), ` (${clock(step.retryAt)})`));
+    if (attempts.length) meta.push(plural(attempts.length, "attempt"));
+    if (step.durationMs !== null && step.durationMs !== undefined) meta.push(formatDuration(step.durationMs));
+    if (meta.length) {
+      parts.push(el("div", { class: "step-meta", "data-role": "attempts", "data-attempts": attempts.length,
+        title: step.durationMs != null ? `took ${formatDuration(step.durationMs)}, from the first attempt to the last` : null }, meta.join(" · ")));
     }
     if (last && !last.finishedAt && step.status === "RUNNING") {
-      parts.push(el("div", { class: "step-meta" }, `attempt ${last.number} running…`));
+      parts.push(el("div", { class: "step-meta" }, `attempt ${last.number} running `, timeEl(last.startedAt, "elapsed")));
+    }
+    if (step.status === "RETRYING" && step.retryAt) {
+      const node = el("div", { class: "step-retry", "data-role": "retry-at" }, "retry ", timeEl(step.retryAt, "until"));
+      node.title = `next attempt at ${clock(step.retryAt, true)}`;
+      parts.push(node);
+    }
+    if (step.status === "WAITING" && step.startedAt) {
+      parts.push(el("div", { class: "step-meta" }, "waiting for ", timeEl(step.startedAt, "elapsed")));
     }
     if (failed.length) {
       // Consecutive attempts that failed the same way share one line: "#1 #2 #3 TransientEmailError: …".
@@ -521,13 +527,21 @@
           el("span", { class: "attempt-no" }, g.attempts.map((a) => `#${a.number}`).join(" ")), " ",
           el("span", { class: "attempt-text" }, g.error)))));
     }
+    const risk = step.id === "ai-risk-check" && step.output && step.output.decision ? step.output : null;
+    if (risk) {
+      parts.push(el("div", { class: "step-risk", "data-role": "risk" },
+        badge(risk.decision), ` score ${Number(risk.score).toFixed(2)} · ${risk.source}`));
+      if (risk.reasons && risk.reasons.length) {
+        parts.push(el("ul", { class: "step-reasons", "aria-label": "risk reasons" }, ...risk.reasons.map((r) => el("li", {}, r))));
+      }
+    }
     if (step.kind === "wait") {
       const deadlines = deadlinesOf(step, detail);
       if (deadlines && step.status === "WAITING") {
         parts.push(el("dl", { class: "deadlines", "data-role": "deadlines" },
           ...Object.entries(deadlines).filter(([, at]) => at).flatMap(([name, at]) => [
             el("dt", {}, name),
-            el("dd", {}, timeEl(at, "until"), el("span", { class: "abs" }, ` · ${clock(at, true)}`)),
+            el("dd", { title: `${name} at ${clock(at, true)} (${at})` }, timeEl(at, "until")),
           ])));
       }
       if (step.output && step.output.receivedAt) {

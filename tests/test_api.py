@@ -719,7 +719,7 @@ async def test_users_list_rejects_bad_parameters(client: TestClient, params: dic
 
 async def test_outbox_lists_emails_newest_first(client: TestClient) -> None:
     empty = await client.get("/api/outbox")
-    assert empty.status == 200 and await empty.json() == {"emails": []}
+    assert empty.status == 200 and await empty.json() == {"emails": [], "nextCursor": None}
 
     first, _ = await waiting_signup(client, "ann@example.com", "Ann Example")
     second, _ = await waiting_signup(client, "bob@example.com", "Bob Example")
@@ -853,3 +853,20 @@ async def test_email_failures_are_retried_then_the_run_fails(make_client: Any) -
     assert (await (await client.get("/api/outbox")).json())["emails"] == []
     retries = [e for e in detail["timeline"] if e["step"] == "send-verification-email" and e["attempt"]]
     assert {e["attempt"] for e in retries} >= {1, 2, 3, 4, 5}
+
+
+async def test_outbox_pages_with_a_cursor_and_filters_by_run(client: TestClient) -> None:
+    runs = [(await waiting_signup(client, f"user{i}@example.com", "Ann Example"))[0] for i in range(5)]
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params = {"limit": "2", **({"cursor": cursor} if cursor else {})}
+        page = await (await client.get("/api/outbox", params=params)).json()
+        seen.extend(e["workflowId"] for e in page["emails"])
+        cursor = page["nextCursor"]
+        if cursor is None:
+            break
+    assert seen == list(reversed([r["workflowId"] for r in runs]))
+    one = await (await client.get("/api/outbox", params={"workflowId": runs[2]["workflowId"]})).json()
+    assert [e["workflowId"] for e in one["emails"]] == [runs[2]["workflowId"]]
+    await expect_error(await client.get("/api/outbox", params={"cursor": "nonsense"}), 400, "invalid_cursor")

@@ -19,7 +19,6 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from aiohttp.test_utils import TestClient
-
 from userflow.http.app import build_app
 from userflow.http.config import Settings
 from userflow.http.keys import RUNTIME
@@ -36,7 +35,7 @@ pytestmark = pytest.mark.timeout(90)
 
 
 def epoch(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    return datetime.fromisoformat(text).timestamp()
 
 
 def token_of(link: str) -> str:
@@ -284,6 +283,10 @@ async def test_cancel_a_waiting_run(make_app: MakeApp) -> None:
     assert again["userId"] != accepted["userId"]
     await wait_run(client, again["workflowId"], "WAITING")
     assert (await get_json(client, f"/api/users/{again['userId']}"))["status"] == "PENDING"
+    # The cancelled signup left no PENDING user behind: one PENDING user for this email.
+    assert (await get_json(client, f"/api/users/{accepted['userId']}"))["status"] == "CANCELLED"
+    pending = (await get_json(client, "/api/users?status=PENDING"))["users"]
+    assert [u["id"] for u in pending if u["email"] == "bob@example.com"] == [again["userId"]]
     await expect_gone(client, token)  # the old link stays dead
 
 

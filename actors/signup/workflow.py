@@ -31,6 +31,7 @@ class UserStatus:
     ACTIVE = "ACTIVE"
     FLAGGED = "FLAGGED"
     EXPIRED = "EXPIRED"
+    CANCELLED = "CANCELLED"  # an operator cancelled the signup before it finished
 
 
 class RiskChecker(Protocol):
@@ -113,6 +114,19 @@ def expire_user(ctx: StepContext) -> None:
     user["finishedAt"] = iso_now()
     ctx.state["tokenHash"] = None
     ctx.log(f"user {user['id']} is EXPIRED: the verification link was not used in time")
+
+
+def cancel_user(ctx: StepContext) -> None:
+    """A cancelled signup leaves no PENDING user behind (a new signup starts afresh)."""
+    user = ctx.state.get("user")
+    if user is None:
+        user = ctx.state["user"] = user_of({"id": ctx.run_id, "input": ctx.input, "state": {}, "steps": [], "signals": []})
+        for key in ("verifiedAt", "workflowId"):
+            user.pop(key, None)
+    if user["status"] == UserStatus.PENDING:
+        user["status"] = UserStatus.CANCELLED
+        user["finishedAt"] = iso_now()
+    ctx.state["tokenHash"] = None
 
 
 def resend_verification(ctx: StepContext) -> None:
@@ -287,4 +301,5 @@ SIGNUP = Workflow(
     summary=summary,
     on_duplicate=on_duplicate,
     actions=(Action("resend-verification", resend_verification),),
+    on_cancel=cancel_user,
 )

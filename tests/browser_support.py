@@ -1,0 +1,167 @@
+"""Helpers for the browser tests: a headless Chromium driven by Playwright's sync API.
+
+The browser is Debian's Chromium at /usr/bin/chromium (Playwright never
+downloads one here). ``make_screenshot`` regenerates static/screenshot.png:
+
+    python -m tests.browser_support            # from the repository root
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+CHROMIUM = os.environ.get("USERFLOW_CHROMIUM", "/usr/bin/chromium")
+LAUNCH_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+LAPTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 390, "height": 844}
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def missing() -> str | None:
+    """Why the browser tests cannot run here, or None if they can."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (pip install playwright)"
+    if not os.path.exists(CHROMIUM):
+        return f"no Chromium at {CHROMIUM} (apt-get install chromium)"
+    return None
+
+
+def launch(playwright: Any) -> Any:
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+
+
+def open_dashboard(context: Any, url: str) -> Any:
+    """A new tab on the dashboard, once it is live and has loaded its lists."""
+    page = context.new_page()
+    page.goto(url)
+    page.wait_for_selector("#conn[data-state=live]")
+    page.wait_for_selector("body[data-loaded=true]", state="attached")
+    return page
+
+
+def run_card(page: Any, email: str) -> Any:
+    """The run card of the (only) run for ``email``."""
+    return page.locator("article.run").filter(has=page.locator(".run-title .email", has_text=email))
+
+
+def step(card: Any, step_id: str) -> Any:
+    return card.locator(f'li.step[data-step="{step_id}"]')
+
+
+# Everything the page shows that must not depend on when it was opened:
+# relative times ("3 s ago") are left out, statuses and counts are kept.
+SNAPSHOT_JS = """() => ({
+  runs: [...document.querySelectorAll('#runs article.run')].map(a => ({
+    id: a.dataset.runId, status: a.dataset.status, user: a.dataset.userStatus,
+    actions: [...a.querySelectorAll('.actions button')].map(b => b.textContent),
+    steps: [...a.querySelectorAll('li.step')].map(s => [s.dataset.step, s.dataset.status,
+      (s.querySelector('[data-role=attempts]') || {}).dataset?.attempts || null,
+      [...s.querySelectorAll('.attempt-text')].map(e => e.textContent).join('|')]),
+    timeline: a.querySelectorAll('.timeline-list li').length,
+  })),
+  users: [...document.querySelectorAll('#users tbody tr')].map(r =>
+    [...r.querySelectorAll('td')].map(td => td.textContent)),
+  outbox: [...document.querySelectorAll('#outbox li.mail')].map(m => [m.dataset.to, m.dataset.kind,
+    m.querySelector('.verify-btn').textContent, (m.querySelector('.mail-note') || {}).textContent || '']),
+})"""
+
+
+def snapshot(page: Any) -> dict[str, Any]:
+    result: dict[str, Any] = page.evaluate(SNAPSHOT_JS)
+    return result
+
+
+def wait_same_snapshot(page: Any, expected: dict[str, Any], timeout: float = 10_000) -> None:
+    """Until ``page`` shows exactly ``expected`` (polled by the browser, on animation frames)."""
+    try:
+        page.wait_for_function(
+            f"expected => JSON.stringify(({SNAPSHOT_JS})()) === expected",
+            arg=json.dumps(expected, separators=(",", ":"), ensure_ascii=False),
+            timeout=timeout,
+            polling=100,  # a background tab gets no animation frames
+        )
+    except Exception:
+        assert snapshot(page) == expected  # shows the difference
+        raise
+
+
+# -- the screenshot in static/ --------------------------------------------------------
+
+PEOPLE = [
+    ("Ann Lee", "ann.lee@example.com"),  # verified: ALLOW
+    ("Bruno Díaz", "bruno@example.org"),  # left waiting for the click
+    ("Support Team 24", "support@mailinator.com"),  # verified: FLAG (disposable domain, role address, digits)
+    ("Chen Wei", "chen.wei@example.net"),  # signed up last, caught while its email is retried
+]
+
+
+def make_screenshot(path: str | Path = ROOT / "static" / "screenshot.png") -> Path:
+    """The dashboard mid-run at laptop size: retrying, waiting, and completed runs with risk reasons.
+
+    Deterministic: the first three signups run on a server with no email
+    failures; it is then restarted on the same data dir with every email
+    failing, so the last signup is caught retrying.
+    """
+    from playwright.sync_api import sync_playwright
+
+    sys.path.insert(0, str(ROOT))
+    from tests.server import Server
+
+    reason = missing()
+    if reason:
+        raise RuntimeError(reason)
+    data = tempfile.mkdtemp(prefix="userflow-shot-")
+    data_dir = os.path.join(data, "data")
+    target = Path(path)
+    server = Server(data_dir, "--email-failure-rate", "0").start()
+    try:
+        runs = {}
+        for name, email in PEOPLE[:3]:
+            status, body = server.request("POST", "/api/signup", {"name": name, "email": email})
+            assert status == 202, body
+            runs[email] = body["workflowId"]
+            server.wait_for(f"/api/workflows/{runs[email]}", lambda d: d["status"] == "WAITING")
+        for email in (PEOPLE[0][1], PEOPLE[2][1]):
+            link = next(m["link"] for m in server.get("/api/outbox")["emails"] if m["to"] == email)
+            assert server.request("POST", "/api/verify", {"token": link.split("token=", 1)[1]})[0] == 200
+            server.wait_for(f"/api/workflows/{runs[email]}", lambda d: d["status"] == "COMPLETED")
+        server.terminate()
+
+        server = Server(data_dir, "--email-failure-rate", "1").start()
+        with sync_playwright() as p:
+            browser = launch(p)
+            try:
+                context = browser.new_context(viewport=LAPTOP, device_scale_factor=1, color_scheme="light")
+                page = open_dashboard(context, server.url)
+                name, email = PEOPLE[3]
+                assert server.request("POST", "/api/signup", {"name": name, "email": email})[0] == 202
+                # Two attempts failed, the third is due: the step shows its errors and retry time.
+                page.wait_for_selector('li.step[data-status="RETRYING"]:has(.attempt-error[data-attempts="1,2"])')
+                page.mouse.move(0, 0)
+                page.screenshot(path=str(target), type="png")
+                context.close()
+            finally:
+                browser.close()
+        return target
+    finally:
+        server.stop()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    print(make_screenshot(sys.argv[1] if len(sys.argv) > 1 else ROOT / "static" / "screenshot.png"))
