@@ -66,6 +66,12 @@ class Idle(NamedTuple):
     handled: int
 
 
+class Stopped(NamedTuple):
+    """A run actor's thread is done: its place under the cap is free."""
+
+    urn: str
+
+
 class ActorFailed(NamedTuple):
     """A run actor stopped on an error; ``created`` is False if the run never became durable."""
 

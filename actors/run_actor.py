@@ -37,6 +37,7 @@ from userflow.actors.messages import (
     Delivered,
     Idle,
     StartResult,
+    Stopped,
     TimerFired,
     reject,
     resolve,
@@ -200,6 +201,7 @@ class RunActor(pykka.ThreadingActor):
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
         # An unexpected exception stopped the actor: on_stop will not run.
         self._fail(describe(exception_value) if exception_value else "actor failed")
+        self._supervisor.tell(Stopped(self.actor_urn))
 
     def _fail(self, reason: str) -> None:
         self._closing = True
@@ -209,6 +211,7 @@ class RunActor(pykka.ThreadingActor):
 
     def on_stop(self) -> None:
         self._drain_inbox()
+        self._supervisor.tell(Stopped(self.actor_urn))
 
     def _drain_inbox(self) -> None:
         """Hand routed messages still queued here back to the supervisor."""

@@ -29,6 +29,7 @@ from userflow.actors.messages import (
     Recover,
     Shutdown,
     StartResult,
+    Stopped,
     StartRun,
     TimerFired,
     reject,
@@ -85,6 +86,7 @@ class Supervisor(pykka.ThreadingActor):
         self._queued: OrderedDict[str, _Queued] = OrderedDict()
         self._parked: dict[str, int] = {}  # run id -> consecutive failures, waiting to retry
         self._failures: dict[str, int] = {}  # run id -> consecutive failures, kept across reactivations
+        self._draining: set[str] = set()  # actors told to stop that have not reported Stopped
         self._stopping = False
 
     def on_receive(self, message: Any) -> Any:
@@ -101,6 +103,9 @@ class Supervisor(pykka.ThreadingActor):
             self._idle(message)
         elif isinstance(message, Bounce):
             self._route(message.run_id, message.message)
+        elif isinstance(message, Stopped):
+            self._draining.discard(message.urn)
+            self._activate_queued()
         elif isinstance(message, ActorFailed):
             self._failed(message)
         elif isinstance(message, Recover):
@@ -162,7 +167,7 @@ class Supervisor(pykka.ThreadingActor):
         self._activate_queued()
 
     def _activate_queued(self) -> None:
-        while self._queued and len(self._live) < self._max_live and not self._stopping:
+        while self._queued and len(self._live) + len(self._draining) < self._max_live and not self._stopping:
             run_id = next((rid for rid in self._queued if rid not in self._parked), None)
             if run_id is None:
                 return
@@ -180,17 +185,16 @@ class Supervisor(pykka.ThreadingActor):
         del self._live[message.run_id]
         self._parked.pop(message.run_id, None)
         self._failures.pop(message.run_id, None)
+        # Until it reports Stopped it still holds a thread: it counts under the
+        # cap, but the supervisor does not wait for it.
+        self._draining.add(live.urn)
         live.ref.stop(block=False)
-        # It has nothing queued, so it stops at once; until it has, it still
-        # holds a thread, and starting its successor would exceed the cap.
-        live.ref.actor_stopped.wait(timeout=5)
-        self._activate_queued()
 
     def _failed(self, message: ActorFailed) -> None:
         live = self._live.get(message.run_id)
         if live is not None and live.urn == message.urn:
             del self._live[message.run_id]
-            live.ref.actor_stopped.wait(timeout=5)  # it has stopped itself: let it finish first
+            self._draining.add(live.urn)  # it stops itself and reports Stopped
         if not message.created:
             # The run never became durable: the caller got the error, forget it.
             self._parts.index.forget(message.run_id)

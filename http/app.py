@@ -68,7 +68,8 @@ def build_app(settings: Settings, data_dir: DataDir, public_url: str, *, autosta
     """The application; with ``autostart`` the engine starts (and recovers) at app startup."""
     metrics = Metrics()
     app = web.Application(
-        client_max_size=MAX_BODY, middlewares=[metrics.middleware(), error_middleware, readiness_middleware]
+        client_max_size=MAX_BODY,
+        middlewares=[metrics.middleware(), error_middleware, pages.static_headers, readiness_middleware],
     )
     app[SETTINGS] = settings
     app[SERVICES] = make_services(settings, data_dir, public_url)

@@ -53,7 +53,7 @@ async def serve(settings: Settings, data_dir: DataDir) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     command, settings = load(argv)
-    logs.configure()
+    logs.configure(settings.log_level)
     if command != "serve":
         return 2
     try:

@@ -20,6 +20,7 @@ class Settings:
     verify_ttl: float = 86400.0
     reminder_after: float = 3600.0
     max_live_actors: int = 256
+    log_level: str = "INFO"
     signup_rate: str = "20/60"  # per client address; "0" turns it off
     verify_rate: str = "60/60"
     gemini_api_key: str | None = None
@@ -74,6 +75,12 @@ def _rate(text: str) -> str:
     return text
 
 
+def _level(text: str) -> str:
+    if text.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not DEBUG, INFO, WARNING or ERROR")
+    return text.upper()
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -116,6 +123,7 @@ def parser() -> argparse.ArgumentParser:
     option("--reminder-after", "USERFLOW_REMINDER_AFTER", _seconds, d.reminder_after, "seconds before one reminder email, 0 = never")
     option("--signup-rate-limit", "USERFLOW_SIGNUP_RATE_LIMIT", _rate, d.signup_rate, "signups per client address, N/SECONDS, 0 = off")
     option("--verify-rate-limit", "USERFLOW_VERIFY_RATE_LIMIT", _rate, d.verify_rate, "verifications per client address, N/SECONDS, 0 = off")
+    option("--log-level", "USERFLOW_LOG_LEVEL", _level, d.log_level, "DEBUG, INFO (one line per timeline entry), WARNING or ERROR")
     option("--max-live-actors", "USERFLOW_MAX_LIVE_ACTORS", int, d.max_live_actors, "cap on run actors alive at once")
     return main
 
@@ -144,6 +152,7 @@ def load(argv: list[str] | None = None) -> tuple[str, Settings]:
         verify_ttl=args.verify_ttl,
         reminder_after=args.reminder_after,
         max_live_actors=max(1, args.max_live_actors),
+        log_level=args.log_level,
         signup_rate=args.signup_rate_limit,
         verify_rate=args.verify_rate_limit,
         gemini_api_key=_env("GEMINI_API_KEY"),

@@ -138,6 +138,7 @@ SCHEMAS: dict[str, Any] = {
         link=_STR,
         messageId=_STR,
         sentAt=_TIME,
+        current={"type": "boolean", "description": "whether this email's link still verifies"},
         text=_STR,
         workflowId=_STR,
         userId=_STR,

@@ -66,5 +66,26 @@ async def verify_submit(request: web.Request) -> web.Response:
     return page("Email confirmed", '<h1 class="ok">Email confirmed</h1><p>Thank you, you can close this page.</p>')
 
 
+DASHBOARD_HEADERS = {
+    "Cache-Control": "no-cache",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+        "form-action 'self'; frame-ancestors 'none'"
+    ),
+}
+
+
 async def dashboard(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+    return web.FileResponse(STATIC_DIR / "index.html", headers=DASHBOARD_HEADERS)
+
+
+@web.middleware
+async def static_headers(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    """Static files: revalidated on every load, so an upgrade never runs stale JS."""
+    response = await handler(request)
+    if request.path.startswith("/static/"):
+        response.headers.setdefault("Cache-Control", "no-cache")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    return response

@@ -126,6 +126,7 @@ def outbox_email(summary: dict[str, Any], email: dict[str, Any], services: Signu
         "link": link,
         "messageId": email["messageId"],
         "sentAt": email["sentAt"],
+        "current": email["sendNo"] == summary["sendNo"] and summary["status"] not in ("COMPLETED", "CANCELLED"),
         "text": body.text,
         "workflowId": summary["id"],
         "userId": summary["userId"],

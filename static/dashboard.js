@@ -176,7 +176,7 @@
     if (state.filter) params.set("status", state.filter);
     if (append && state.nextCursor) params.set("cursor", state.nextCursor);
     const answer = await api(`/api/workflows?${params}`);
-    if (!answer.ok) return;
+    if (!answer.ok) return false;
     state.nextCursor = answer.body.nextCursor;
     const ids = [];
     for (const summary of answer.body.workflows) {
@@ -186,6 +186,7 @@
     }
     renderSoon("list");
     await fetchDetails(ids);
+    return true;
   }
 
   async function fetchDetails(ids) {
@@ -198,10 +199,11 @@
 
   async function loadUsers() {
     const answer = await api("/api/users?limit=200");
-    if (!answer.ok) return;
+    if (!answer.ok) return false;
     for (const user of answer.body.users) state.users.set(user.id, user);
     renderSoon("users");
     renderSoon("outbox");
+    return true;
   }
 
   async function loadOutbox() {
@@ -209,25 +211,43 @@
     if (answer.status === 404) {
       state.outboxEnabled = false;
       $("#outbox-card").hidden = true;
-      return;
+      return true;
     }
-    if (!answer.ok) return;
+    if (!answer.ok) return false;
     state.outboxEnabled = true;
     $("#outbox-card").hidden = false;
     state.outbox = answer.body.emails;
     renderSoon("outbox");
+    return true;
   }
 
+  // Everything from scratch: at the first connection and on `reset`. A reset that
+  // arrives during a load loads again after it; a failed load (the server is
+  // starting: 503) is tried again a little later.
   let loading = null;
-  async function loadAll() {
-    if (loading) return loading;
+  let loadAgain = false;
+  let loadRetry = 1000;
+  let loadTimer = null;
+  function loadAll() {
+    if (loading) { loadAgain = true; return loading; }
     loading = (async () => {
+      let ok = false;
       try {
-        await Promise.all([loadUsers(), loadOutbox(), loadRuns(false)]);
-        state.loaded = true;
-        document.body.dataset.loaded = "true";
+        const results = await Promise.all([loadUsers(), loadOutbox(), loadRuns(false)]);
+        ok = results.every(Boolean);
       } finally {
         loading = null;
+      }
+      if (ok) {
+        state.loaded = true;
+        loadRetry = 1000;
+        document.body.dataset.loaded = "true";
+        renderSoon("list");
+      }
+      if (loadAgain) { loadAgain = false; loadAll(); }
+      else if (!ok && !loadTimer) {
+        loadTimer = setTimeout(() => { loadTimer = null; if (!state.loaded) loadAll(); }, loadRetry);
+        loadRetry = Math.min(loadRetry * 2, 15000);
       }
     })();
     return loading;
@@ -496,7 +516,9 @@
     ];
     const meta = [];
     if (attempts.length) meta.push(plural(attempts.length, "attempt"));
-    if (step.durationMs !== null && step.durationMs !== undefined) meta.push(formatDuration(step.durationMs));
+    if (step.durationMs !== null && step.durationMs !== undefined) {
+      meta.push(step.kind === "wait" ? `waited ${formatDuration(step.durationMs)}` : formatDuration(step.durationMs));
+    }
     if (meta.length) {
       parts.push(el("div", { class: "step-meta", "data-role": "attempts", "data-attempts": attempts.length,
         title: step.durationMs != null ? `took ${formatDuration(step.durationMs)}, from the first attempt to the last` : null }, meta.join(" · ")));

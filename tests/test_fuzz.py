@@ -22,6 +22,7 @@ Bounded and reproducible: a fixed seed, derandomized, no example database,
 from __future__ import annotations
 
 import collections
+import os
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -43,8 +44,8 @@ from schemathesis.specs.openapi.checks import (
 
 from tests.server import Server
 
-import os
-MAX_EXAMPLES = int(os.environ.get('FUZZ_N', 30))
+# Examples per operation and mode; USERFLOW_FUZZ_EXAMPLES=300 for a longer hunt.
+MAX_EXAMPLES = int(os.environ.get("USERFLOW_FUZZ_EXAMPLES", "40"))
 SEED = 20240611
 CHECKS = [
     not_a_server_error,
@@ -85,7 +86,7 @@ def _seed(server: Server) -> dict[str, list[str]]:
     The last PENDING user is kept out of the workflow pool, so fuzzing the
     cancel route cannot take it away from the resend route.
     """
-    runs, users = [], []
+    runs, users, tokens = [], [], []
     for email, name, verify in [
         ("active@example.com", "Ann Active", True),
         ("x12345@mailinator.com", "12345", True),  # the heuristic flags it
@@ -96,6 +97,7 @@ def _seed(server: Server) -> dict[str, list[str]]:
         accepted, token = _signup(server, email, name)
         runs.append(accepted["workflowId"])
         users.append(accepted["userId"])
+        tokens.append(token)
         if verify:
             status, body = server.request("GET", f"/api/verify?token={token}")
             assert status == 200, body
@@ -103,7 +105,8 @@ def _seed(server: Server) -> dict[str, list[str]]:
     assert status == 200, body
     for run_id in runs:
         _wait(server, f"/api/workflows/{run_id}", lambda d: d["status"] in ("COMPLETED", "WAITING", "CANCELLED"))
-    return {"runs": runs[:-1], "users": users}
+    # Links whose use changes nothing any more: verified twice (200) and cancelled (410).
+    return {"runs": runs[:-1], "users": users, "tokens": tokens[:2] + tokens[3:4]}
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +128,7 @@ def seeded(server: Server) -> dict[str, list[str]]:
 
 
 def _realistic(seeded: dict[str, list[str]]) -> Any:
-    """A ``flatmap_case`` hook: some positive cases get a real id or a well-formed email."""
+    """A ``flatmap_case`` hook: some positive cases get a real id, token or a well-formed email."""
     addresses = st.from_regex(r"\A[a-z][a-z0-9]{0,11}(\+[a-z0-9]{1,6})?@(example\.com|Example\.ORG)\Z")
 
     def hook(context: Any, case: schemathesis.Case) -> st.SearchStrategy[schemathesis.Case]:
@@ -149,6 +152,20 @@ def _realistic(seeded: dict[str, list[str]]) -> Any:
                 return case
 
             return st.one_of(st.none(), addresses).map(with_email)
+        if path in ("/api/verify", "/verify"):
+            in_query = case.method.upper() == "GET"
+            current = (case.query or {}) if in_query else case.body
+            if not isinstance(current, dict) or not isinstance(current.get("token", ""), str):
+                return st.just(case)
+
+            def with_token(token: str | None) -> schemathesis.Case:
+                if token is not None and in_query:
+                    case.query = {**current, "token": token}
+                elif token is not None:
+                    case.body = {**current, "token": token}
+                return case
+
+            return st.sampled_from([None, *seeded["tokens"]]).map(with_token)
         return st.just(case)
 
     return hook

@@ -242,7 +242,7 @@ def summary(run: Mapping[str, Any]) -> dict[str, Any]:
         for e in run["state"].get("emails", ())
         if e["status"] == "sent"
     ]
-    return {"userId": run["input"]["userId"], "user": user_of(run), "emails": emails}
+    return {"userId": run["input"]["userId"], "user": user_of(run), "emails": emails, "sendNo": run["state"].get("sendNo", 1)}
 
 
 def keys(run: Mapping[str, Any]) -> dict[str, list[str]]:

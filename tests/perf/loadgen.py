@@ -1,0 +1,237 @@
+"""Load generator: signups, instant clicks, completion seen through /api/events.
+
+    python -m tests.perf.loadgen --runs 2000 --concurrency 64          # closed loop
+    python -m tests.perf.loadgen --rate 1000 --duration 5              # open loop
+
+By default it starts its own server (outbox mode, no injected failures, no
+rate limits) on a fresh data dir and reports the server's RSS; ``--url``
+points it at a running one instead. Each run is verified as soon as its
+email exists. It prints one JSON object: accepted signups/s, signup latency
+p50/p99, signup-to-completed p50/p99, completed runs/s, errors, server RSS.
+
+The closed loop keeps ``concurrency`` users in flight, each going through
+the whole lifecycle; the open loop sends signups at a fixed arrival rate
+whatever the answers, so queueing shows in the latency instead of hiding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import aiohttp
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 2)
+
+
+class Load:
+    def __init__(self, url: str, session: aiohttp.ClientSession) -> None:
+        self.url = url
+        self.session = session
+        self.signup_latency: list[float] = []
+        self.lifecycle: list[float] = []
+        self.started: dict[str, float] = {}
+        self.done: dict[str, asyncio.Future[float]] = {}
+        self.errors: dict[str, int] = {}
+        self.completed = 0
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.emailed: set[str] = set()
+        self.seq = 0
+
+    def error(self, kind: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+
+    async def listen(self, ready: asyncio.Event) -> None:
+        """Follow /api/events: click each link when its email is sent, note each completion."""
+        async with self.session.get(f"{self.url}/api/events", timeout=aiohttp.ClientTimeout(total=None)) as response:
+            ready.set()
+            event = data = None
+            async for raw in response.content:
+                line = raw.decode().rstrip("\n")
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: "):
+                    data = line[6:]
+                elif not line and event and data:
+                    self.on_event(event, json.loads(data))
+                    event = data = None
+
+    def on_event(self, event: str, data: dict[str, Any]) -> None:
+        if event == "timeline" and data["type"] == "email-sent":
+            if data["workflowId"] in self.started:
+                self.click_soon(data["workflowId"])
+            else:  # the event can overtake the signup's own answer
+                self.emailed.add(data["workflowId"])
+        elif event == "run" and data["status"] == "COMPLETED" and data["id"] in self.started:
+            future = self.done.get(data["id"])
+            if future is not None and not future.done():
+                elapsed = time.perf_counter() - self.started[data["id"]]
+                self.lifecycle.append(elapsed)
+                self.completed += 1
+                future.set_result(elapsed)
+
+    def click_soon(self, run_id: str) -> None:
+        task = asyncio.ensure_future(self.click(run_id))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def click(self, run_id: str) -> None:
+        try:
+            async with self.session.get(f"{self.url}/api/outbox", params={"workflowId": run_id}) as response:
+                emails = (await response.json())["emails"]
+            token = emails[0]["link"].split("token=")[1]
+            async with self.session.get(f"{self.url}/api/verify", params={"token": token}) as response:
+                if response.status != 200:
+                    self.error(f"verify {response.status}")
+        except (aiohttp.ClientError, KeyError, IndexError) as exc:
+            self.error(f"verify {type(exc).__name__}")
+
+    async def signup(self) -> str | None:
+        self.seq += 1
+        body = {"email": f"load{self.seq}-{os.getpid()}@example.com", "name": "Load Test"}
+        started = time.perf_counter()
+        try:
+            async with self.session.post(f"{self.url}/api/signup", json=body) as response:
+                answer = await response.json()
+                if response.status != 202:
+                    self.error(f"signup {response.status}")
+                    return None
+        except aiohttp.ClientError as exc:
+            self.error(f"signup {type(exc).__name__}")
+            return None
+        self.signup_latency.append(time.perf_counter() - started)
+        run_id = answer["workflowId"]
+        self.started[run_id] = started
+        self.done[run_id] = asyncio.get_running_loop().create_future()
+        if run_id in self.emailed:
+            self.emailed.discard(run_id)
+            self.click_soon(run_id)
+        return run_id
+
+
+async def closed_loop(load: Load, runs: int, concurrency: int, timeout: float) -> float:
+    remaining = runs
+
+    async def user() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            run_id = await load.signup()
+            if run_id is not None:
+                try:
+                    await asyncio.wait_for(load.done[run_id], timeout)
+                except TimeoutError:
+                    load.error("not completed in time")
+
+    started = time.perf_counter()
+    await asyncio.gather(*(user() for _ in range(concurrency)))
+    return time.perf_counter() - started
+
+
+async def open_loop(load: Load, rate: float, duration: float, timeout: float) -> float:
+    started = time.perf_counter()
+    total = int(rate * duration)
+    pending: list[asyncio.Task[str | None]] = []
+    for i in range(total):
+        delay = started + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        pending.append(asyncio.ensure_future(load.signup()))
+    run_ids = [r for r in await asyncio.gather(*pending) if r]
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.gather(*(load.done[r] for r in run_ids)), timeout)
+    return time.perf_counter() - started
+
+
+def start_server(data_dir: str, extra: list[str]) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "userflow.http.cli", "serve", "--port", "0", "--data-dir", data_dir,
+         "--email-failure-rate", "0", "--signup-rate-limit", "0", "--verify-rate-limit", "0", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        match = re.search(r"listening on (\S+)", line)
+        if match:
+            return proc, match.group(1)
+    raise RuntimeError("the server did not start")
+
+
+def rss_mib(pid: int) -> float | None:
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return None
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    proc = None
+    url = args.url
+    data_dir = args.data_dir or tempfile.mkdtemp(prefix="userflow-load-")
+    if url is None:
+        proc, url = start_server(data_dir, args.server_arg)
+    try:
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+            load = Load(url.rstrip("/"), session)
+            ready = asyncio.Event()
+            listener = asyncio.ensure_future(load.listen(ready))
+            await ready.wait()
+            if args.rate:
+                elapsed = await open_loop(load, args.rate, args.duration, args.timeout)
+                mode = {"mode": "open", "offeredPerSecond": args.rate, "durationSeconds": args.duration}
+            else:
+                elapsed = await closed_loop(load, args.runs, args.concurrency, args.timeout)
+                mode = {"mode": "closed", "runs": args.runs, "concurrency": args.concurrency}
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
+                await listener
+        return {
+            **mode,
+            "elapsedSeconds": round(elapsed, 2),
+            "acceptedSignups": len(load.signup_latency),
+            "acceptedSignupsPerSecond": round(len(load.signup_latency) / elapsed, 1),
+            "signupMs": {"p50": percentile(load.signup_latency, 0.5), "p99": percentile(load.signup_latency, 0.99)},
+            "signupToCompletedMs": {"p50": percentile(load.lifecycle, 0.5), "p99": percentile(load.lifecycle, 0.99)},
+            "completedRuns": load.completed,
+            "completedRunsPerSecond": round(load.completed / elapsed, 1),
+            "errors": load.errors,
+            "serverRssMiB": rss_mib(proc.pid) if proc else None,
+        }
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=60)
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", help="a running server; default: start one")
+    parser.add_argument("--data-dir", help="data dir for the started server (default: a new temp dir)")
+    parser.add_argument("--runs", type=int, default=2000, help="closed loop: number of signups")
+    parser.add_argument("--concurrency", type=int, default=64, help="closed loop: users in flight")
+    parser.add_argument("--rate", type=float, help="open loop: signups per second offered")
+    parser.add_argument("--duration", type=float, default=5.0, help="open loop: seconds of arrivals")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds a run may take to complete")
+    parser.add_argument("--server-arg", action="append", default=[], help="extra flag for the started server")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    result = asyncio.run(main(parse()))
+    print(json.dumps(result))
