@@ -71,6 +71,9 @@ class Runtime:
         reply.result(timeout=timeout)
         self._supervisor.stop(block=True, timeout=timeout)
         self._supervisor = None
+        close = getattr(self.parts.store, "close", None)
+        if close is not None:
+            close()  # a last checkpoint: the next start has no journal to replay
 
     def _timer_fired(self, run_id: str, name: str, due: float) -> None:
         if self._supervisor is not None:

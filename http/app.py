@@ -20,7 +20,7 @@ from userflow.http.config import Settings
 from userflow.http.errors import error_middleware, error_response
 from userflow.http.events import EventHub, stream
 from userflow.http.keys import EVENTS, METRICS, RUNTIME, SERVICES, SETTINGS, SIGNUP_LIMIT, VERIFY_LIMIT
-from userflow.http.logs import log_entries
+from userflow.http.logs import log_entries, quiet_bad_requests
 from userflow.http.metrics import Metrics
 from userflow.http.ratelimit import Rate, RateLimiter
 from userflow.http.openapi import openapi
@@ -66,6 +66,7 @@ async def readiness_middleware(request: web.Request, handler):  # type: ignore[n
 
 def build_app(settings: Settings, data_dir: DataDir, public_url: str, *, autostart: bool = True) -> web.Application:
     """The application; with ``autostart`` the engine starts (and recovers) at app startup."""
+    quiet_bad_requests()
     metrics = Metrics()
     app = web.Application(
         client_max_size=MAX_BODY,
@@ -139,4 +140,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/verify", pages.verify_page)
     app.router.add_post("/verify", pages.verify_submit)
     app.router.add_get("/", pages.dashboard)
-    app.router.add_static("/static/", pages.STATIC_DIR, show_index=False, follow_symlinks=False)
+    app.router.add_get("/static/{name}", pages.static_file)

@@ -95,7 +95,7 @@ class EventHub:
         if not last_event_id:
             return self.last_seq
         boot, _, seq = last_event_id.partition("-")
-        if boot != self.boot or not seq.isdigit():
+        if boot != self.boot or not (seq.isascii() and seq.isdigit() and len(seq) <= 18):
             return None
         return int(seq)
 
@@ -114,8 +114,8 @@ async def stream(request: web.Request, hub: EventHub) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )
-    await response.prepare(request)
     cursor = hub.resume_point(request.headers.get("Last-Event-ID") or request.query.get("lastEventId"))
+    await response.prepare(request)
     hub.clients += 1
     try:
         await _write(response, b"retry: 2000\n\n")

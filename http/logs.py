@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
+from aiohttp.http_exceptions import HttpProcessingError
 
 _FIELDS = ("runId", "step", "attempt", "event")
 run_log = logging.getLogger("userflow.run")
@@ -44,6 +45,19 @@ class TextFormatter(logging.Formatter):
         return f"{text} [{context}]" if context else text
 
 
+class QuietBadRequests(logging.Filter):
+    """Malformed HTTP (oversized lines, bad headers) is the client's fault: one short
+    warning, no traceback, and no echo of the request line, which may hold a token."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            record.msg, record.args = "malformed HTTP request refused (%s)", (type(error).__name__,)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def configure(level: str = "INFO", json_lines: bool | None = None) -> None:
     json_lines = not sys.stderr.isatty() if json_lines is None else json_lines
     handler = logging.StreamHandler(sys.stderr)
@@ -54,6 +68,13 @@ def configure(level: str = "INFO", json_lines: bool | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    quiet_bad_requests()
+
+
+def quiet_bad_requests() -> None:
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, QuietBadRequests) for f in server_log.filters):
+        server_log.addFilter(QuietBadRequests())
 
 
 def log_entries(run: Mapping[str, Any], summary: dict[str, Any], entries: list[dict[str, Any]]) -> None:

@@ -7,6 +7,7 @@ scanners of mail providers, which prefetch every link with GET, verify no one.
 from __future__ import annotations
 
 import html
+import re
 from pathlib import Path
 
 from aiohttp import web
@@ -37,9 +38,12 @@ button:focus-visible{{outline:3px solid #174ea6;outline-offset:2px}}
 <body><main>{body}</main></body></html>"""
 
 
-def page(title: str, body: str, status: int = 200) -> web.Response:
+def page(title: str, body: str, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
-        text=_PAGE.format(title=html.escape(title), body=body), status=status, content_type="text/html", headers=_HEADERS
+        text=_PAGE.format(title=html.escape(title), body=body),
+        status=status,
+        content_type="text/html",
+        headers={**_HEADERS, **(headers or {})},
     )
 
 
@@ -61,8 +65,9 @@ async def verify_submit(request: web.Request) -> web.Response:
     try:
         await verify_token(request, token)
     except ApiError as exc:
-        title = {410: "Link expired", 404: "Unknown link", 400: "Broken link"}.get(exc.status, "Not verified")
-        return page(title, f'<h1 class="bad">{html.escape(title)}</h1><p>{html.escape(exc.message)}.</p>', exc.status)
+        title = {410: "Link expired", 404: "Unknown link", 400: "Broken link", 429: "Too many tries"}.get(exc.status, "Not verified")
+        body = f'<h1 class="bad">{html.escape(title)}</h1><p>{html.escape(exc.message)}.</p>'
+        return page(title, body, exc.status, exc.headers)
     return page("Email confirmed", '<h1 class="ok">Email confirmed</h1><p>Thank you, you can close this page.</p>')
 
 
@@ -75,6 +80,18 @@ DASHBOARD_HEADERS = {
         "form-action 'self'; frame-ancestors 'none'"
     ),
 }
+
+
+_STATIC_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}\.(?:css|js|png|svg|ico|html)")
+
+
+async def static_file(request: web.Request) -> web.FileResponse:
+    """A file of the dashboard; anything else is a JSON 404, never a directory listing."""
+    name = request.match_info["name"]
+    path = STATIC_DIR / name
+    if not _STATIC_NAME.fullmatch(name) or not path.is_file():
+        raise ApiError(404, "not_found", f"no such file: /static/{name}")
+    return web.FileResponse(path)
 
 
 async def dashboard(request: web.Request) -> web.FileResponse:

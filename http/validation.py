@@ -86,6 +86,10 @@ def normalise_email(raw: str) -> tuple[str, str]:
     if len(normalized) > MAX_EMAIL:
         raise ApiError(400, "invalid_email", f"email: at most {MAX_EMAIL} characters")
     local, _, domain = normalized.rpartition("@")
+    if len(local) > 64:
+        raise ApiError(400, "invalid_email", "email: the part before @ can have at most 64 characters")
+    if not _visible(local):
+        raise ApiError(400, "invalid_email", "email: the part before @ shows no visible letter or digit")
     # Only ASCII case is folded for the key: Unicode look-alikes stay distinct.
     return normalized, f"{local.translate(_ASCII_UPPER)}@{domain.lower()}"
 
@@ -98,4 +102,17 @@ def normalise_name(raw: str) -> str:
         raise ApiError(400, "invalid_fields", "name: control or invisible characters are not allowed")
     if len(name) > MAX_NAME:
         raise ApiError(400, "invalid_fields", f"name: at most {MAX_NAME} characters")
+    if not _visible(name):
+        raise ApiError(400, "invalid_fields", "name: it must show at least one letter or digit")
     return name
+
+
+# Letters that render as nothing (Hangul fillers, Braille blank and the like).
+_BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800\u180e\u17b4\u17b5")
+
+
+def _visible(text: str) -> bool:
+    """Whether ``text`` shows at least one letter or digit a person can see."""
+    return any(
+        unicodedata.category(c)[0] in ("L", "N") and c not in _BLANK_LETTERS and not c.isspace() for c in text
+    )

@@ -13,8 +13,9 @@ write (see :meth:`AtomicJSONStorage.batch`).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
@@ -41,8 +42,12 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def write_atomic(path: str, payload: bytes, *, fault_point: bool = True) -> None:
-    """Make ``payload`` the durable content of ``path``, all or nothing."""
+def write_atomic(path: str, payload: bytes, *, fault_point: bool = True, sync: bool = True) -> None:
+    """Make ``payload`` the content of ``path``, all or nothing; durable too with ``sync``.
+
+    Without ``sync`` the caller makes it durable later, many files at once
+    (``sync_filesystem``): the rename still guarantees old-or-new content.
+    """
     directory = os.path.dirname(path) or "."
     tmp = f"{path}.tmp"
     try:
@@ -54,17 +59,35 @@ def write_atomic(path: str, payload: bytes, *, fault_point: bool = True) -> None
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         if fault_point:
             crash_point("storage", "before-rename")
         os.replace(tmp, path)
-        fsync_dir(directory)
+        if sync:
+            fsync_dir(directory)
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise StorageError(exc.errno, f"could not persist {os.path.basename(path)}: {exc.strerror}") from exc
+
+
+_libc = None
+
+
+def sync_filesystem(path: str) -> None:
+    """Make every write so far on ``path``'s filesystem durable (one ``syncfs``)."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if getattr(_libc, "syncfs", None) is None or _libc.syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
 
 
 def read_json(path: str) -> Any:
@@ -83,8 +106,15 @@ def read_json(path: str) -> Any:
 class AtomicJSONStorage(Storage):
     """TinyDB storage: cached in memory, written atomically, fd-free at rest."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(
+        self,
+        path: str,
+        sink: Callable[[bytes], None] | None = None,
+        source: Callable[[], bytes | None] | None = None,
+    ) -> None:
         self._path = path
+        self._sink = sink  # where writes go instead of the file (the journal)
+        self._source = source  # where the first read comes from instead of the file
         self._data: dict[str, dict[str, Any]] | None = None
         self._loaded = False
         self._deferred = 0
@@ -92,7 +122,14 @@ class AtomicJSONStorage(Storage):
 
     def read(self) -> dict[str, dict[str, Any]] | None:
         if not self._loaded:
-            data = read_json(self._path)
+            if self._source is not None:
+                raw = self._source()
+                try:
+                    data = orjson.loads(raw) if raw is not None else None
+                except orjson.JSONDecodeError as exc:
+                    raise CorruptFileError(f"{self._path}: {exc}") from exc
+            else:
+                data = read_json(self._path)
             if data is not None and not isinstance(data, dict):
                 raise CorruptFileError(f"{self._path}: not a TinyDB document")
             self._data = data
@@ -136,7 +173,11 @@ class AtomicJSONStorage(Storage):
                 raise
 
     def _flush(self) -> None:
-        write_atomic(self._path, orjson.dumps(self._data or {}))
+        payload = orjson.dumps(self._data or {})
+        if self._sink is not None:
+            self._sink(payload)
+        else:
+            write_atomic(self._path, payload)
 
     def close(self) -> None:
         """Nothing to close: the file is only open during a read or write."""

@@ -9,6 +9,13 @@ holds two tables:
   timers, pending signals, workflow state);
 - ``timeline``: one document per entry, keyed by its sequence number.
 
+In a :class:`FileRunStore` a commit is first made durable in the journal
+(``journal.py``: many commits behind one sync), and kept in memory as the
+run's latest document; a checkpointer thread then writes each changed run's
+file (atomically, unsynced), syncs the filesystem once, and only then drops
+the journal segments those documents were in. At startup, documents found in
+the journal that are newer than their run's file are written back first.
+
 Nothing above this module knows that runs are files: it sees :class:`RunStore`
 (open a run's handle, read one, scan all) and :class:`RunHandle` (commit).
 """
@@ -18,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any, NamedTuple, Protocol
@@ -25,7 +33,8 @@ from typing import Any, NamedTuple, Protocol
 from tinydb import TinyDB
 from tinydb.table import Document
 
-from userflow.storage.atomic import AtomicJSONStorage, CorruptFileError, StorageError, read_json
+from userflow.storage.atomic import AtomicJSONStorage, CorruptFileError, StorageError, read_json, sync_filesystem, write_atomic
+from userflow.storage.journal import Journal, records
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +72,15 @@ def valid_run_id(run_id: str) -> bool:
 
 
 class RunFile:
-    """One run's TinyDB database, written atomically, one write per commit."""
+    """One run's TinyDB database, one durable write per commit.
 
-    def __init__(self, path: str) -> None:
-        self._db = TinyDB(path, storage=AtomicJSONStorage)
+    Alone it writes its file atomically; opened by a :class:`FileRunStore` it
+    hands each write to the store's journal instead (``sink``) and first
+    reads the store's latest document (``source``).
+    """
+
+    def __init__(self, path: str, sink: Any = None, source: Any = None) -> None:
+        self._db = TinyDB(path, storage=AtomicJSONStorage, sink=sink, source=source)
         self._runs = self._db.table("run", cache_size=0)
         self._timeline = self._db.table("timeline", cache_size=0)
 
@@ -79,6 +93,9 @@ class RunFile:
 
     def commit(self, run: dict[str, Any], new_entries: list[dict[str, Any]]) -> None:
         storage: AtomicJSONStorage = self._db.storage  # type: ignore[assignment]
+        box = getattr(self, "version_box", None)
+        if box is not None:
+            box[0] = int(run.get("version", 0))
         with storage.batch():
             self._runs.upsert(Document(run, doc_id=1))
             for entry in new_entries:
@@ -96,12 +113,26 @@ def _run_of(data: Any, path: str) -> dict[str, Any]:
 
 
 class FileRunStore:
-    """Runs under ``DATA/runs/``; unreadable files are moved to ``DATA/quarantine/``."""
+    """Runs under ``DATA/runs/``, commits through ``DATA/journal/``.
 
-    def __init__(self, data_dir: str) -> None:
+    Unreadable run files are moved to ``DATA/quarantine/``.
+    """
+
+    def __init__(self, data_dir: str, checkpoint_every: float = 1.0) -> None:
         self._dir = os.path.join(data_dir, "runs")
         self._quarantine = os.path.join(data_dir, "quarantine")
         os.makedirs(self._dir, mode=0o700, exist_ok=True)
+        self._latest: dict[str, tuple[int, bytes]] = {}  # committed, not yet in the file
+        self._lock = threading.Lock()
+        self._gate = threading.Condition()  # commits in flight vs. a segment switch
+        self._in_flight = 0
+        self._switching = False
+        self._journal = Journal(os.path.join(data_dir, "journal"))
+        self._replay()
+        self._stop = threading.Event()
+        self._every = checkpoint_every
+        self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="userflow-checkpoint", daemon=True)
+        self._checkpointer.start()
 
     def _path(self, run_id: str) -> str:
         if not valid_run_id(run_id):
@@ -109,12 +140,118 @@ class FileRunStore:
         return os.path.join(self._dir, run_id + _SUFFIX)
 
     def open(self, run_id: str) -> RunFile:
-        return RunFile(self._path(run_id))
+        path = self._path(run_id)
+        version = [0]
+
+        def sink(document: bytes) -> None:
+            self._commit(run_id, version[0], document)
+
+        handle = RunFile(path, sink=sink, source=lambda: self._document(run_id))
+        handle.version_box = version  # type: ignore[attr-defined]
+        return handle
 
     def read(self, run_id: str) -> StoredRun | None:
         if not valid_run_id(run_id):
             return None
-        return RunFile(self._path(run_id)).load()
+        return RunFile(self._path(run_id), source=lambda: self._document(run_id)).load()
+
+    def _document(self, run_id: str) -> bytes | None:
+        """The run's latest committed document: in memory if newer than its file."""
+        with self._lock:
+            latest = self._latest.get(run_id)
+        if latest is not None:
+            return latest[1]
+        try:
+            with open(self._path(run_id), "rb") as handle:
+                return handle.read()
+        except FileNotFoundError:
+            return None
+
+    # -- commits and checkpoints -------------------------------------------------------
+
+    def _commit(self, run_id: str, version: int, document: bytes) -> None:
+        with self._gate:
+            while self._switching:
+                self._gate.wait()
+            self._in_flight += 1
+        try:
+            self._journal.append(run_id, version, document)
+            with self._lock:
+                self._latest[run_id] = (version, document)
+        finally:
+            with self._gate:
+                self._in_flight -= 1
+                self._gate.notify_all()
+
+    def checkpoint(self) -> int:
+        """Write changed runs' files, sync once, drop the journal behind them."""
+        with self._gate:
+            self._switching = True
+            while self._in_flight:
+                self._gate.wait()
+            try:
+                closed = self._journal.rotate()
+                with self._lock:
+                    changed = dict(self._latest)
+            finally:
+                self._switching = False
+                self._gate.notify_all()
+        if not changed and not closed:
+            return 0
+        for run_id, (version, document) in changed.items():
+            if version > self._file_version(run_id):  # never put an older document back
+                write_atomic(self._path(run_id), document, sync=False)
+        sync_filesystem(self._dir)
+        self._journal.delete(closed)
+        with self._lock:
+            for run_id, entry in changed.items():
+                if self._latest.get(run_id) is entry:
+                    del self._latest[run_id]
+        return len(changed)
+
+    def _checkpoint_loop(self) -> None:
+        while not self._stop.wait(self._every):
+            try:
+                self.checkpoint()
+            except OSError as exc:
+                log.error("checkpoint failed, the journal keeps everything meanwhile: %s", exc)
+
+    def close(self) -> None:
+        """Final checkpoint, then stop: the next start finds an empty journal."""
+        self._stop.set()
+        self._checkpointer.join(timeout=10)
+        try:
+            self.checkpoint()
+        except OSError as exc:
+            log.error("final checkpoint failed; the journal will be replayed at start: %s", exc)
+        self._journal.close()
+
+    def _replay(self) -> None:
+        """Bring every run file up to the newest document the journal holds for it."""
+        closed = [n for n in self._journal.segments() if n < self._journal_number()]
+        newest: dict[str, tuple[int, bytes]] = {}
+        for number in closed:
+            for run_id, version, document in records(self._journal.path(number)):
+                if valid_run_id(run_id) and version >= newest.get(run_id, (-1, b""))[0]:
+                    newest[run_id] = (version, document)
+        restored = 0
+        for run_id, (version, document) in newest.items():
+            if version > self._file_version(run_id):
+                write_atomic(self._path(run_id), document, sync=False)
+                restored += 1
+        if closed:
+            sync_filesystem(self._dir)
+            self._journal.delete(closed)
+            log.info("journal replayed: %d runs brought up to date from %d segments", restored, len(closed))
+
+    def _journal_number(self) -> int:
+        return self._journal.current
+
+    def _file_version(self, run_id: str) -> int:
+        try:
+            return int(_run_of(read_json(self._path(run_id)), run_id)["version"])
+        except (CorruptFileError, OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
+            return -1
 
     def scan(self) -> Iterator[dict[str, Any]]:
         """Every stored run's snapshot. A torn or foreign file is quarantined, not fatal."""

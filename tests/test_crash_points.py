@@ -96,8 +96,8 @@ def test_crash_point(tmp_path, point, phase, expected_sends):
             survivor.stop()
 
 
-def test_crash_between_temp_file_and_rename_loses_only_the_unanswered_signup(tmp_path):
-    doomed = Server(str(tmp_path), "--email-failure-rate", "0", env={"USERFLOW_FAULTS": "crash:storage:before-rename"})
+def test_crash_before_the_journal_sync_breaks_no_promise(tmp_path):
+    doomed = Server(str(tmp_path), "--email-failure-rate", "0", env={"USERFLOW_FAULTS": "crash:storage:before-sync"})
     survivor = Server(str(tmp_path), "--email-failure-rate", "0")
     try:
         doomed.start()
@@ -105,11 +105,31 @@ def test_crash_between_temp_file_and_rename_loses_only_the_unanswered_signup(tmp
         assert status is None  # never answered 202: nothing was promised
         assert doomed.wait_exit(30) == 137
         survivor.start()
-        assert survivor.get("/api/workflows")["workflows"] == []
-        assert not list((tmp_path / "runs").glob("*.tmp")), "the torn temp file was not cleaned up"
+        # The record may have reached the disk or not; either way the signup can
+        # be sent again and ends in one run, one user, one email.
         status, answer = survivor.request("POST", "/api/signup", {"email": "ann@example.com", "name": "Ann Lee"})
         assert status == 202
         survivor.wait_for(f"/api/workflows/{answer['workflowId']}", lambda d: d["status"] == "WAITING")
+        assert len(survivor.get("/api/users")["users"]) == 1
+        assert len(survivor.get("/api/outbox")["emails"]) == 1
+    finally:
+        doomed.stop()
+        survivor.stop()
+
+
+def test_crash_during_a_checkpoint_loses_nothing_acknowledged(tmp_path):
+    doomed = Server(str(tmp_path), "--email-failure-rate", "0", env={"USERFLOW_FAULTS": "crash:storage:before-rename"})
+    survivor = Server(str(tmp_path), "--email-failure-rate", "0")
+    try:
+        doomed.start()
+        status, answer = doomed.request("POST", "/api/signup", {"email": "ann@example.com", "name": "Ann Lee"})
+        assert status == 202  # durable in the journal
+        assert doomed.wait_exit(30) == 137  # the first checkpoint dies before its rename
+        assert f"fault injected at crash:storage:before-rename" in "".join(doomed.stderr)
+        survivor.start()
+        survivor.wait_for(f"/api/workflows/{answer['workflowId']}", lambda d: d["status"] == "WAITING")
+        assert not list((tmp_path / "runs").glob("*.tmp")), "the torn temp file was not cleaned up"
+        assert len(survivor.get("/api/outbox")["emails"]) == 1
     finally:
         doomed.stop()
         survivor.stop()

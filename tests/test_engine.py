@@ -376,7 +376,7 @@ async def test_live_actors_are_capped(engine) -> None:
     try:
         starts = asyncio.gather(*(runtime.start_run("capped", {"n": n}) for n in range(50)))
         await async_wait_until(lambda: gate.waiting == 4)
-        assert len(runtime.index) == 50  # all accepted and indexed
+        await async_wait_until(lambda: len(runtime.index) == 50)  # all accepted and indexed
         assert not starts.done()  # the queued ones are not durable yet, so not answered
         assert len(live_run_actors()) == 4
         gate.release.set()

@@ -17,6 +17,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import secrets
 import socket
 import string
@@ -239,8 +240,7 @@ async def test_a_chunked_body_over_16_kib_is_413_json(client: TestClient, path: 
 
 async def test_the_verify_form_over_16_kib_is_413(client: TestClient) -> None:
     form = {"token": "A" * 43, "pad": "x" * MAX_BODY}
-    resp = await client.post("/verify", data=form)
-    assert resp.status == 413, await resp.text()
+    await expect_error(await client.post("/verify", data=form), 413, "body_too_large")
 
 
 @pytest.mark.parametrize(
@@ -310,11 +310,6 @@ async def test_static_traversal_is_404_json(client: TestClient, path: str) -> No
     await expect_error(resp, 404, "not_found")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="aiohttp's StaticResource answers a missing file with 404, an empty body and Content-Type "
-    "application/octet-stream (FileResponse.prepare, after the middlewares): not the JSON error shape",
-)
 async def test_a_missing_static_file_is_404_json(client: TestClient) -> None:
     await expect_error(await client.get("/static/no-such-file.css"), 404, "not_found")
 
@@ -389,9 +384,9 @@ async def test_the_verify_page_verifies_no_one_and_leaks_no_referrer(client: Tes
         assert resp.headers["X-Content-Type-Options"] == "nosniff"
         await resp.read()
     page = await (await client.get("/verify", params={"token": token})).text()
-    assert 'method="post"' in page and "http" not in page.split("<body>")[1].split(token)[0].lower().replace(
-        'action="/verify"', ""
-    ), "the page must load nothing from elsewhere before the token"
+    assert 'method="post"' in page
+    # Nothing on the page is fetched from anywhere, so the token cannot leave in a request for it.
+    assert not any(marker in page for marker in ("src=", "href=", "http://", "https://", "url(")), page
     await wait_idle()
     assert await run_status(client, accepted["workflowId"]) == "WAITING"
     user = await (await client.get(f"/api/users/{accepted['userId']}")).json()
@@ -501,12 +496,7 @@ async def test_dangerous_or_overlong_emails_are_400(client: TestClient, raw: str
     assert (await (await client.get("/api/users")).json())["users"] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="email-validator 2.x checks the 64-character local part limit (RFC 5321 4.5.3.1.1) only with "
-    "strict=True; validation.normalise_email calls it without, so 65+ characters before the @ are accepted",
-)
-@pytest.mark.parametrize("local", ["a" * 65, "a" * 200])
+@pytest.mark.parametrize("local", ["a" * 65, "a" * 200], ids=["65", "200"])
 async def test_a_local_part_over_64_characters_is_400(client: TestClient, local: str) -> None:
     resp = await client.post("/api/signup", json={"email": local + "@example.com", "name": "Ann"})
     await expect_error(resp, 400, "invalid_email")
@@ -585,12 +575,11 @@ async def test_line_breaks_in_names_never_reach_storage_or_mail(client: TestClie
     assert not any(line.startswith("Bcc:") for line in text.splitlines()), text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="validation.normalise_name accepts names made only of invisible letters (Hangul filler U+3164, "
-    "braille blank U+2800, U+115F, U+FFA0, a lone combining mark): categories Lo/So/Mn are not checked",
+@pytest.mark.parametrize(
+    "name",
+    ["\u3164", "\u2800", "\u115f", "\uffa0", "\u0301", "\u3164\u3164 \u2800"],
+    ids=["hangul-filler", "braille-blank", "choseong-filler", "halfwidth-filler", "lone-combining-acute", "mixed"],
 )
-@pytest.mark.parametrize("name", ["\u3164", "\u2800", "\u115f", "\uffa0", "\u0301", "\u3164\u3164 \u2800"])
 async def test_a_name_that_renders_as_nothing_is_400(client: TestClient, name: str) -> None:
     await expect_error(await client.post("/api/signup", json={"email": "ann@example.com", "name": name}), 400, "invalid_fields")
 
@@ -608,14 +597,14 @@ def _routes(app: web.Application) -> Iterator[tuple[str, set[str]]]:
         if isinstance(resource, web.StaticResource):
             path = "/static/index.html"
         else:
-            path = resource.canonical.replace("{id}", UNKNOWN_RUN_ID)
+            path = resource.canonical.replace("{id}", UNKNOWN_RUN_ID).replace("{name}", "dashboard.js")
         allowed.setdefault(path, set()).add(route.method)
     yield from sorted(allowed.items())
 
 
 async def test_every_route_answers_wrong_methods_with_405_json_and_allow(client: TestClient) -> None:
     routes = list(_routes(client.server.app))  # type: ignore[arg-type]
-    assert len(routes) >= 19, routes
+    assert len(routes) >= 18, routes
     checked = 0
     for path, allowed in routes:
         for method in ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"):
@@ -656,14 +645,24 @@ async def test_a_body_that_is_not_declared_json_is_415(client: TestClient, path:
     await expect_error(resp, 415, "unsupported_media_type")
 
 
+async def test_hostile_paths_do_not_grow_the_metrics(client: TestClient) -> None:
+    """Metrics are labelled by route template, so random paths and ids cannot blow up their cardinality."""
+    rng = random.Random(7)
+    for _ in range(50):
+        junk = "".join(rng.choice(TOKEN_ALPHABET) for _ in range(20))
+        await client.get(f"/{junk}")
+        await client.get(f"/api/workflows/{junk}")
+        await client.post(f"/api/users/{junk}/resend-verification")
+    text = await (await client.get("/metrics")).text()
+    routes = {line.split('route="', 1)[1].split('"', 1)[0] for line in text.splitlines() if line.startswith("userflow_http_requests_total{")}
+    assert {"unmatched", "/api/workflows/{id}"} <= routes, routes
+    assert routes <= {"unmatched", "/metrics", "/api/workflows/{id}", "/api/users/{id}/resend-verification"}, routes
+    assert len(text) < 100_000
+
+
 # -- numbers too long to parse ----------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="api._limit: isascii()+isdigit() passes 4301+ digits, int() then raises ValueError "
-    "(Python's int max str digits) -> 500 internal_error",
-)
 @pytest.mark.parametrize("path", ["/api/workflows", "/api/users", "/api/outbox"])
 async def test_a_limit_with_thousands_of_digits_is_400(client: TestClient, path: str) -> None:
     await expect_error(await client.get(path, params={"limit": "1" * 5000}), 400, "invalid_limit")
@@ -692,7 +691,7 @@ async def _boot_id(client: TestClient) -> str:
 
 
 @pytest.mark.parametrize("seq", ["", "x", "-1", "1.5", "٣", "99999999999999999999"])
-async def test_odd_last_event_ids_start_the_stream_over(client: TestClient, seq: str) -> None:
+async def test_odd_last_event_ids_open_a_normal_stream(client: TestClient, seq: str) -> None:
     boot = await _boot_id(client)
     for headers, params in (({"Last-Event-ID": f"{boot}-{seq}".encode().decode("latin-1")}, {}), ({}, {"lastEventId": f"{boot}-{seq}"})):
         resp = await client.get("/api/events", headers=headers, params=params)
@@ -703,12 +702,7 @@ async def test_odd_last_event_ids_start_the_stream_over(client: TestClient, seq:
     assert (await client.get("/healthz")).status == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="events.EventHub.resume_point: seq.isdigit() accepts '²' and 4301+ ASCII digits, int(seq) raises "
-    "ValueError after the 200 stream has started -> 500 written into the stream, traceback logged",
-)
-@pytest.mark.parametrize("seq", ["\u00b2", "1" * 5000])
+@pytest.mark.parametrize("seq", ["\u00b2", "1" * 5000], ids=["superscript-two", "5000-digits"])
 async def test_a_last_event_id_int_cannot_parse_is_no_server_error(client: TestClient, seq: str) -> None:
     boot = await _boot_id(client)
     try:
@@ -736,7 +730,8 @@ async def test_rejected_requests_change_nothing_in_the_data_dir(make_client: Any
     await wait_idle(timeout=10)
     root = data_dir_of(client)
     before = snapshot(root)
-    assert any(p.endswith(".json") for p in before), sorted(before)
+    runs_stored = [p for p, data in before.items() if data and p not in ("secret.key", "userflow.lock")]
+    assert runs_stored, f"the seeded runs are not in the data dir: {sorted(before)}"
 
     deep = b"[" * 8000 + b"]" * 8000
     barrage: list[tuple[str, str, dict[str, Any], int]] = [
@@ -751,7 +746,7 @@ async def test_rejected_requests_change_nothing_in_the_data_dir(make_client: Any
         ("POST", "/api/signup", {"json": {"email": "x@example.com", "name": "X", "admin": True}}, 400),
         ("POST", "/api/signup", {"json": {"email": "x@example.com\r\nBcc: e@example.com", "name": "X"}}, 400),
         ("POST", "/api/signup", {"json": {"email": "\u212aelvin@example.com", "name": "X"}}, 400),
-        ("POST", "/api/signup", {"json": {"email": "a" * 65 + "@example.com", "name": "X"}}, 400),
+        ("POST", "/api/signup", {"json": {"email": "a" * 255 + "@example.com", "name": "X"}}, 400),
         ("POST", "/api/signup", {"json": {"email": "x@example.com", "name": "X\u202e"}}, 400),
         ("POST", "/api/signup", {"json": {"email": "active@example.com", "name": "Again"}}, 409),
         ("POST", "/api/signup", {"json": {"email": "ACTIVE@Example.com", "name": "Again"}}, 409),
@@ -841,10 +836,6 @@ async def test_the_verify_form_is_limited_too(make_client: Any) -> None:
     assert resp.status == 429 and resp.content_type == "text/html"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pages.verify_submit renders the ApiError as a page but drops exc.headers: its 429 has no Retry-After",
-)
 async def test_the_verify_form_429_has_a_retry_after(make_client: Any) -> None:
     client = await make_client(verify_rate="1/60")
     assert (await client.post("/verify", data={"token": "A" * 43})).status == 404
@@ -924,8 +915,9 @@ def malformed_requests(token: str) -> list[bytes]:
 def test_malformed_http_is_a_4xx_and_the_server_keeps_serving(raw_server: Server) -> None:
     for data in malformed_requests("A" * 43):
         answer = send_raw(raw_server, data)
-        last_status = answer.rsplit(b"HTTP/1.", 1)[-1][2:5] if answer else b""
-        assert answer == b"" or last_status.startswith(b"4"), (data[:60], answer[:200])
+        statuses = [int(s) for s in re.findall(rb"(?m)^HTTP/1\.[01] (\d{3}) ", answer)]
+        # The TLS hello may just be dropped; the pipelined pair answers 200 then 400.
+        assert statuses == [] or (statuses[-1] // 100 == 4 and all(s < 500 for s in statuses)), (data[:60], answer[:300])
     assert raw_server.proc is not None and raw_server.proc.poll() is None
     assert raw_server.get("/healthz") == {"status": "ok"}
     assert raw_server.request("POST", "/api/signup", {"email": "ann@example.com", "name": "Ann"})[0] == 202
@@ -940,21 +932,11 @@ def _logs_after(server: Server, data: list[bytes]) -> str:
     return "".join(server.stderr[start:])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="aiohttp.server logs every malformed request (header or URL over 8190 bytes, bad header byte, "
-    "bad Content-Length) at ERROR with a full traceback: an easy way to flood the logs",
-)
 def test_malformed_http_logs_no_traceback(raw_server: Server) -> None:
     logs = _logs_after(raw_server, malformed_requests("A" * 43))
     assert "Traceback" not in logs, logs[:2000]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="aiohttp's LineTooLong message holds the first 100 bytes of the request target, so a /verify "
-    "link with a long query reaches the log with its token (logs.py promises tokens never reach a log line)",
-)
 def test_a_token_in_a_malformed_request_never_reaches_the_logs(raw_server: Server) -> None:
     token = secrets.token_urlsafe(32)
     logs = _logs_after(raw_server, malformed_requests(token))

@@ -100,7 +100,10 @@ async def test_signup_goes_to_active(engine, tmp_path) -> None:
         assert [s["status"] for s in stored.run["steps"]] == ["COMPLETED"] * 5
         assert stored.run["steps"][-1]["output"] == {"userId": "usr_1", "status": UserStatus.ACTIVE}
         assert stored.run["state"]["tokenHash"] == token_hash(token)
+        runtime.parts.store.checkpoint()  # the run's file, not only the journal
         assert token not in (tmp_path / "data" / "runs" / f"{started.run_id}.json").read_text()  # only its hash
+        journal = tmp_path / "data" / "journal"
+        assert all(token.encode() not in p.read_bytes() for p in journal.iterdir())
         types = [e["type"] for e in stored.timeline]
         assert types.index("email-sent") < types.index("waiting") < types.index("signal-received")
         assert types[-1] == "run-completed"

@@ -118,24 +118,78 @@ def test_timeline_is_ordered_by_sequence_number(tmp_path) -> None:
     assert [e["seq"] for e in loaded.timeline] == [1, 2, 3, 10, 11]
 
 
-def test_commit_crash_before_rename_keeps_previous_commit(tmp_path) -> None:
+def test_a_crash_during_a_checkpoint_loses_nothing_the_journal_holds(tmp_path) -> None:
     store = FileRunStore(str(tmp_path))
     store.open("run_1").commit(snapshot("run_1", 1), [entry(1, "first")])
+    store.checkpoint()
     code = (
         "from userflow.storage import FileRunStore\n"
-        f"h = FileRunStore({str(tmp_path)!r}).open('run_1')\n"
+        f"s = FileRunStore({str(tmp_path)!r})\n"
+        "h = s.open('run_1')\n"
+        "h.load()\n"
         "h.commit({'id': 'run_1', 'workflow': 'demo', 'status': 'RUNNING', 'version': 2}, "
         "[{'seq': 2, 'message': 'second'}])\n"
+        "print('acknowledged', flush=True)\n"
+        "s.checkpoint()\n"  # dies between the temp file and the rename
     )
     result = python(code, cwd=str(tmp_path), faults=CRASH_BEFORE_RENAME)
     assert result.returncode == 137, result.stderr
-    loaded = store.read("run_1")
-    assert loaded.run["version"] == 1
-    assert [e["message"] for e in loaded.timeline] == ["first"]
+    assert "acknowledged" in result.stdout
     assert (tmp_path / "runs" / "run_1.json.tmp").exists()
-    # startup scan removes the leftover and still finds the run
-    assert [run["id"] for run in store.scan()] == ["run_1"]
+    # The file still holds the first commit, intact; the journal the second.
+    assert orjson.loads((tmp_path / "runs" / "run_1.json").read_bytes())["run"]["1"]["version"] == 1
+    reopened = FileRunStore(str(tmp_path))  # replays the journal into the file
+    loaded = reopened.read("run_1")
+    assert loaded.run["version"] == 2
+    assert [e["message"] for e in loaded.timeline] == ["first", "second"]
+    assert [run["id"] for run in reopened.scan()] == ["run_1"]
     assert not (tmp_path / "runs" / "run_1.json.tmp").exists()
+    assert orjson.loads((tmp_path / "runs" / "run_1.json").read_bytes())["run"]["1"]["version"] == 2
+
+
+def test_an_acknowledged_commit_survives_sigkill_before_any_checkpoint(tmp_path) -> None:
+    code = (
+        "import os\n"
+        "from userflow.storage import FileRunStore\n"
+        f"s = FileRunStore({str(tmp_path)!r}, checkpoint_every=3600)\n"
+        "for n in range(1, 51):\n"
+        "    s.open(f'run_{n}').commit({'id': f'run_{n}', 'workflow': 'demo', 'status': 'RUNNING', 'version': 1}, "
+        "[{'seq': 1, 'message': 'hello'}])\n"
+        "os.kill(os.getpid(), 9)\n"
+    )
+    result = python(code, cwd=str(tmp_path))
+    assert result.returncode == -9
+    assert not list((tmp_path / "runs").glob("*.json"))  # nothing reached a run file...
+    store = FileRunStore(str(tmp_path))  # ...the journal had it all
+    assert sorted(run["id"] for run in store.scan()) == sorted(f"run_{n}" for n in range(1, 51))
+    assert len(list((tmp_path / "journal").iterdir())) == 1  # replayed segments are gone
+
+
+def test_a_torn_journal_tail_is_ignored_and_the_rest_replayed(tmp_path) -> None:
+    store = FileRunStore(str(tmp_path), checkpoint_every=3600)
+    for n in (1, 2):
+        store.open(f"run_{n}").commit(snapshot(f"run_{n}", 1), [entry(1, "x")])
+    [segment] = list((tmp_path / "journal").iterdir())
+    with open(segment, "ab") as handle:
+        handle.write(b"UF\x00\x00\x10\x00garbage")  # a record cut short by a crash
+    reopened = FileRunStore(str(tmp_path))
+    assert sorted(run["id"] for run in reopened.scan()) == ["run_1", "run_2"]
+
+
+def test_a_failed_journal_write_raises_and_later_commits_still_replay(tmp_path) -> None:
+    from userflow.storage import StorageError, faults
+
+    store = FileRunStore(str(tmp_path), checkpoint_every=3600)
+    store.open("run_1").commit(snapshot("run_1", 1), [entry(1, "x")])
+    faults.arm("ioerror:storage")
+    try:
+        with pytest.raises(StorageError):
+            store.open("run_2").commit(snapshot("run_2", 1), [entry(1, "x")])
+    finally:
+        faults.arm("")
+    store.open("run_3").commit(snapshot("run_3", 1), [entry(1, "x")])
+    reopened = FileRunStore(str(tmp_path))
+    assert sorted(run["id"] for run in reopened.scan()) == ["run_1", "run_3"]
 
 
 def test_failed_commit_leaves_disk_and_next_load_untouched(tmp_path) -> None:
@@ -167,6 +221,7 @@ def test_scan_quarantines_unreadable_files_and_yields_good_ones(tmp_path, caplog
     runs = tmp_path / "runs"
     for run_id in ("good_a", "good_b"):
         store.open(run_id).commit(snapshot(run_id), [entry(1, "x")])
+    store.checkpoint()  # the commits reach their files
     full = (runs / "good_a.json").read_bytes()
     (runs / "torn.json").write_bytes(full[: len(full) // 2])  # a torn write
     (runs / "garbage.json").write_bytes(b"\x00\xff\xfe not json at all")
