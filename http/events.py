@@ -15,7 +15,6 @@ import collections
 import contextlib
 import itertools
 import secrets
-import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,14 +29,21 @@ WRITE_TIMEOUT = 10.0
 
 
 class EventHub:
+    """The ring of recent events, owned by the event loop thread.
+
+    Actor threads only append to an inbox (a deque: thread-safe, no lock) and
+    wake the loop once per burst; the loop numbers the events and fills the
+    ring, so readers and writers of the ring never contend.
+    """
+
     def __init__(self, loop: asyncio.AbstractEventLoop, capacity: int = RING) -> None:
         self.boot = secrets.token_hex(4)
         self._loop = loop
         self._ring: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=capacity)
-        self._seq = itertools.count(1)
-        self._lock = threading.Lock()
+        self._inbox: collections.deque[list[tuple[str, Any]]] = collections.deque()
+        self._seq = 0
+        self._scheduled = False
         self._changed = asyncio.Event()
-        self._wake_pending = False
         self.clients = 0
         self.closing = False
 
@@ -50,24 +56,23 @@ class EventHub:
         self.publish(frames)
 
     def publish(self, frames: list[tuple[str, Any]]) -> None:
-        with self._lock:
-            for kind, data in frames:
-                seq = next(self._seq)
-                self._ring.append((seq, self._frame(seq, kind, data)))
-            if self._wake_pending:
-                return
-            self._wake_pending = True
-        try:
-            self._loop.call_soon_threadsafe(self._wake)
-        except RuntimeError:  # the loop has closed: the server is gone
-            pass
+        self._inbox.append(frames)
+        if not self._scheduled:
+            self._scheduled = True
+            try:
+                self._loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:  # the loop has closed: the server is gone
+                pass
 
-    def _frame(self, seq: int, kind: str, data: Any) -> bytes:
-        return b"id: %s-%d\nevent: %s\ndata: %s\n\n" % (self.boot.encode(), seq, kind.encode(), orjson.dumps(data))
-
-    def _wake(self) -> None:
-        with self._lock:
-            self._wake_pending = False
+    def _drain(self) -> None:
+        self._scheduled = False  # before draining: a later publish schedules again
+        boot = self.boot.encode()
+        while self._inbox:
+            for kind, data in self._inbox.popleft():
+                self._seq += 1
+                self._ring.append(
+                    (self._seq, b"id: %s-%d\nevent: %s\ndata: %s\n\n" % (boot, self._seq, kind.encode(), orjson.dumps(data)))
+                )
         self._changed.set()
         self._changed = asyncio.Event()
 
@@ -75,20 +80,20 @@ class EventHub:
 
     @property
     def last_seq(self) -> int:
-        with self._lock:
-            return self._ring[-1][0] if self._ring else 0
+        return self._seq
 
     def since(self, seq: int) -> tuple[list[bytes], int] | None:
         """Frames after ``seq`` and the new cursor; None if some have left the ring."""
-        with self._lock:
-            if not self._ring:
-                return [], seq
-            first = self._ring[0][0]
-            if seq < first - 1:
-                return None
-            start = seq - first + 1
-            frames = [frame for _, frame in itertools.islice(self._ring, max(start, 0), None)]
-            return frames, self._ring[-1][0]
+        if not self._ring:
+            return [], seq
+        first = self._ring[0][0]
+        if seq < first - 1:
+            return None
+        last = self._ring[-1][0]
+        # From the right end: a live client wants the last few, never a walk of the ring.
+        frames = [frame for _, frame in itertools.islice(reversed(self._ring), max(last - seq, 0))]
+        frames.reverse()
+        return frames, last
 
     def resume_point(self, last_event_id: str | None) -> int | None:
         """The cursor for a ``Last-Event-ID``: None means the client must start over."""

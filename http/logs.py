@@ -8,7 +8,10 @@ token) is logged.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import logging.handlers
+import queue
 import sys
 import time
 from collections.abc import Mapping
@@ -19,6 +22,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 _FIELDS = ("runId", "step", "attempt", "event")
 run_log = logging.getLogger("userflow.run")
+_listener: logging.handlers.QueueListener | None = None
 
 
 class JsonFormatter(logging.Formatter):
@@ -65,8 +69,17 @@ def configure(level: str = "INFO", json_lines: bool | None = None) -> None:
         JsonFormatter() if json_lines else TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
     logging.Formatter.converter = time.gmtime  # UTC timestamps everywhere
+    # Run actors log from many threads: they only enqueue; one thread formats
+    # and writes, so no actor ever waits on the stream's lock.
+    global _listener
+    if _listener is not None:
+        _listener.stop()
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    _listener = logging.handlers.QueueListener(records, handler, respect_handler_level=False)
+    _listener.start()
+    atexit.register(_listener.stop)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [logging.handlers.QueueHandler(records)]
     root.setLevel(level)
     quiet_bad_requests()
 
