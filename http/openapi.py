@@ -278,6 +278,31 @@ def document() -> dict[str, Any]:
                 "responses": {str(c): {"description": "HTML result page", "content": {"text/html": {}}} for c in (200, 400, 404, 410, 503)},
             },
         },
+        "/static/{name}": {
+            "get": {
+                "summary": "A file of the dashboard (its script, style sheet, pictures)",
+                "parameters": [{"name": "name", "in": "path", "required": True, "schema": _STR}],
+                "responses": {
+                    "200": {
+                        "description": "the file",
+                        "content": {
+                            t: {}
+                            for t in (
+                                "text/css",
+                                "text/javascript",
+                                "application/javascript",
+                                "text/html",
+                                "image/png",
+                                "image/svg+xml",
+                                "image/vnd.microsoft.icon",
+                                "image/x-icon",
+                            )
+                        },
+                    },
+                    **_errors(404),
+                },
+            }
+        },
         "/": {"get": {"summary": "The dashboard", "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}}}},
     }
     return {

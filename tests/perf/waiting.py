@@ -1,0 +1,121 @@
+"""Waiting runs at scale: memory per waiting run, and time from start to /readyz.
+
+    python -m tests.perf.waiting --runs 100000          # RSS with that many waiting
+    python -m tests.perf.waiting --runs 10000 --repeat 3 # start-to-ready, median of 3
+
+It signs up one real user on a real server, takes that run's file (a signup
+waiting for its click) as a template, writes N copies with their own ids,
+user, address and token hash, then starts the server on them and reports
+the time until ``/readyz`` answers 200 and the server's RSS once ready.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+from tests.perf.loadgen import rss_mib
+
+
+def serve(data_dir: str) -> tuple[subprocess.Popen[str], str, float]:
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "userflow.http.cli", "serve", "--port", "0", "--data-dir", data_dir,
+         "--email-failure-rate", "0", "--log-level", "WARNING"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        match = re.search(r"listening on (\S+)", line)
+        if match:
+            url = match.group(1)
+            while True:  # /readyz is the contract; the line comes at the same moment
+                try:
+                    with urllib.request.urlopen(url + "/readyz", timeout=5) as response:
+                        if response.status == 200:
+                            return proc, url, time.perf_counter() - started
+                except OSError:
+                    time.sleep(0.01)
+    raise RuntimeError("server did not start")
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    proc.wait(timeout=120)
+
+
+def template(data_dir: str) -> dict:
+    proc, url, _ = serve(data_dir)
+    try:
+        body = json.dumps({"email": "template@example.com", "name": "Tem Plate"}).encode()
+        request = urllib.request.Request(url + "/api/signup", data=body, headers={"Content-Type": "application/json"})
+        run_id = json.load(urllib.request.urlopen(request))["workflowId"]
+        while json.load(urllib.request.urlopen(f"{url}/api/workflows/{run_id}"))["status"] != "WAITING":
+            time.sleep(0.02)
+    finally:
+        stop(proc)
+    with open(os.path.join(data_dir, "runs", run_id + ".json"), "rb") as handle:
+        return json.load(handle)
+
+
+def populate(data_dir: str, document: dict, runs: int) -> None:
+    text = json.dumps(document)
+    run_id = document["run"]["1"]["id"]
+    user_id = document["run"]["1"]["input"]["userId"]
+    digest = document["run"]["1"]["state"]["tokenHash"]
+    for n in range(runs):
+        new_id = f"wf_{n:012x}{os.urandom(5).hex()}"
+        copy = (
+            text.replace(run_id, new_id)
+            .replace(user_id, f"usr_{n:012x}{os.urandom(5).hex()}")
+            .replace("template@example.com", f"user{n}@example.com")
+            .replace(digest, hashlib.sha256(new_id.encode()).hexdigest())
+        )
+        with open(os.path.join(data_dir, "runs", new_id + ".json"), "w") as handle:
+            handle.write(copy)
+    os.remove(os.path.join(data_dir, "runs", run_id + ".json"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=10_000)
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--data-dir")
+    args = parser.parse_args()
+    data_dir = args.data_dir or tempfile.mkdtemp(prefix="userflow-waiting-")
+    populate(data_dir, template(data_dir), args.runs)
+    empty = tempfile.mkdtemp(prefix="userflow-empty-")
+    proc, _, _ = serve(empty)
+    base_rss = rss_mib(proc.pid)
+    stop(proc)
+    ready_times, rss = [], []
+    for _ in range(args.repeat):
+        proc, url, seconds = serve(data_dir)
+        ready_times.append(seconds)
+        rss.append(rss_mib(proc.pid))
+        counts = {line.split("}")[0].split('"')[1]: float(line.split()[-1]) for line in
+                  urllib.request.urlopen(url + "/metrics").read().decode().splitlines() if line.startswith("userflow_runs{")}  # fmt: skip
+        stop(proc)
+    median_rss = statistics.median(rss)
+    print(json.dumps({
+        "waitingRuns": args.runs,
+        "runsByStatus": counts,
+        "startToReadySeconds": [round(s, 2) for s in ready_times],
+        "startToReadyMedianSeconds": round(statistics.median(ready_times), 2),
+        "rssMiB": median_rss,
+        "emptyServerRssMiB": base_rss,
+        "kibPerWaitingRun": round((median_rss - base_rss) * 1024 / args.runs, 2) if base_rss else None,
+    }))
+
+
+if __name__ == "__main__":
+    main()
