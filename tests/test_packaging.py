@@ -46,3 +46,27 @@ def test_userflow_http_app_imports() -> None:
 def test_the_dashboard_page_is_packaged() -> None:
     pages = importlib.import_module("userflow.http.pages")
     assert (pages.STATIC_DIR / "index.html").is_file()
+
+
+def test_a_built_wheel_carries_the_dashboard_and_every_module(tmp_path) -> None:
+    """``pip install .`` (not editable) must serve the dashboard too."""
+    import glob
+    import zipfile
+
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp_path), str(root)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    [wheel] = glob.glob(str(tmp_path / "userflow-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for name in ("index.html", "dashboard.js", "dashboard.css"):
+        assert f"userflow/static/{name}" in names
+    for package in ("actors", "http", "storage"):
+        source = {p.name for p in (root / package).glob("*.py")}
+        shipped = {n.rsplit("/", 1)[1] for n in names if n.startswith(f"userflow/{package}/") and n.count("/") == 2}
+        assert source <= shipped, source - shipped
+    assert "userflow/http/__init__.py" not in names  # never shadows the standard library's http
