@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +11,8 @@ from aiohttp.test_utils import TestClient
 
 from userflow.http.app import build_app
 from userflow.http.config import Settings
+from tests.http_helpers import PUBLIC_URL, MakeClient
 from userflow.storage import DataDir
-
-PUBLIC_URL = "http://public.example"
-
-MakeClient = Callable[..., Awaitable[TestClient]]
 
 
 @pytest.fixture

@@ -20,29 +20,31 @@ from userflow.actors.runtime import Runtime
 _TICK = 0.005
 
 
+def _attempt(predicate: Callable[[], Any], deadline: float, timeout: float, message: str) -> Any:
+    """``predicate``'s value if truthy, else None; fails once ``deadline`` has passed."""
+    value = predicate()
+    if value:
+        return value
+    if time.monotonic() > deadline:
+        raise AssertionError(message or f"condition not met within {timeout} s")
+    return None
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, message: str = "") -> Any:
     """Poll ``predicate`` from a thread until it is truthy; return its value or fail."""
     deadline = time.monotonic() + timeout
     pause = threading.Event()
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(message or f"condition not met within {timeout} s")
+    while not (value := _attempt(predicate, deadline, timeout, message)):
         pause.wait(_TICK)
+    return value
 
 
 async def async_wait_until(predicate: Callable[[], Any], timeout: float = 5.0, message: str = "") -> Any:
     """Poll ``predicate`` from the event loop until it is truthy; return its value or fail."""
     deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(message or f"condition not met within {timeout} s")
+    while not (value := _attempt(predicate, deadline, timeout, message)):
         await asyncio.sleep(_TICK)
+    return value
 
 
 async def wait_for_status(runtime: Runtime, run_id: str, *statuses: str, timeout: float = 5.0) -> dict[str, Any]:

@@ -9,14 +9,22 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from tests.http_helpers import (
+    expect_error,
+    outbox_email,
+    signup,
+    token_of,
+    wait_listed,
+    wait_run,
+    wait_user,
+    waiting_signup,
+)
 from userflow.actors.signup.tokens import token_hash
 
 STEP_IDS = ["create-user", "send-verification-email", "wait-for-verification", "ai-risk-check", "finalize-user"]
@@ -26,85 +34,6 @@ JSON = {"Content-Type": "application/json"}
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-async def wait_for(client: TestClient, path: str, predicate: Callable[[Any], Any], timeout: float = 10.0) -> Any:
-    """GET ``path`` every 20 ms until ``predicate(body)`` is truthy; return the body."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        resp = await client.get(path)
-        if resp.status == 200:
-            last = await resp.json()
-            if predicate(last):
-                return last
-        else:
-            last = (resp.status, await resp.text())
-        if time.monotonic() > deadline:
-            raise AssertionError(f"GET {path}: condition not met within {timeout} s; last answer {last!r}")
-        await asyncio.sleep(0.02)
-
-
-async def wait_run(client: TestClient, run_id: str, *statuses: str, timeout: float = 10.0) -> dict[str, Any]:
-    """Until the run's detail and the listing both show one of ``statuses``; the detail.
-
-    The detail reads the run's file, the listing the engine's index, which is
-    updated just after the file: waiting for both keeps later reads of either
-    consistent (only stable statuses are awaited here).
-    """
-    detail = await wait_for(client, f"/api/workflows/{run_id}", lambda d: d["status"] in statuses, timeout)
-    await wait_listed(client, run_id, detail["status"], timeout)
-    return detail
-
-
-async def wait_user(client: TestClient, user_id: str, *statuses: str, timeout: float = 10.0) -> dict[str, Any]:
-    return await wait_for(client, f"/api/users/{user_id}", lambda u: u["status"] in statuses, timeout)
-
-
-async def expect_error(resp: Any, status: int, code: str | tuple[str, ...]) -> dict[str, Any]:
-    """Assert the documented error shape ``{"error": {"code", "message"}}`` with ``status``."""
-    text = await resp.text()
-    assert resp.status == status, f"expected {status}, got {resp.status}: {text}"
-    assert resp.content_type == "application/json", text
-    body = json.loads(text)
-    assert set(body) == {"error"}, body
-    assert set(body["error"]) == {"code", "message"}, body
-    codes = (code,) if isinstance(code, str) else code
-    assert body["error"]["code"] in codes, body
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"].strip(), body
-    return body
-
-
-async def signup(client: TestClient, email: str, name: str = "Ann Example", **kwargs: Any) -> dict[str, Any]:
-    resp = await client.post("/api/signup", json={"email": email, "name": name}, **kwargs)
-    assert resp.status == 202, await resp.text()
-    return await resp.json()
-
-
-async def wait_listed(client: TestClient, run_id: str, status: str, timeout: float = 10.0) -> dict[str, Any]:
-    """Until the listing (the engine's index) shows ``run_id`` with ``status``; its summary."""
-    path = f"/api/workflows?status={status}&limit=200"
-    body = await wait_for(client, path, lambda b: any(w["id"] == run_id for w in b["workflows"]), timeout)
-    return next(w for w in body["workflows"] if w["id"] == run_id)
-
-
-async def outbox_email(client: TestClient, run_id: str, timeout: float = 10.0) -> dict[str, Any]:
-    body = await wait_for(client, "/api/outbox", lambda b: any(e["workflowId"] == run_id for e in b["emails"]), timeout)
-    return next(e for e in body["emails"] if e["workflowId"] == run_id)
-
-
-def token_of(link: str) -> str:
-    tokens = parse_qs(urlsplit(link).query)["token"]
-    assert len(tokens) == 1
-    return tokens[0]
-
-
-async def waiting_signup(client: TestClient, email: str, name: str = "Ann Example") -> tuple[dict[str, Any], str]:
-    """Sign up, wait until the run waits for the click; the 202 body and the link's token."""
-    accepted = await signup(client, email, name)
-    await wait_run(client, accepted["workflowId"], "WAITING")
-    email_entry = await outbox_email(client, accepted["workflowId"])
-    return accepted, token_of(email_entry["link"])
 
 
 async def verified_signup(client: TestClient, email: str, name: str = "Ann Example") -> dict[str, Any]:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import stat
-import time
 
 import pytest
 
+from tests.http_helpers import wait_run, waiting_signup
 from userflow.storage import faults
 
 
@@ -27,30 +26,9 @@ def full_disk():
     faults.arm("")
 
 
-async def poll(client, path: str, predicate, timeout: float = 15.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        response = await client.get(path)
-        body = await response.json()
-        if response.status == 200 and predicate(body):
-            return body
-        if time.monotonic() > deadline:
-            raise TimeoutError(body)
-        await asyncio.sleep(0.02)
-
-
-async def waiting_signup(client, email: str) -> tuple[str, str]:
-    response = await client.post("/api/signup", json={"email": email, "name": "Ann Lee"})
-    assert response.status == 202
-    run_id = (await response.json())["workflowId"]
-    outbox = await poll(client, "/api/outbox", lambda o: any(e["workflowId"] == run_id for e in o["emails"]))
-    await poll(client, f"/api/workflows/{run_id}", lambda d: d["status"] == "WAITING")
-    link = next(e["link"] for e in outbox["emails"] if e["workflowId"] == run_id)
-    return run_id, link.split("token=")[1]
-
-
 async def test_a_full_disk_answers_503_loses_nothing_accepted_and_recovers(client, full_disk, tmp_path):
-    run_a, token_a = await waiting_signup(client, "ann@example.com")
+    accepted, token_a = await waiting_signup(client, "ann@example.com", "Ann Lee")
+    run_a = accepted["workflowId"]
     runs_dir = next(p for p in tmp_path.rglob("runs") if p.is_dir())
     files_before = sorted(p.name for p in runs_dir.iterdir())
 
@@ -71,12 +49,12 @@ async def test_a_full_disk_answers_503_loses_nothing_accepted_and_recovers(clien
     assert response.status == 202
     response = await client.post("/api/verify", json={"token": token_a})
     assert response.status == 200
-    done = await poll(client, f"/api/workflows/{run_a}", lambda d: d["status"] == "COMPLETED")
+    done = await wait_run(client, run_a, "COMPLETED", timeout=15)
     assert done["user"]["status"] == "ACTIVE"
 
 
 async def test_everything_in_the_data_dir_is_owner_only(client, tmp_path):
-    await waiting_signup(client, "ann@example.com")
+    await waiting_signup(client, "ann@example.com", "Ann Lee")
     checked = 0
     for path in tmp_path.rglob("*"):
         mode = stat.S_IMODE(os.stat(path).st_mode)
@@ -86,7 +64,7 @@ async def test_everything_in_the_data_dir_is_owner_only(client, tmp_path):
 
 
 async def test_a_look_alike_address_never_reaches_an_existing_account(client):
-    await waiting_signup(client, "kelvin@example.com")
+    await waiting_signup(client, "kelvin@example.com", "Ann Lee")
     response = await client.post("/api/signup", json={"email": "\u212aelvin@example.com", "name": "Kelvin"})
     assert response.status == 400  # the Kelvin sign, which Unicode normalisation turns into K
     response = await client.post("/api/signup", json={"email": "k\u0435lvin@example.com", "name": "Kelvin"})

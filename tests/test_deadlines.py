@@ -9,152 +9,42 @@ itself (a deadline plus a margin), never for a guessed pause.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from aiohttp.test_utils import TestClient
 from userflow.http.app import build_app
 from userflow.http.config import Settings
 from userflow.storage import DataDir
 
+from tests.helpers import epoch
+from tests.http_helpers import (
+    PUBLIC_URL,
+    MakeClient,
+    entries,
+    expect_gone,
+    get_json,
+    outbox_of,
+    signup,
+    step_of,
+    token_of,
+    until_clock,
+    wait_for,
+    wait_run,
+)
 from tests.server import Server
 
-PUBLIC_URL = "http://public.example"
 LATER_STEPS = ["ai-risk-check", "finalize-user"]
 
 pytestmark = pytest.mark.timeout(90)
 
 
-# -- helpers ------------------------------------------------------------------------------
-
-
-def epoch(text: str) -> float:
-    return datetime.fromisoformat(text).timestamp()
-
-
-def token_of(link: str) -> str:
-    tokens = parse_qs(urlsplit(link).query)["token"]
-    assert len(tokens) == 1
-    return tokens[0]
-
-
-def step_of(detail: dict[str, Any], step_id: str) -> dict[str, Any]:
-    return next(s for s in detail["steps"] if s["id"] == step_id)
-
-
-def entries(detail: dict[str, Any], type: str, step: str | None = None) -> list[dict[str, Any]]:
-    return [e for e in detail["timeline"] if e["type"] == type and (step is None or e["step"] == step)]
-
-
-async def until_clock(moment: float) -> None:
-    """Until the wall clock has passed ``moment`` (epoch seconds): waiting for a time, not a guess."""
-    while time.time() <= moment:
-        await asyncio.sleep(0.02)
-
-
-async def wait_for(client: TestClient, path: str, predicate: Callable[[Any], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        resp = await client.get(path)
-        if resp.status == 200:
-            last = await resp.json()
-            if predicate(last):
-                return last
-        else:
-            last = (resp.status, await resp.text())
-        if time.monotonic() > deadline:
-            raise AssertionError(f"GET {path}: condition not met within {timeout} s; last answer {last!r}")
-        await asyncio.sleep(0.02)
-
-
-async def wait_run(client: TestClient, run_id: str, *statuses: str, timeout: float = 10.0) -> dict[str, Any]:
-    """The run's detail once both the detail (file) and the listing (index) show one of ``statuses``."""
-    detail = await wait_for(client, f"/api/workflows/{run_id}", lambda d: d["status"] in statuses, timeout)
-    await wait_for(
-        client,
-        f"/api/workflows?status={detail['status']}&limit=200",
-        lambda b: any(w["id"] == run_id for w in b["workflows"]),
-        timeout,
-    )
-    return (await get_json(client, f"/api/workflows/{run_id}"))
-
-
-async def get_json(client: TestClient, path: str) -> Any:
-    resp = await client.get(path)
-    assert resp.status == 200, (path, resp.status, await resp.text())
-    return await resp.json()
-
-
-async def outbox_of(client: TestClient, run_id: str) -> list[dict[str, Any]]:
-    body = await get_json(client, "/api/outbox?limit=200")
-    return [e for e in body["emails"] if e["workflowId"] == run_id]
-
-
-async def signup(client: TestClient, email: str, name: str = "Ann Example") -> dict[str, Any]:
-    resp = await client.post("/api/signup", json={"email": email, "name": name})
-    assert resp.status == 202, await resp.text()
-    return await resp.json()
-
-
-async def expect_error(resp: Any, status: int, code: str) -> dict[str, Any]:
-    text = await resp.text()
-    assert resp.status == status, f"expected {status}, got {resp.status}: {text}"
-    assert resp.content_type == "application/json", text
-    body = json.loads(text)
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
-    assert body["error"]["code"] == code, body
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"].strip(), body
-    return body
-
-
-async def expect_gone(client: TestClient, token: str) -> None:
-    """The link answers 410 by GET and by POST, in the documented error shape."""
-    await expect_error(await client.get("/api/verify", params={"token": token}), 410, "link_expired")
-    await expect_error(await client.post("/api/verify", json={"token": token}), 410, "link_expired")
-
-
-MakeApp = Callable[..., Awaitable[TestClient]]
-
-
-@pytest.fixture
-async def make_app(tmp_path: Path, aiohttp_client: Any) -> AsyncIterator[MakeApp]:
-    """Apps on fresh data dirs; keyword arguments override Settings (no email failures by default)."""
-    opened: list[tuple[TestClient, DataDir]] = []
-
-    async def make(**overrides: Any) -> TestClient:
-        path = tmp_path / f"data{len(opened)}"
-        fields: dict[str, Any] = {"data_dir": str(path), "email_failure_rate": 0.0}
-        fields.update(overrides)
-        data_dir = DataDir(str(path)).open()
-        try:
-            client = await aiohttp_client(build_app(Settings(**fields), data_dir, PUBLIC_URL))
-        except BaseException:
-            data_dir.close()
-            raise
-        opened.append((client, data_dir))
-        return client
-
-    yield make
-    for client, data_dir in reversed(opened):
-        try:
-            await client.close()
-        finally:
-            data_dir.close()
-
-
 # -- in process -----------------------------------------------------------------------------
 
 
-async def test_reminder_then_expiry(make_app: MakeApp) -> None:
-    client = await make_app(verify_ttl=3, reminder_after=1)
+async def test_reminder_then_expiry(make_client: MakeClient) -> None:
+    client = await make_client(verify_ttl=3, reminder_after=1)
     accepted = await signup(client, "ann@example.com")
     run_id, user_id = accepted["workflowId"], accepted["userId"]
 
@@ -221,8 +111,8 @@ async def test_reminder_then_expiry(make_app: MakeApp) -> None:
         pytest.param(2, 1.5, id="reminder-after-ttl"),
     ],
 )
-async def test_no_reminder_when_off_or_not_before_expiry(make_app: MakeApp, reminder_after: float, verify_ttl: float) -> None:
-    client = await make_app(verify_ttl=verify_ttl, reminder_after=reminder_after)
+async def test_no_reminder_when_off_or_not_before_expiry(make_client: MakeClient, reminder_after: float, verify_ttl: float) -> None:
+    client = await make_client(verify_ttl=verify_ttl, reminder_after=reminder_after)
     accepted = await signup(client, "bob@example.com", "Bob Stone")
     run_id = accepted["workflowId"]
     waiting = await wait_run(client, run_id, "WAITING")
@@ -239,8 +129,8 @@ async def test_no_reminder_when_off_or_not_before_expiry(make_app: MakeApp, remi
     assert not any("reminder" in e["message"] for e in detail["timeline"])
 
 
-async def test_verification_before_the_reminder_cancels_reminder_and_expiry(make_app: MakeApp) -> None:
-    client = await make_app(verify_ttl=2, reminder_after=1)
+async def test_verification_before_the_reminder_cancels_reminder_and_expiry(make_client: MakeClient) -> None:
+    client = await make_client(verify_ttl=2, reminder_after=1)
     accepted = await signup(client, "cy@example.com", "Cy Young")
     run_id, user_id = accepted["workflowId"], accepted["userId"]
     waiting = await wait_run(client, run_id, "WAITING")
@@ -266,8 +156,8 @@ async def test_verification_before_the_reminder_cancels_reminder_and_expiry(make
     assert (await get_json(client, f"/api/users/{user_id}"))["status"] == user["status"]
 
 
-async def test_signup_after_expiry_starts_a_new_run(make_app: MakeApp) -> None:
-    client = await make_app(verify_ttl=1, reminder_after=0)
+async def test_signup_after_expiry_starts_a_new_run(make_client: MakeClient) -> None:
+    client = await make_client(verify_ttl=1, reminder_after=0)
     first = await signup(client, "dee@example.com", "Dee Dee")
     done = await wait_run(client, first["workflowId"], "COMPLETED", timeout=10)
     assert done["outcome"] == "expired"

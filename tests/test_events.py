@@ -9,18 +9,8 @@ import time
 
 import pytest
 
+from tests.http_helpers import signup_run
 from userflow.http import events as events_module
-from userflow.http.app import build_app
-from userflow.http.config import Settings
-from userflow.storage import DataDir
-
-
-@pytest.fixture
-async def client(aiohttp_client, tmp_path):
-    data_dir = DataDir(str(tmp_path)).open()
-    app = build_app(Settings(data_dir=str(tmp_path), email_failure_rate=0.0), data_dir, "http://public.example")
-    yield await aiohttp_client(app)
-    data_dir.close()
 
 
 class Stream:
@@ -69,15 +59,9 @@ def run_is(status: str, run_id: str | None = None):
     return lambda e: e.get("event") == "run" and e["data"]["status"] == status and (run_id is None or e["data"]["id"] == run_id)
 
 
-async def signup(client, email: str) -> str:
-    response = await client.post("/api/signup", json={"email": email, "name": "Ann Lee"})
-    assert response.status == 202
-    return (await response.json())["workflowId"]
-
-
 async def test_events_show_every_timeline_entry_and_run_change(client):
     stream = await open_stream(client)
-    run_id = await signup(client, "ann@example.com")
+    run_id = await signup_run(client, "ann@example.com")
     await stream.until(run_is("WAITING", run_id))
     types = [e["data"]["type"] for e in stream.events if e["event"] == "timeline"]
     assert types[0] == "run-started" and "email-sent" in types and types[-1] == "waiting"
@@ -90,11 +74,11 @@ async def test_events_show_every_timeline_entry_and_run_change(client):
 async def test_reconnecting_with_last_event_id_gets_exactly_the_missed_events(client):
     watcher = await open_stream(client)  # stays connected: the reference
     first = await open_stream(client)
-    run_a = await signup(client, "ann@example.com")
+    run_a = await signup_run(client, "ann@example.com")
     seen = await first.until(run_is("WAITING", run_a))
     first.response.close()  # the page goes away...
 
-    run_b = await signup(client, "bob@example.com")  # ...while this happens
+    run_b = await signup_run(client, "bob@example.com")  # ...while this happens
     await watcher.until(run_is("WAITING", run_b))
 
     again = await open_stream(client, **{"Last-Event-ID": seen["id"]})
@@ -135,7 +119,7 @@ async def test_heartbeats_keep_an_idle_stream_alive(client, monkeypatch):
 
 async def test_metrics_count_runs_steps_and_clients(client):
     stream = await open_stream(client)
-    run_id = await signup(client, "ann@example.com")
+    run_id = await signup_run(client, "ann@example.com")
     await stream.until(run_is("WAITING", run_id))
     deadline = time.monotonic() + 10
     while True:  # the actor stops just after its last commit: wait for that
@@ -157,14 +141,18 @@ async def test_metrics_count_runs_steps_and_clients(client):
 async def test_every_timeline_entry_is_logged_with_its_run_and_no_token(client, caplog):
     caplog.set_level(logging.INFO, logger="userflow.run")
     stream = await open_stream(client)
-    run_id = await signup(client, "ann@example.com")
+    run_id = await signup_run(client, "ann@example.com")
     await stream.until(run_is("WAITING", run_id))
     outbox = await (await client.get("/api/outbox")).json()
     token = outbox["emails"][0]["link"].split("token=")[1]
     assert (await client.get(f"/api/verify?token={token}")).status == 200
     await stream.until(run_is("COMPLETED", run_id))
-    records = [r for r in caplog.records if r.name == "userflow.run"]
     detail = await (await client.get(f"/api/workflows/{run_id}")).json()
+    deadline = time.monotonic() + 5
+    while len([r for r in caplog.records if r.name == "userflow.run"]) < len(detail["timeline"]):
+        assert time.monotonic() < deadline  # the log listener runs just after the event is published
+        await asyncio.sleep(0.01)
+    records = [r for r in caplog.records if r.name == "userflow.run"]
     assert len(records) == len(detail["timeline"])
     assert all(r.runId == run_id for r in records)
     assert any(r.step == "send-verification-email" and r.attempt == 1 for r in records)

@@ -6,10 +6,8 @@ aioresponses for the checker alone, a local fake server for the whole workflow.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-import time
 import types
 
 import aioresponses.core as aioresponses_core
@@ -19,11 +17,9 @@ from aioresponses import aioresponses
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from tests.fake_gemini import HANG, FakeGemini, candidate, error, verdict
+from tests.http_helpers import MakeClient, outbox_email, signup_run, token_of, wait_run
 from userflow.actors.retry import PermanentError
 from userflow.actors.signup.gemini import GeminiRisk, RiskModelError
-from userflow.http.app import build_app
-from userflow.http.config import Settings
-from userflow.storage import DataDir
 
 MODEL_URL = re.compile(r"^https://gemini\.test/v1\w*/models/gemini-test:generateContent.*$")
 
@@ -145,45 +141,20 @@ async def gemini(aiohttp_server):
 
 
 @pytest.fixture
-def start_app(aiohttp_client, tmp_path):
-    opened: list[DataDir] = []
-
+def start_app(make_client: MakeClient):
     async def start(gemini: FakeGemini, **overrides):
-        settings = Settings(
-            data_dir=str(tmp_path),
-            email_failure_rate=0.0,
-            gemini_api_key="test-key",
-            gemini_model="gemini-test",
-            gemini_base_url=gemini.url,
-            **overrides,
+        return await make_client(
+            gemini_api_key="test-key", gemini_model="gemini-test", gemini_base_url=gemini.url, **overrides
         )
-        data_dir = DataDir(str(tmp_path)).open()
-        opened.append(data_dir)
-        return await aiohttp_client(build_app(settings, data_dir, "http://public.example"))
 
-    yield start
-    for data_dir in opened:
-        data_dir.close()
-
-
-async def poll(client, path: str, predicate, timeout: float = 20.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        body = await (await client.get(path)).json()
-        if predicate(body):
-            return body
-        if time.monotonic() > deadline:
-            raise TimeoutError(body)
-        await asyncio.sleep(0.02)
+    return start
 
 
 async def signup_and_verify(client, email: str = "ann@example.com", name: str = "Ann Lee") -> dict:
-    answer = await (await client.post("/api/signup", json={"email": email, "name": name})).json()
-    run_id = answer["workflowId"]
-    outbox = await poll(client, "/api/outbox", lambda o: any(e["workflowId"] == run_id for e in o["emails"]))
-    link = next(e["link"] for e in outbox["emails"] if e["workflowId"] == run_id)
-    assert (await client.get(f"/api/verify?token={link.split('token=')[1]}")).status == 200
-    detail = await poll(client, f"/api/workflows/{run_id}", lambda d: d["status"] in ("COMPLETED", "FAILED"))
+    run_id = await signup_run(client, email, name)
+    link = (await outbox_email(client, run_id, timeout=20))["link"]
+    assert (await client.get(f"/api/verify?token={token_of(link)}")).status == 200
+    detail = await wait_run(client, run_id, "COMPLETED", "FAILED", timeout=20)
     assert detail["status"] == "COMPLETED"
     return detail
 

@@ -22,10 +22,10 @@ import secrets
 import socket
 import string
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 import pytest
@@ -34,6 +34,7 @@ from aiohttp.test_utils import TestClient
 from yarl import URL
 
 from tests.helpers import wait_idle
+from tests.http_helpers import expect_error, outbox_email, signup, wait_for, waiting_signup
 from tests.server import Server
 from userflow.http.app import MAX_BODY
 from userflow.http.keys import SETTINGS
@@ -46,58 +47,6 @@ GOOD_BODY = {"/api/signup": {"email": "ann@example.com", "name": "Ann Example"},
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-async def expect_error(resp: aiohttp.ClientResponse, status: int | tuple[int, ...], code: str | tuple[str, ...] | None = None) -> dict[str, Any]:
-    """The documented error shape with ``status`` (and ``code``, when given)."""
-    text = await resp.text()
-    statuses = (status,) if isinstance(status, int) else status
-    assert resp.status in statuses, f"{resp.method} {resp.url.path_qs[:120]}: expected {statuses}, got {resp.status}: {text[:300]}"
-    assert resp.content_type == "application/json", f"{resp.status} {resp.content_type}: {text[:300]!r}"
-    body = json.loads(text)
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
-    assert isinstance(body["error"]["code"], str) and body["error"]["code"], body
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"].strip(), body
-    if code is not None:
-        codes = (code,) if isinstance(code, str) else code
-        assert body["error"]["code"] in codes, body
-    return body
-
-
-async def wait_for(client: TestClient, path: str, predicate: Callable[[Any], Any], timeout: float = 10.0) -> Any:
-    """GET ``path`` until ``predicate(body)`` holds; the body."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        resp = await client.get(path)
-        last = await resp.json() if resp.status == 200 else (resp.status, await resp.text())
-        if resp.status == 200 and predicate(last):
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"GET {path}: condition not met in {timeout} s; last answer {last!r}")
-        await asyncio.sleep(0.02)  # polling interval; the predicate decides
-
-
-async def signup(client: TestClient, email: str, name: str = "Ann Example", **kwargs: Any) -> dict[str, Any]:
-    resp = await client.post("/api/signup", json={"email": email, "name": name}, **kwargs)
-    assert resp.status == 202, await resp.text()
-    return await resp.json()
-
-
-async def outbox_email(client: TestClient, run_id: str) -> dict[str, Any]:
-    body = await wait_for(client, f"/api/outbox?workflowId={run_id}", lambda b: bool(b["emails"]))
-    return body["emails"][0]
-
-
-def token_of(link: str) -> str:
-    return parse_qs(urlsplit(link).query)["token"][0]
-
-
-async def waiting_signup(client: TestClient, email: str, name: str = "Ann Example") -> tuple[dict[str, Any], str]:
-    """A signup whose run waits for the click: the 202 body and the link's token."""
-    accepted = await signup(client, email, name)
-    await wait_for(client, f"/api/workflows/{accepted['workflowId']}", lambda d: d["status"] == "WAITING")
-    return accepted, token_of((await outbox_email(client, accepted["workflowId"]))["link"])
 
 
 async def run_status(client: TestClient, run_id: str) -> str:

@@ -8,14 +8,9 @@ the run itself names (a deadline plus a margin).
 
 from __future__ import annotations
 
-import asyncio
-import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -24,7 +19,23 @@ from userflow.http.config import Settings
 from userflow.http.keys import RUNTIME
 from userflow.storage import DataDir
 
-PUBLIC_URL = "http://public.example"
+from tests.helpers import epoch
+from tests.http_helpers import (
+    PUBLIC_URL,
+    MakeClient,
+    entries,
+    expect_error,
+    expect_gone,
+    get_json,
+    outbox_of,
+    signup,
+    step_of,
+    token_of,
+    until_clock,
+    wait_run,
+    waiting_signup,
+)
+
 UNKNOWN_RUN_ID = "wf_000000000000aaaaaaaaaa"
 MALFORMED_RUN_IDS = ["not-a-run", "wf_", "WF_000000000000AAAAAAAAAA", "wf_000000000000aaaaaaaaaa%0A"]
 
@@ -34,137 +45,9 @@ pytestmark = pytest.mark.timeout(90)
 # -- helpers ------------------------------------------------------------------------------
 
 
-def epoch(text: str) -> float:
-    return datetime.fromisoformat(text).timestamp()
-
-
-def token_of(link: str) -> str:
-    tokens = parse_qs(urlsplit(link).query)["token"]
-    assert len(tokens) == 1
-    return tokens[0]
-
-
-def step_of(detail: dict[str, Any], step_id: str) -> dict[str, Any]:
-    return next(s for s in detail["steps"] if s["id"] == step_id)
-
-
-def entries(detail: dict[str, Any], type: str) -> list[dict[str, Any]]:
-    return [e for e in detail["timeline"] if e["type"] == type]
-
-
-async def until_clock(moment: float) -> None:
-    """Until the wall clock has passed ``moment`` (epoch seconds)."""
-    while time.time() <= moment:
-        await asyncio.sleep(0.02)
-
-
-async def wait_for(client: TestClient, path: str, predicate: Callable[[Any], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        resp = await client.get(path)
-        if resp.status == 200:
-            last = await resp.json()
-            if predicate(last):
-                return last
-        else:
-            last = (resp.status, await resp.text())
-        if time.monotonic() > deadline:
-            raise AssertionError(f"GET {path}: condition not met within {timeout} s; last answer {last!r}")
-        await asyncio.sleep(0.02)
-
-
-async def get_json(client: TestClient, path: str) -> Any:
-    resp = await client.get(path)
-    assert resp.status == 200, (path, resp.status, await resp.text())
-    return await resp.json()
-
-
-async def wait_run(
-    client: TestClient, run_id: str, *statuses: str, timeout: float = 10.0, also: Callable[[Any], Any] = lambda d: True
-) -> dict[str, Any]:
-    """The run's detail once both the detail (file) and the listing (index) show one of ``statuses``."""
-    detail = await wait_for(
-        client, f"/api/workflows/{run_id}", lambda d: d["status"] in statuses and also(d), timeout
-    )
-    await wait_for(
-        client,
-        f"/api/workflows?status={detail['status']}&limit=200",
-        lambda b: any(w["id"] == run_id for w in b["workflows"]),
-        timeout,
-    )
-    return await get_json(client, f"/api/workflows/{run_id}")
-
-
-async def outbox_of(client: TestClient, run_id: str) -> list[dict[str, Any]]:
-    body = await get_json(client, "/api/outbox?limit=200")
-    return [e for e in body["emails"] if e["workflowId"] == run_id]
-
-
-async def signup(client: TestClient, email: str, name: str = "Ann Example") -> dict[str, Any]:
-    resp = await client.post("/api/signup", json={"email": email, "name": name})
-    assert resp.status == 202, await resp.text()
-    return await resp.json()
-
-
-async def waiting_signup(client: TestClient, email: str, name: str = "Ann Example") -> tuple[dict[str, Any], dict[str, Any], str]:
-    """Sign up and wait for the durable wait: (202 body, the WAITING detail, the link's token)."""
-    accepted = await signup(client, email, name)
-    detail = await wait_run(client, accepted["workflowId"], "WAITING")
-    [email_entry] = await outbox_of(client, accepted["workflowId"])
-    return accepted, detail, token_of(email_entry["link"])
-
-
 async def verify(client: TestClient, token: str) -> None:
     resp = await client.get("/api/verify", params={"token": token})
     assert resp.status == 200, await resp.text()
-
-
-async def expect_error(resp: Any, status: int, code: str) -> dict[str, Any]:
-    """The documented error shape ``{"error": {"code", "message"}}`` with ``status`` and ``code``."""
-    text = await resp.text()
-    assert resp.status == status, f"expected {status}, got {resp.status}: {text}"
-    assert resp.content_type == "application/json", text
-    body = json.loads(text)
-    assert set(body) == {"error"}, body
-    assert set(body["error"]) == {"code", "message"}, body
-    assert body["error"]["code"] == code, body
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"].strip(), body
-    return body
-
-
-async def expect_gone(client: TestClient, token: str) -> None:
-    await expect_error(await client.get("/api/verify", params={"token": token}), 410, "link_expired")
-    await expect_error(await client.post("/api/verify", json={"token": token}), 410, "link_expired")
-
-
-MakeApp = Callable[..., Awaitable[TestClient]]
-
-
-@pytest.fixture
-async def make_app(tmp_path: Path, aiohttp_client: Any) -> AsyncIterator[MakeApp]:
-    """Apps on fresh data dirs; keyword arguments override Settings (no email failures by default)."""
-    opened: list[tuple[TestClient, DataDir]] = []
-
-    async def make(**overrides: Any) -> TestClient:
-        path = tmp_path / f"data{len(opened)}"
-        fields: dict[str, Any] = {"data_dir": str(path), "email_failure_rate": 0.0}
-        fields.update(overrides)
-        data_dir = DataDir(str(path)).open()
-        try:
-            client = await aiohttp_client(build_app(Settings(**fields), data_dir, PUBLIC_URL))
-        except BaseException:
-            data_dir.close()
-            raise
-        opened.append((client, data_dir))
-        return client
-
-    yield make
-    for client, data_dir in reversed(opened):
-        try:
-            await client.close()
-        finally:
-            data_dir.close()
 
 
 # -- retry ------------------------------------------------------------------------------------
@@ -241,11 +124,12 @@ async def test_retry_resumes_a_failed_run_with_a_fresh_attempt_budget(tmp_path: 
 # -- cancel -----------------------------------------------------------------------------------
 
 
-async def test_cancel_a_waiting_run(make_app: MakeApp) -> None:
-    client = await make_app(verify_ttl=2, reminder_after=1)
+async def test_cancel_a_waiting_run(make_client: MakeClient) -> None:
+    client = await make_client(verify_ttl=2, reminder_after=1)
     runtime = client.server.app[RUNTIME]
-    accepted, waiting, token = await waiting_signup(client, "bob@example.com", "Bob Stone")
+    accepted, token = await waiting_signup(client, "bob@example.com", "Bob Stone")
     run_id = accepted["workflowId"]
+    waiting = await get_json(client, f"/api/workflows/{run_id}")
     deadlines = step_of(waiting, "wait-for-verification")["deadlines"]
     assert set(deadlines) == {"reminder", "expiry"}
 
@@ -290,9 +174,9 @@ async def test_cancel_a_waiting_run(make_app: MakeApp) -> None:
     await expect_gone(client, token)  # the old link stays dead
 
 
-async def test_cancel_conflicts_and_unknown_runs(make_app: MakeApp) -> None:
-    client = await make_app()
-    accepted, _, token = await waiting_signup(client, "cy@example.com", "Cy Young")
+async def test_cancel_conflicts_and_unknown_runs(make_client: MakeClient) -> None:
+    client = await make_client()
+    accepted, token = await waiting_signup(client, "cy@example.com", "Cy Young")
     await verify(client, token)
     done = await wait_run(client, accepted["workflowId"], "COMPLETED")
     await expect_error(await client.post(f"/api/workflows/{accepted['workflowId']}/cancel"), 409, "conflict")
@@ -307,10 +191,11 @@ async def test_cancel_conflicts_and_unknown_runs(make_app: MakeApp) -> None:
 # -- resend -----------------------------------------------------------------------------------
 
 
-async def test_resend_gives_a_new_link_and_kills_the_old_one(make_app: MakeApp) -> None:
-    client = await make_app()
-    accepted, waiting, old_token = await waiting_signup(client, "dee@example.com", "Dee Dee")
+async def test_resend_gives_a_new_link_and_kills_the_old_one(make_client: MakeClient) -> None:
+    client = await make_client()
+    accepted, old_token = await waiting_signup(client, "dee@example.com", "Dee Dee")
     run_id, user_id = accepted["workflowId"], accepted["userId"]
+    waiting = await get_json(client, f"/api/workflows/{run_id}")
     deadlines = step_of(waiting, "wait-for-verification")["deadlines"]
     assert set(deadlines) == {"reminder", "expiry"}
     [first] = await outbox_of(client, run_id)

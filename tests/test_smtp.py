@@ -3,66 +3,39 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
+from tests.http_helpers import MakeClient, signup_run, wait_for, wait_run
 from tests.smtp_server import SmtpServer, free_port
-from userflow.http.app import build_app
-from userflow.http.config import Settings
-from userflow.storage import DataDir
 
 
 @pytest.fixture
-def start_app(aiohttp_client, tmp_path):
-    opened: list[DataDir] = []
-
+def start_app(make_client: MakeClient):
     async def start(smtp_url: str, failure_rate: float = 0.0):
-        settings = Settings(data_dir=str(tmp_path), smtp_url=smtp_url, email_failure_rate=failure_rate)
-        data_dir = DataDir(str(tmp_path)).open()
-        opened.append(data_dir)
-        return await aiohttp_client(build_app(settings, data_dir, "http://public.example"))
+        return await make_client(smtp_url=smtp_url, email_failure_rate=failure_rate)
 
-    yield start
-    for data_dir in opened:
-        data_dir.close()
-
-
-async def wait_run(client, run_id: str, predicate, timeout: float = 20.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        detail = await (await client.get(f"/api/workflows/{run_id}")).json()
-        if predicate(detail):
-            return detail
-        if time.monotonic() > deadline:
-            raise TimeoutError(detail)
-        await asyncio.sleep(0.02)
+    return start
 
 
 def email_step(detail: dict) -> dict:
     return next(s for s in detail["steps"] if s["id"] == "send-verification-email")
 
 
-async def signup(client, email: str = "ann@example.com") -> str:
-    response = await client.post("/api/signup", json={"email": email, "name": "Ann Lee"})
-    assert response.status == 202
-    return (await response.json())["workflowId"]
-
-
 async def test_verification_email_is_delivered_once_and_its_link_verifies(start_app):
     with SmtpServer() as smtp:
         client = await start_app(smtp.url)
-        run_id = await signup(client)
+        run_id = await signup_run(client)
         [message] = await asyncio.to_thread(smtp.handler.wait_for, 1)
         assert message["To"] == "ann@example.com"
         assert message["Message-ID"] == f"<{run_id}.verification.1@userflow>"
         parts = {part.get_content_type(): part.get_payload(decode=True).decode() for part in message.walk() if not part.is_multipart()}
         assert set(parts) == {"text/plain", "text/html"}
         link = next(word for word in parts["text/plain"].split() if word.startswith("http://public.example/verify?token="))
-        await wait_run(client, run_id, lambda d: d["status"] == "WAITING")
+        await wait_run(client, run_id, "WAITING", timeout=20)
         token = link.split("token=")[1]
         assert (await client.get(f"/api/verify?token={token}")).status == 200
-        detail = await wait_run(client, run_id, lambda d: d["status"] == "COMPLETED")
+        detail = await wait_run(client, run_id, "COMPLETED", timeout=20)
         assert detail["user"]["status"] == "ACTIVE"
         assert email_step(detail)["output"]["receipt"].startswith("250")
         assert len(smtp.handler.messages) == 1
@@ -72,8 +45,8 @@ async def test_verification_email_is_delivered_once_and_its_link_verifies(start_
 async def test_injected_failures_still_deliver_exactly_one_email_per_signup(start_app):
     with SmtpServer() as smtp:
         client = await start_app(smtp.url, failure_rate=0.5)
-        runs = [await signup(client, f"user{i}@example.com") for i in range(6)]
-        details = [await wait_run(client, r, lambda d: d["status"] in ("WAITING", "FAILED")) for r in runs]
+        runs = [await signup_run(client, f"user{i}@example.com") for i in range(6)]
+        details = [await wait_run(client, r, "WAITING", "FAILED", timeout=20) for r in runs]
         delivered = [d for d in details if d["status"] == "WAITING"]
         ids = [m["Message-ID"] for m in smtp.handler.messages]
         assert len(ids) == len(set(ids)) == len(delivered)
@@ -83,11 +56,12 @@ async def test_injected_failures_still_deliver_exactly_one_email_per_signup(star
 async def test_refused_connection_is_retried_until_the_server_comes_up(start_app):
     port = free_port()
     client = await start_app(f"smtp://127.0.0.1:{port}")
-    run_id = await signup(client)
-    detail = await wait_run(client, run_id, lambda d: len([a for a in email_step(d)["attempts"] if a["error"]]) >= 2)
+    run_id = await signup_run(client)
+    retried = lambda d: len([a for a in email_step(d)["attempts"] if a["error"]]) >= 2
+    detail = await wait_for(client, f"/api/workflows/{run_id}", retried, timeout=20)
     assert "unreachable" in email_step(detail)["attempts"][0]["error"]
     with SmtpServer(port) as smtp:
-        await wait_run(client, run_id, lambda d: d["status"] == "WAITING")
+        await wait_run(client, run_id, "WAITING", timeout=20)
         assert len(smtp.handler.messages) == 1
 
 
@@ -96,8 +70,8 @@ async def test_temporary_451_then_success(start_app):
         refusals = iter(["451 4.3.0 try again later"])
         smtp.handler.reply = lambda envelope: next(refusals, None)
         client = await start_app(smtp.url)
-        run_id = await signup(client)
-        detail = await wait_run(client, run_id, lambda d: d["status"] == "WAITING")
+        run_id = await signup_run(client)
+        detail = await wait_run(client, run_id, "WAITING", timeout=20)
         attempts = email_step(detail)["attempts"]
         assert len(attempts) == 2 and "451" in attempts[0]["error"]
         assert len(smtp.handler.messages) == 1
@@ -107,8 +81,8 @@ async def test_permanent_550_fails_the_run_at_once_with_the_reason(start_app):
     with SmtpServer() as smtp:
         smtp.handler.reply = lambda envelope: "550 5.1.1 no such user here"
         client = await start_app(smtp.url)
-        run_id = await signup(client)
-        detail = await wait_run(client, run_id, lambda d: d["status"] == "FAILED")
+        run_id = await signup_run(client)
+        detail = await wait_run(client, run_id, "FAILED", timeout=20)
         attempts = email_step(detail)["attempts"]
         assert len(attempts) == 1
         assert "550 5.1.1 no such user here" in attempts[0]["error"]
@@ -124,7 +98,7 @@ AUTH_WITHOUT_TLS = pytest.mark.filterwarnings("ignore:Requiring AUTH while not r
 async def test_smtp_authentication(start_app):
     with SmtpServer(auth=("mailer", "s3cret")) as smtp:
         client = await start_app(f"smtp://mailer:s3cret@127.0.0.1:{smtp.port}")
-        await signup(client)
+        await signup_run(client)
         await asyncio.to_thread(smtp.handler.wait_for, 1)
 
 
@@ -132,7 +106,7 @@ async def test_smtp_authentication(start_app):
 async def test_wrong_smtp_password_is_a_permanent_failure(start_app):
     with SmtpServer(auth=("mailer", "s3cret")) as smtp:
         client = await start_app(f"smtp://mailer:wrong@127.0.0.1:{smtp.port}")
-        run_id = await signup(client)
-        detail = await wait_run(client, run_id, lambda d: d["status"] == "FAILED")
+        run_id = await signup_run(client)
+        detail = await wait_run(client, run_id, "FAILED", timeout=20)
         assert "535" in email_step(detail)["attempts"][-1]["error"]
         assert not smtp.handler.messages
