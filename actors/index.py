@@ -52,8 +52,11 @@ class RunIndex:
         summary.update(workflow.summary(run))
         return summary
 
-    def put(self, run: Mapping[str, Any], entries: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        """Record the run's latest committed snapshot; tell listeners what changed."""
+    def put(
+        self, run: Mapping[str, Any], entries: list[dict[str, Any]] | None = None, *, notify: bool = True
+    ) -> dict[str, Any]:
+        """Record the run's latest committed snapshot; tell listeners what changed (unless
+        ``notify`` is False: recovery loads what is already known, nothing changed)."""
         summary = self.summarise(run)
         keys = self._workflows[run["workflow"]].keys(run)
         run_id = run["id"]
@@ -65,7 +68,7 @@ class RunIndex:
                 table = self._keys.setdefault(kind, {})
                 for value in values:
                     table[value] = run_id
-            listeners = list(self._listeners)
+            listeners = list(self._listeners) if notify else []
         for listener in listeners:
             try:
                 listener(run, summary, entries or [])

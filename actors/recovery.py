@@ -41,7 +41,7 @@ def recover(parts: EngineParts) -> RecoveryReport:
         if run.get("workflow") not in parts.workflows:
             log.error("run %s belongs to unknown workflow %r; left untouched", run.get("id"), run.get("workflow"))
             continue
-        parts.index.put(run)
+        parts.index.put(run, notify=False)
         report.runs += 1
         for name, due in run.get("timers", {}).items():
             parts.timers.schedule(run["id"], name, due)
