@@ -7,6 +7,13 @@ import random
 from dataclasses import dataclass, field
 
 
+def describe(error: BaseException) -> str:
+    """How a failed attempt reads in the timeline: ``Type: message``."""
+    text = str(error).strip()
+    name = type(error).__name__
+    return f"{name}: {text}" if text else name
+
+
 class PermanentError(Exception):
     """A step failure that retrying cannot fix (bad recipient, invalid input)."""
 

@@ -10,6 +10,9 @@ Every commit happens before anything that depends on it is announced: a new
 run is answered only after its first commit, a signal only after it is
 recorded. Work is split into ``Advance`` messages the actor sends itself, so a
 signal delivered mid-run is handled between two attempts, not after the run.
+
+Deadlines of waits live in ``run_deadlines``, operator commands in
+``run_commands``; this module holds the life cycle, the cursor and recording.
 """
 
 from __future__ import annotations
@@ -42,11 +45,13 @@ from userflow.actors.messages import (
     reject,
     resolve,
 )
-from userflow.actors.retry import PermanentError
+from userflow.actors.retry import PermanentError, describe
 from userflow.actors.status import FINISHED, RunStatus, StepStatus
+from userflow.actors.run_commands import CommandsMixin
+from userflow.actors.run_deadlines import DeadlinesMixin
 from userflow.actors.timers import TimerQueue
 from userflow.actors.timeutil import iso, iso_now, now
-from userflow.actors.workflow import ActionRejected, Deadline, SignalRejected, Step, StepContext, Wait, Workflow
+from userflow.actors.workflow import SignalRejected, Step, StepContext, Wait, Workflow
 from userflow.storage import RunHandle, RunStore, StorageError
 from userflow.storage.faults import crash_point
 
@@ -66,12 +71,6 @@ class EngineParts:
     workflows: Mapping[str, Workflow]
     services: Any = None
     loop: asyncio.AbstractEventLoop | None = None
-
-
-def describe(error: BaseException) -> str:
-    text = str(error).strip()
-    name = type(error).__name__
-    return f"{name}: {text}" if text else name
 
 
 def storable(*values: Any) -> None:
@@ -118,7 +117,7 @@ def new_run(workflow: Workflow, run_id: str, input: dict[str, Any]) -> dict[str,
     }
 
 
-class RunActor(pykka.ThreadingActor):
+class RunActor(DeadlinesMixin, CommandsMixin, pykka.ThreadingActor):
     use_daemon_thread = True  # a stuck step must not keep a stopping server alive
 
     def __init__(
@@ -407,76 +406,6 @@ class RunActor(pykka.ThreadingActor):
         self._commit()
         self._advance_soon()
 
-    def _arm_deadlines(self, spec: Wait, step: dict[str, Any]) -> str:
-        """Set the wait's deadlines once per run (a rewind does not move them)."""
-        if step.get("deadlines") is not None:
-            return ""
-        started = now()
-        step["deadlines"] = {}
-        for deadline in spec.deadlines:
-            after = deadline.after(self._parts.services)
-            if after is None:
-                continue
-            due = started + after
-            step["deadlines"][deadline.name] = iso(due)
-            self._run["timers"][deadline.name] = due
-            self._parts.timers.schedule(self._run_id, deadline.name, due)
-        return "".join(f"; {name} at {at}" for name, at in step["deadlines"].items())
-
-    def _drop_deadlines(self, spec: Wait) -> None:
-        for deadline in spec.deadlines:
-            if self._run["timers"].pop(deadline.name, None) is not None:
-                self._parts.timers.cancel(self._run_id, deadline.name)
-
-    def _deadline(self, wait: Wait, deadline: Deadline) -> None:
-        run = self._run
-        del run["timers"][deadline.name]
-        step = next(s for s in run["steps"] if s["id"] == wait.id)
-        if run["status"] in FINISHED or step["status"] == StepStatus.COMPLETED:
-            return
-        if deadline.outcome is None and step["status"] != StepStatus.WAITING:
-            self._log("deadline", f"{wait.name}: {deadline.name} skipped, the run is not waiting", wait.id)
-            self._commit()
-            return
-        if deadline.outcome is None and any(
-            d.outcome is not None and run["timers"].get(d.name, float("inf")) <= now() for d in wait.deadlines
-        ):
-            # Both overdue (the server was down): a reminder for a link that ends now helps no one.
-            self._log("deadline", f"{wait.name}: {deadline.name} skipped, a later deadline has passed too", wait.id)
-            self._commit()
-            return
-        tries = step.setdefault("deadlineTries", {})
-        number = tries[deadline.name] = tries.get(deadline.name, 0) + 1
-        if deadline.action is not None:
-            context = self._context(wait, number)
-            try:
-                self._call(deadline.action, context)
-            except Exception as exc:  # noqa: BLE001 - recorded, retried or given up
-                self._take_entries(context)
-                if deadline.retry.should_retry(number, exc):
-                    delay = deadline.retry.backoff(number)
-                    run["timers"][deadline.name] = due = now() + delay
-                    self._log("deadline-failed", f"{deadline.name} failed ({describe(exc)}); retrying in {delay:.1f} s", wait.id, number)
-                    self._commit()
-                    self._parts.timers.schedule(self._run_id, deadline.name, due)
-                    return
-                self._log("deadline-failed", f"{deadline.name} failed ({describe(exc)}); given up", wait.id, number)
-                if deadline.outcome is None:
-                    self._commit()
-                    return
-            else:
-                run["state"] = context.state
-                self._take_entries(context)
-        self._log("deadline", f"{wait.name}: {deadline.name} deadline reached", wait.id)
-        if deadline.outcome is not None:
-            self._drop_deadlines(wait)
-            step["status"] = StepStatus.COMPLETED
-            step["output"] = {"deadline": deadline.name, "at": iso_now()}
-            step["finishedAt"] = step["output"]["at"]
-            self._end(RunStatus.COMPLETED, deadline.outcome, f"run completed ({deadline.outcome})")
-            return
-        self._commit()
-
     def _end(self, status: RunStatus, outcome: str, message: str) -> None:
         """Close the run early: pending timers dropped, unfinished steps SKIPPED."""
         run = self._run
@@ -500,88 +429,6 @@ class RunActor(pykka.ThreadingActor):
         run["finishedAt"] = iso_now()
         self._log("run-completed", f"run completed ({run['outcome']})")
         self._commit()
-
-    # -- operator commands --------------------------------------------------------
-
-    def _command(self, message: Command) -> None:
-        try:
-            if message.name == "retry":
-                self._retry_failed()
-            elif message.name == "cancel":
-                self._cancel()
-            else:
-                self._action(message.name, message.args)
-        except ActionRejected as exc:
-            reject(message.reply, exc)
-            return
-        except StorageError as exc:
-            reject(message.reply, exc)
-            raise
-        resolve(message.reply, self._start_result(created=False))
-
-    def _retry_failed(self) -> None:
-        run = self._run
-        if run["status"] != RunStatus.FAILED:
-            raise ActionRejected("conflict", f"only a FAILED run can be retried; this one is {run['status']}")
-        step = run["steps"][run["cursor"]]
-        self._reset(step)
-        run["status"] = RunStatus.RUNNING
-        run["error"] = None
-        self._log("operator-retry", f"retry requested: {step['name']} runs again with a fresh attempt budget", step["id"])
-        self._commit()
-        self._advance_soon()
-
-    def _cancel(self) -> None:
-        run = self._run
-        if run["status"] not in (RunStatus.RUNNING, RunStatus.WAITING):
-            raise ActionRejected("conflict", f"only a RUNNING or WAITING run can be cancelled; this one is {run['status']}")
-        assert self._workflow is not None
-        if self._workflow.on_cancel is not None:
-            context = self._context("cancel", 1)
-            self._workflow.on_cancel(context)
-            run["state"] = context.state
-            self._take_entries(context)
-        self._end(RunStatus.CANCELLED, "cancelled", "run cancelled by an operator")
-
-    def _action(self, name: str, args: dict[str, Any]) -> None:
-        assert self._workflow is not None
-        spec = self._workflow.action(name)
-        if spec is None:
-            raise ActionRejected("unknown_action", f"this workflow has no action {name!r}")
-        if self._run["status"] in FINISHED:
-            raise ActionRejected("conflict", f"this run is {self._run['status']}")
-        context = self._context(name, 1)
-        context.args = args
-        self._call(spec.run, context)
-        self._run["state"] = context.state
-        self._take_entries(context)
-        if context.rewind is not None:
-            self._rewind(context.rewind)
-        self._commit()
-        if context.rewind is not None:
-            self._advance_soon()
-
-    def _rewind(self, step_id: str) -> None:
-        run = self._run
-        index = next(i for i, step in enumerate(run["steps"]) if step["id"] == step_id)
-        if index > run["cursor"]:
-            raise ValueError(f"cannot rewind forward to {step_id}")
-        for step in run["steps"][index : run["cursor"] + 1]:
-            self._reset(step)
-        if run["timers"].pop(RETRY_TIMER, None) is not None:
-            self._parts.timers.cancel(self._run_id, RETRY_TIMER)
-        run["cursor"] = index
-        run["status"] = RunStatus.RUNNING
-        run["error"] = None
-        self._log("rewound", f"running again from {run['steps'][index]['name']}", step_id)
-
-    @staticmethod
-    def _reset(step: dict[str, Any]) -> None:
-        step["status"] = StepStatus.PENDING
-        step["attemptBase"] = len(step["attempts"])
-        step["output"] = None
-        step["finishedAt"] = None
-        step["retryAt"] = None
 
     # -- messages from outside -------------------------------------------------
 

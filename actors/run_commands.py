@@ -1,0 +1,106 @@
+"""A run actor's operator commands: retry a failed run, cancel it, or run a
+workflow action (which may rewind the run to an earlier step).
+
+Commands arrive like every message, between two attempts, so they never
+interrupt a step; each is committed before it is answered.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from userflow.actors.messages import Command, reject, resolve
+from userflow.actors.status import FINISHED, RunStatus, StepStatus
+from userflow.actors.workflow import ActionRejected, Workflow
+from userflow.storage import StorageError
+
+RETRY_TIMER = "retry"
+
+
+class CommandsMixin:
+    """Part of :class:`~userflow.actors.run_actor.RunActor`; uses its run and recording."""
+
+    _run: dict[str, Any]
+    _run_id: str
+    _parts: Any
+    _workflow: Workflow | None
+
+    def _command(self, message: Command) -> None:
+        try:
+            if message.name == "retry":
+                self._retry_failed()
+            elif message.name == "cancel":
+                self._cancel()
+            else:
+                self._action(message.name, message.args)
+        except ActionRejected as exc:
+            reject(message.reply, exc)
+            return
+        except StorageError as exc:
+            reject(message.reply, exc)
+            raise
+        resolve(message.reply, self._start_result(created=False))
+
+    def _retry_failed(self) -> None:
+        run = self._run
+        if run["status"] != RunStatus.FAILED:
+            raise ActionRejected("conflict", f"only a FAILED run can be retried; this one is {run['status']}")
+        step = run["steps"][run["cursor"]]
+        self._reset(step)
+        run["status"] = RunStatus.RUNNING
+        run["error"] = None
+        self._log("operator-retry", f"retry requested: {step['name']} runs again with a fresh attempt budget", step["id"])
+        self._commit()
+        self._advance_soon()
+
+    def _cancel(self) -> None:
+        run = self._run
+        if run["status"] not in (RunStatus.RUNNING, RunStatus.WAITING):
+            raise ActionRejected("conflict", f"only a RUNNING or WAITING run can be cancelled; this one is {run['status']}")
+        assert self._workflow is not None
+        if self._workflow.on_cancel is not None:
+            context = self._context("cancel", 1)
+            self._workflow.on_cancel(context)
+            run["state"] = context.state
+            self._take_entries(context)
+        self._end(RunStatus.CANCELLED, "cancelled", "run cancelled by an operator")
+
+    def _action(self, name: str, args: dict[str, Any]) -> None:
+        assert self._workflow is not None
+        spec = self._workflow.action(name)
+        if spec is None:
+            raise ActionRejected("unknown_action", f"this workflow has no action {name!r}")
+        if self._run["status"] in FINISHED:
+            raise ActionRejected("conflict", f"this run is {self._run['status']}")
+        context = self._context(name, 1)
+        context.args = args
+        self._call(spec.run, context)
+        self._run["state"] = context.state
+        self._take_entries(context)
+        if context.rewind is not None:
+            self._rewind(context.rewind)
+        self._commit()
+        if context.rewind is not None:
+            self._advance_soon()
+
+    def _rewind(self, step_id: str) -> None:
+        run = self._run
+        index = next(i for i, step in enumerate(run["steps"]) if step["id"] == step_id)
+        if index > run["cursor"]:
+            raise ValueError(f"cannot rewind forward to {step_id}")
+        for step in run["steps"][index : run["cursor"] + 1]:
+            self._reset(step)
+        if run["timers"].pop(RETRY_TIMER, None) is not None:
+            self._parts.timers.cancel(self._run_id, RETRY_TIMER)
+        run["cursor"] = index
+        run["status"] = RunStatus.RUNNING
+        run["error"] = None
+        self._log("rewound", f"running again from {run['steps'][index]['name']}", step_id)
+
+    @staticmethod
+    def _reset(step: dict[str, Any]) -> None:
+        step["status"] = StepStatus.PENDING
+        step["attemptBase"] = len(step["attempts"])
+        step["output"] = None
+        step["finishedAt"] = None
+        step["retryAt"] = None

@@ -1,0 +1,93 @@
+"""A run actor's deadlines: the reminders and expiries of its waits.
+
+A deadline is an absolute due time kept in the run's snapshot (``timers``)
+and armed in the timer queue; it is set once per run when its wait first
+starts, so neither a restart nor a rewind moves it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from userflow.actors.retry import describe
+from userflow.actors.status import FINISHED, RunStatus, StepStatus
+from userflow.actors.timeutil import iso, iso_now, now
+from userflow.actors.workflow import Deadline, Wait
+
+
+class DeadlinesMixin:
+    """Part of :class:`~userflow.actors.run_actor.RunActor`; uses its run and recording."""
+
+    _run: dict[str, Any]
+    _run_id: str
+    _parts: Any
+
+    def _arm_deadlines(self, spec: Wait, step: dict[str, Any]) -> str:
+        """Set the wait's deadlines once per run (a rewind does not move them)."""
+        if step.get("deadlines") is not None:
+            return ""
+        started = now()
+        step["deadlines"] = {}
+        for deadline in spec.deadlines:
+            after = deadline.after(self._parts.services)
+            if after is None:
+                continue
+            due = started + after
+            step["deadlines"][deadline.name] = iso(due)
+            self._run["timers"][deadline.name] = due
+            self._parts.timers.schedule(self._run_id, deadline.name, due)
+        return "".join(f"; {name} at {at}" for name, at in step["deadlines"].items())
+
+    def _drop_deadlines(self, spec: Wait) -> None:
+        for deadline in spec.deadlines:
+            if self._run["timers"].pop(deadline.name, None) is not None:
+                self._parts.timers.cancel(self._run_id, deadline.name)
+
+    def _deadline(self, wait: Wait, deadline: Deadline) -> None:
+        run = self._run
+        del run["timers"][deadline.name]
+        step = next(s for s in run["steps"] if s["id"] == wait.id)
+        if run["status"] in FINISHED or step["status"] == StepStatus.COMPLETED:
+            return
+        if deadline.outcome is None and step["status"] != StepStatus.WAITING:
+            self._log("deadline", f"{wait.name}: {deadline.name} skipped, the run is not waiting", wait.id)
+            self._commit()
+            return
+        if deadline.outcome is None and any(
+            d.outcome is not None and run["timers"].get(d.name, float("inf")) <= now() for d in wait.deadlines
+        ):
+            # Both overdue (the server was down): a reminder for a link that ends now helps no one.
+            self._log("deadline", f"{wait.name}: {deadline.name} skipped, a later deadline has passed too", wait.id)
+            self._commit()
+            return
+        tries = step.setdefault("deadlineTries", {})
+        number = tries[deadline.name] = tries.get(deadline.name, 0) + 1
+        if deadline.action is not None:
+            context = self._context(wait, number)
+            try:
+                self._call(deadline.action, context)
+            except Exception as exc:  # noqa: BLE001 - recorded, retried or given up
+                self._take_entries(context)
+                if deadline.retry.should_retry(number, exc):
+                    delay = deadline.retry.backoff(number)
+                    run["timers"][deadline.name] = due = now() + delay
+                    self._log("deadline-failed", f"{deadline.name} failed ({describe(exc)}); retrying in {delay:.1f} s", wait.id, number)
+                    self._commit()
+                    self._parts.timers.schedule(self._run_id, deadline.name, due)
+                    return
+                self._log("deadline-failed", f"{deadline.name} failed ({describe(exc)}); given up", wait.id, number)
+                if deadline.outcome is None:
+                    self._commit()
+                    return
+            else:
+                run["state"] = context.state
+                self._take_entries(context)
+        self._log("deadline", f"{wait.name}: {deadline.name} deadline reached", wait.id)
+        if deadline.outcome is not None:
+            self._drop_deadlines(wait)
+            step["status"] = StepStatus.COMPLETED
+            step["output"] = {"deadline": deadline.name, "at": iso_now()}
+            step["finishedAt"] = step["output"]["at"]
+            self._end(RunStatus.COMPLETED, deadline.outcome, f"run completed ({deadline.outcome})")
+            return
+        self._commit()
