@@ -27,10 +27,11 @@ class CommandsMixin:
 
     def _command(self, message: Command) -> None:
         try:
+            by = str(message.args.get("by") or "an operator")
             if message.name == "retry":
-                self._retry_failed()
+                self._retry_failed(by)
             elif message.name == "cancel":
-                self._cancel()
+                self._cancel(by)
             else:
                 self._action(message.name, message.args)
         except ActionRejected as exc:
@@ -41,7 +42,7 @@ class CommandsMixin:
             raise
         resolve(message.reply, self._start_result(created=False))
 
-    def _retry_failed(self) -> None:
+    def _retry_failed(self, by: str) -> None:
         run = self._run
         if run["status"] != RunStatus.FAILED:
             raise ActionRejected("conflict", f"only a FAILED run can be retried; this one is {run['status']}")
@@ -49,11 +50,11 @@ class CommandsMixin:
         self._reset(step)
         run["status"] = RunStatus.RUNNING
         run["error"] = None
-        self._log("operator-retry", f"retry requested: {step['name']} runs again with a fresh attempt budget", step["id"])
+        self._log("operator-retry", f"retry requested by {by}: {step['name']} runs again with a fresh attempt budget", step["id"])
         self._commit()
         self._advance_soon()
 
-    def _cancel(self) -> None:
+    def _cancel(self, by: str) -> None:
         run = self._run
         if run["status"] not in (RunStatus.RUNNING, RunStatus.WAITING):
             raise ActionRejected("conflict", f"only a RUNNING or WAITING run can be cancelled; this one is {run['status']}")
@@ -63,7 +64,7 @@ class CommandsMixin:
             self._workflow.on_cancel(context)
             run["state"] = context.state
             self._take_entries(context)
-        self._end(RunStatus.CANCELLED, "cancelled", "run cancelled by an operator")
+        self._end(RunStatus.CANCELLED, "cancelled", f"run cancelled by {by}")
 
     def _action(self, name: str, args: dict[str, Any]) -> None:
         assert self._workflow is not None

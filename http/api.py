@@ -96,7 +96,7 @@ async def _command(request: web.Request, run_id: str, name: str) -> Any:
     if not valid_run_id(run_id) or runtime.index.get(run_id) is None:
         raise ApiError(404, "workflow_not_found", f"no workflow with id {run_id!r}")
     try:
-        return await runtime.command(run_id, name)
+        return await runtime.command(run_id, name, {"by": f"operator at {client_address(request)}"})
     except ActionRejected as exc:
         if exc.reason == "rate_limited":
             retry_after = str(max(1, round(exc.retry_after or 60)))

@@ -142,7 +142,7 @@ async def test_cancel_a_waiting_run(make_client: MakeClient) -> None:
     assert detail["outcome"] == "cancelled"
     assert detail["finishedAt"]
     assert [s["status"] for s in detail["steps"]] == ["COMPLETED", "COMPLETED", "SKIPPED", "SKIPPED", "SKIPPED"]
-    assert [e["message"] for e in entries(detail, "run-cancelled")] == ["run cancelled by an operator"]
+    assert [e["message"] for e in entries(detail, "run-cancelled")] == ["run cancelled by operator at 127.0.0.1"]
     assert len(runtime.timers) == 0, "a cancelled run still has timers armed"
 
     # The link is dead, in the documented error shape.

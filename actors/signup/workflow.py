@@ -147,7 +147,8 @@ def resend_verification(ctx: StepContext) -> None:
     requests.append(now())
     ctx.state["sendNo"] = ctx.state.get("sendNo", 1) + 1
     ctx.state["tokenHash"] = None  # the old link answers 410 from now on
-    ctx.log(f"new verification link requested ({len(requests)} of {services.max_resends})", "resend-requested")
+    by = ctx.args.get("by") or "an operator"
+    ctx.log(f"new verification link requested by {by} ({len(requests)} of {services.max_resends})", "resend-requested")
     ctx.rewind_to("send-verification-email")
 
 
