@@ -102,6 +102,7 @@ async def test_retry_resumes_a_failed_run_with_a_fresh_attempt_budget(tmp_path: 
             assert step_of(waiting, "send-verification-email")["status"] == "COMPLETED"
             assert waiting["error"] is None
             [retried] = entries(waiting, "operator-retry")
+            assert "by operator at 127.0.0.1" in retried["message"]  # who asked, in the timeline
             assert retried["step"] == "send-verification-email"
             assert retried["seq"] > entries(waiting, "run-failed")[-1]["seq"]
 
