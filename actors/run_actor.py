@@ -141,6 +141,7 @@ class RunActor(DeadlinesMixin, CommandsMixin, pykka.ThreadingActor):
         self._handled = 0
         self._advancing = False
         self._closing = False
+        self._unsaved = False  # a completed step waiting for the next commit
 
     # -- life cycle -----------------------------------------------------------
 
@@ -194,23 +195,34 @@ class RunActor(DeadlinesMixin, CommandsMixin, pykka.ThreadingActor):
             self._fail(describe(exc))
             return None
         if not self._advancing and not self._closing:
-            self._supervisor.tell(Idle(self._run_id, self.actor_urn, self._handled))
+            self._tell_supervisor(Idle(self._run_id, self.actor_urn, self._handled))
         return None
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
         # An unexpected exception stopped the actor: on_stop will not run.
         self._fail(describe(exception_value) if exception_value else "actor failed")
-        self._supervisor.tell(Stopped(self.actor_urn))
+        self._tell_supervisor(Stopped(self.actor_urn))
 
     def _fail(self, reason: str) -> None:
         self._closing = True
-        self._supervisor.tell(ActorFailed(self._run_id, self.actor_urn, reason, self._run.get("version", 0) > 0))
+        self._tell_supervisor(ActorFailed(self._run_id, self.actor_urn, reason, self._run.get("version", 0) > 0))
         self._drain_inbox()
         self.stop()
 
     def on_stop(self) -> None:
+        if self._unsaved and not self._closing:
+            try:  # stopped between a completed step and its commit: keep the work
+                self._commit()
+            except Exception as exc:  # noqa: BLE001 - the step runs again at the next start
+                log.error("run %s: last commit before stopping failed: %s", self._run_id, describe(exc))
         self._drain_inbox()
-        self._supervisor.tell(Stopped(self.actor_urn))
+        self._tell_supervisor(Stopped(self.actor_urn))
+
+    def _tell_supervisor(self, message: Any) -> None:
+        try:
+            self._supervisor.tell(message)
+        except pykka.ActorDeadError:
+            pass  # the supervisor has stopped (shutdown): nobody is left to tell
 
     def _drain_inbox(self) -> None:
         """Hand routed messages still queued here back to the supervisor."""
@@ -221,7 +233,7 @@ class RunActor(DeadlinesMixin, CommandsMixin, pykka.ThreadingActor):
 
     def _bounce(self, message: Any) -> None:
         if isinstance(message, ROUTED):
-            self._supervisor.tell(Bounce(self._run_id, message))
+            self._tell_supervisor(Bounce(self._run_id, message))
 
     # -- the cursor -----------------------------------------------------------
 
@@ -330,8 +342,7 @@ class RunActor(DeadlinesMixin, CommandsMixin, pykka.ThreadingActor):
         self._take_entries(context)
         self._log("step-completed", message, spec.id, attempt["number"])
         self._run["cursor"] += 1
-        self._commit()
-        self._advance_soon()
+        self._commit_with_next()
 
     def _attempt_failed(
         self,
@@ -403,7 +414,13 @@ class RunActor(DeadlinesMixin, CommandsMixin, pykka.ThreadingActor):
         self._log("step-completed", f"{spec.name}: signal {spec.signal} received", spec.id)
         run["cursor"] += 1
         crash_point(spec.id, "before-commit")
-        self._commit()
+        self._commit_with_next()
+
+    def _commit_with_next(self) -> None:
+        """Let a completed step ride on the next commit (the next attempt's start, a
+        wait, the end), which follows at once: one sync fewer per step. Nothing was
+        promised on it; a crash in between runs the step again, as steps allow."""
+        self._unsaved = True
         self._advance_soon()
 
     def _end(self, status: RunStatus, outcome: str, message: str) -> None:
@@ -514,6 +531,7 @@ class RunActor(DeadlinesMixin, CommandsMixin, pykka.ThreadingActor):
         )
 
     def _commit(self) -> None:
+        self._unsaved = False
         run = self._run
         run["updatedAt"] = iso_now()
         run["version"] += 1
