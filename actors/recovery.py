@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from userflow.actors.run_actor import EngineParts
 from userflow.actors.status import RunStatus
+from userflow.actors.workflow import RETRY_TIMER
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def recover(parts: EngineParts) -> RecoveryReport:
             report.timers += 1
         if run["status"] == RunStatus.WAITING:
             report.waiting += 1
-        elif run["status"] == RunStatus.RUNNING and "retry" not in run.get("timers", {}):
+        elif run["status"] == RunStatus.RUNNING and RETRY_TIMER not in run.get("timers", {}):
             report.resume.append(run["id"])
     report.seconds = time.perf_counter() - started
     log.info(

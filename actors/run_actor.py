@@ -51,13 +51,12 @@ from userflow.actors.run_commands import CommandsMixin
 from userflow.actors.run_deadlines import DeadlinesMixin
 from userflow.actors.timers import TimerQueue
 from userflow.actors.timeutil import iso, iso_now, now
-from userflow.actors.workflow import SignalRejected, Step, StepContext, Wait, Workflow
+from userflow.actors.workflow import RETRY_TIMER, SignalRejected, Step, StepContext, Wait, Workflow
 from userflow.storage import RunHandle, RunStore, StorageError
 from userflow.storage.faults import crash_point
 
 log = logging.getLogger(__name__)
 
-RETRY_TIMER = "retry"
 INTERRUPTED = "interrupted: the server stopped during this attempt"
 
 
@@ -263,7 +262,7 @@ class RunActor(DeadlinesMixin, CommandsMixin, pykka.ThreadingActor):
         due = run["timers"].get(RETRY_TIMER)
         if due is not None:
             if due > now():
-                self._parts.timers.schedule(self._run_id, RETRY_TIMER, due)
+                self._set_timer(RETRY_TIMER, due)  # re-armed as it was
                 return
             del run["timers"][RETRY_TIMER]
         number = len(step["attempts"]) + 1
@@ -320,6 +319,20 @@ class RunActor(DeadlinesMixin, CommandsMixin, pykka.ThreadingActor):
         self._take_entries(context)
         self._commit()
 
+    def _keep(self, context: StepContext) -> None:
+        """The work in ``context`` succeeded: its state becomes the run's, its log entries join."""
+        self._run["state"] = context.state
+        self._take_entries(context)
+
+    def _set_timer(self, name: str, due: float) -> None:
+        """Arm timer ``name``; it is kept in the snapshot, so it is durable with the next commit."""
+        self._run["timers"][name] = due
+        self._parts.timers.schedule(self._run_id, name, due)
+
+    def _drop_timer(self, name: str) -> None:
+        if self._run["timers"].pop(name, None) is not None:
+            self._parts.timers.cancel(self._run_id, name)
+
     def _take_entries(self, context: StepContext) -> None:
         for entry in context.entries:
             self._log(entry["type"], entry["message"], context.step_id, context.attempt, at=entry["at"])
@@ -338,8 +351,7 @@ class RunActor(DeadlinesMixin, CommandsMixin, pykka.ThreadingActor):
         step["status"] = StepStatus.COMPLETED
         step["output"] = output
         step["finishedAt"] = attempt["finishedAt"]
-        self._run["state"] = context.state
-        self._take_entries(context)
+        self._keep(context)
         self._log("step-completed", message, spec.id, attempt["number"])
         self._run["cursor"] += 1
         self._commit_with_next()
@@ -364,7 +376,7 @@ class RunActor(DeadlinesMixin, CommandsMixin, pykka.ThreadingActor):
             due = now() + delay
             step["status"] = StepStatus.RETRYING
             step["retryAt"] = iso(due)
-            run["timers"][RETRY_TIMER] = due
+            self._set_timer(RETRY_TIMER, due)
             self._log(
                 "attempt-failed",
                 f"{spec.name}: attempt {number} failed ({attempt['error']}); retrying in {delay:.1f} s",
@@ -372,7 +384,6 @@ class RunActor(DeadlinesMixin, CommandsMixin, pykka.ThreadingActor):
                 number,
             )
             self._commit()
-            self._parts.timers.schedule(self._run_id, RETRY_TIMER, due)
             return
         why = "not retryable" if spec.retry.is_permanent(error) else f"{failures} failed attempts"
         self._log("attempt-failed", f"{spec.name}: attempt {number} failed ({attempt['error']}); {why}", spec.id, number)
@@ -427,8 +438,7 @@ class RunActor(DeadlinesMixin, CommandsMixin, pykka.ThreadingActor):
         """Close the run early: pending timers dropped, unfinished steps SKIPPED."""
         run = self._run
         for name in list(run["timers"]):
-            self._parts.timers.cancel(self._run_id, name)
-        run["timers"] = {}
+            self._drop_timer(name)
         for step in run["steps"]:
             if step["status"] != StepStatus.COMPLETED:
                 step["status"] = StepStatus.SKIPPED

@@ -11,10 +11,8 @@ from typing import Any
 
 from userflow.actors.messages import Command, reject, resolve
 from userflow.actors.status import FINISHED, RunStatus, StepStatus
-from userflow.actors.workflow import ActionRejected, Workflow
+from userflow.actors.workflow import RETRY_TIMER, ActionRejected, Workflow
 from userflow.storage import StorageError
-
-RETRY_TIMER = "retry"
 
 
 class CommandsMixin:
@@ -62,8 +60,7 @@ class CommandsMixin:
         if self._workflow.on_cancel is not None:
             context = self._context("cancel", 1)
             self._workflow.on_cancel(context)
-            run["state"] = context.state
-            self._take_entries(context)
+            self._keep(context)
         self._end(RunStatus.CANCELLED, "cancelled", f"run cancelled by {by}")
 
     def _action(self, name: str, args: dict[str, Any]) -> None:
@@ -76,8 +73,7 @@ class CommandsMixin:
         context = self._context(name, 1)
         context.args = args
         self._call(spec.run, context)
-        self._run["state"] = context.state
-        self._take_entries(context)
+        self._keep(context)
         if context.rewind is not None:
             self._rewind(context.rewind)
         self._commit()
@@ -91,8 +87,7 @@ class CommandsMixin:
             raise ValueError(f"cannot rewind forward to {step_id}")
         for step in run["steps"][index : run["cursor"] + 1]:
             self._reset(step)
-        if run["timers"].pop(RETRY_TIMER, None) is not None:
-            self._parts.timers.cancel(self._run_id, RETRY_TIMER)
+        self._drop_timer(RETRY_TIMER)
         run["cursor"] = index
         run["status"] = RunStatus.RUNNING
         run["error"] = None

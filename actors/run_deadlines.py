@@ -34,14 +34,12 @@ class DeadlinesMixin:
                 continue
             due = started + after
             step["deadlines"][deadline.name] = iso(due)
-            self._run["timers"][deadline.name] = due
-            self._parts.timers.schedule(self._run_id, deadline.name, due)
+            self._set_timer(deadline.name, due)
         return "".join(f"; {name} at {at}" for name, at in step["deadlines"].items())
 
     def _drop_deadlines(self, spec: Wait) -> None:
         for deadline in spec.deadlines:
-            if self._run["timers"].pop(deadline.name, None) is not None:
-                self._parts.timers.cancel(self._run_id, deadline.name)
+            self._drop_timer(deadline.name)
 
     def _deadline(self, wait: Wait, deadline: Deadline) -> None:
         run = self._run
@@ -70,18 +68,16 @@ class DeadlinesMixin:
                 self._take_entries(context)
                 if deadline.retry.should_retry(number, exc):
                     delay = deadline.retry.backoff(number)
-                    run["timers"][deadline.name] = due = now() + delay
+                    self._set_timer(deadline.name, now() + delay)
                     self._log("deadline-failed", f"{deadline.name} failed ({describe(exc)}); retrying in {delay:.1f} s", wait.id, number)
                     self._commit()
-                    self._parts.timers.schedule(self._run_id, deadline.name, due)
                     return
                 self._log("deadline-failed", f"{deadline.name} failed ({describe(exc)}); given up", wait.id, number)
                 if deadline.outcome is None:
                     self._commit()
                     return
             else:
-                run["state"] = context.state
-                self._take_entries(context)
+                self._keep(context)
         self._log("deadline", f"{wait.name}: {deadline.name} deadline reached", wait.id)
         if deadline.outcome is not None:
             self._drop_deadlines(wait)

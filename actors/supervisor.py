@@ -84,7 +84,7 @@ class Supervisor(pykka.ThreadingActor):
         self._max_live = max_live
         self._live: dict[str, _Live] = {}
         self._queued: OrderedDict[str, _Queued] = OrderedDict()
-        self._parked: dict[str, int] = {}  # run id -> consecutive failures, waiting to retry
+        self._parked: set[str] = set()  # runs whose actor failed, waiting for their reactivation timer
         self._failures: dict[str, int] = {}  # run id -> consecutive failures, kept across reactivations
         self._draining: set[str] = set()  # actors told to stop that have not reported Stopped
         self._stopping = False
@@ -92,7 +92,7 @@ class Supervisor(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, ROUTED):
             if message.run_id in self._parked and isinstance(message, TimerFired) and message.name == ACTIVATE_TIMER:
-                del self._parked[message.run_id]
+                self._parked.discard(message.run_id)
                 self._queued.setdefault(message.run_id, _Queued())
                 self._activate_queued()
             else:
@@ -183,7 +183,7 @@ class Supervisor(pykka.ThreadingActor):
         if live is None or live.urn != message.urn or live.routed != message.handled:
             return  # stale: the actor has more to handle and will report again
         del self._live[message.run_id]
-        self._parked.pop(message.run_id, None)
+        self._parked.discard(message.run_id)
         self._failures.pop(message.run_id, None)
         # Until it reports Stopped it still holds a thread: it counts under the
         # cap, but the supervisor does not wait for it.
@@ -205,7 +205,7 @@ class Supervisor(pykka.ThreadingActor):
         # would restart the backoff at 0.5 s after every failure.
         failures = self._failures.get(message.run_id, 0) + 1
         self._failures[message.run_id] = failures
-        self._parked[message.run_id] = failures
+        self._parked.add(message.run_id)
         delay = min(60.0, 0.5 * 2 ** (failures - 1))
         log.error("run %s stopped (%s); reactivating in %.1f s", message.run_id, message.reason, delay)
         self._queued.setdefault(message.run_id, _Queued())
@@ -243,6 +243,3 @@ class Supervisor(pykka.ThreadingActor):
                     reject(pending.reply, ShuttingDown("the server is shutting down"))
         self._queued.clear()
         resolve(message.reply, len(refs))
-
-    def live_count(self) -> int:
-        return len(self._live)

@@ -104,6 +104,10 @@ class Step:
     kind: Literal["task"] = "task"
 
 
+#: The timer the engine itself uses for retry backoffs; deadlines take other names.
+RETRY_TIMER = "retry"
+
+
 @dataclass(frozen=True)
 class Deadline:
     """What happens if a wait is still open ``after(services)`` seconds after it began.
@@ -205,8 +209,8 @@ class Workflow:
         if len(set(signals)) != len(signals):
             raise ValueError(f"workflow {self.name}: one wait per signal")
         timers = [d.name for step in self.steps if isinstance(step, Wait) for d in step.deadlines]
-        if len(set(timers)) != len(timers) or "retry" in timers:
-            raise ValueError(f"workflow {self.name}: deadline names must be unique and not 'retry'")
+        if len(set(timers)) != len(timers) or RETRY_TIMER in timers:
+            raise ValueError(f"workflow {self.name}: deadline names must be unique and not {RETRY_TIMER!r}")
 
     def action(self, name: str) -> Action | None:
         return next((action for action in self.actions if action.name == name), None)
