@@ -91,10 +91,6 @@ class Journal:
         return fd
 
     @property
-    def size(self) -> int:
-        return self._size
-
-    @property
     def current(self) -> int:
         """The number of the segment being appended to."""
         return self._number

@@ -27,7 +27,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple, Protocol
 
 from tinydb import TinyDB
@@ -75,12 +75,19 @@ class RunFile:
     """One run's TinyDB database, one durable write per commit.
 
     Alone it writes its file atomically; opened by a :class:`FileRunStore` it
-    hands each write to the store's journal instead (``sink``) and first
-    reads the store's latest document (``source``).
+    hands each write to the store's journal instead (``sink(version,
+    document)``) and first reads the store's latest document (``source``).
     """
 
-    def __init__(self, path: str, sink: Any = None, source: Any = None) -> None:
-        self._db = TinyDB(path, storage=AtomicJSONStorage, sink=sink, source=source)
+    def __init__(
+        self,
+        path: str,
+        sink: Callable[[int, bytes], None] | None = None,
+        source: Callable[[], bytes | None] | None = None,
+    ) -> None:
+        self._version = 0
+        to_sink = (lambda document: sink(self._version, document)) if sink is not None else None
+        self._db = TinyDB(path, storage=AtomicJSONStorage, sink=to_sink, source=source)
         self._runs = self._db.table("run", cache_size=0)
         self._timeline = self._db.table("timeline", cache_size=0)
 
@@ -93,9 +100,7 @@ class RunFile:
 
     def commit(self, run: dict[str, Any], new_entries: list[dict[str, Any]]) -> None:
         storage: AtomicJSONStorage = self._db.storage  # type: ignore[assignment]
-        box = getattr(self, "version_box", None)
-        if box is not None:
-            box[0] = int(run.get("version", 0))
+        self._version = int(run.get("version", 0))
         with storage.batch():
             self._runs.upsert(Document(run, doc_id=1))
             for entry in new_entries:
@@ -140,15 +145,11 @@ class FileRunStore:
         return os.path.join(self._dir, run_id + _SUFFIX)
 
     def open(self, run_id: str) -> RunFile:
-        path = self._path(run_id)
-        version = [0]
-
-        def sink(document: bytes) -> None:
-            self._commit(run_id, version[0], document)
-
-        handle = RunFile(path, sink=sink, source=lambda: self._document(run_id))
-        handle.version_box = version  # type: ignore[attr-defined]
-        return handle
+        return RunFile(
+            self._path(run_id),
+            sink=lambda version, document: self._commit(run_id, version, document),
+            source=lambda: self._document(run_id),
+        )
 
     def read(self, run_id: str) -> StoredRun | None:
         if not valid_run_id(run_id):
@@ -198,11 +199,7 @@ class FileRunStore:
                 self._gate.notify_all()
         if not changed and not closed:
             return 0
-        for run_id, (version, document) in changed.items():
-            if version > self._file_version(run_id):  # never put an older document back
-                write_atomic(self._path(run_id), document, sync=False)
-        sync_filesystem(self._dir)
-        self._journal.delete(closed)
+        self._write_back(changed, closed)
         with self._lock:
             for run_id, entry in changed.items():
                 if self._latest.get(run_id) is entry:
@@ -228,24 +225,27 @@ class FileRunStore:
 
     def _replay(self) -> None:
         """Bring every run file up to the newest document the journal holds for it."""
-        closed = [n for n in self._journal.segments() if n < self._journal_number()]
+        closed = [n for n in self._journal.segments() if n < self._journal.current]
+        if not closed:
+            return
         newest: dict[str, tuple[int, bytes]] = {}
         for number in closed:
             for run_id, version, document in records(self._journal.path(number)):
                 if valid_run_id(run_id) and version >= newest.get(run_id, (-1, b""))[0]:
                     newest[run_id] = (version, document)
-        restored = 0
-        for run_id, (version, document) in newest.items():
-            if version > self._file_version(run_id):
-                write_atomic(self._path(run_id), document, sync=False)
-                restored += 1
-        if closed:
-            sync_filesystem(self._dir)
-            self._journal.delete(closed)
-            log.info("journal replayed: %d runs brought up to date from %d segments", restored, len(closed))
+        restored = self._write_back(newest, closed)
+        log.info("journal replayed: %d runs brought up to date from %d segments", restored, len(closed))
 
-    def _journal_number(self) -> int:
-        return self._journal.current
+    def _write_back(self, documents: dict[str, tuple[int, bytes]], segments: list[int]) -> int:
+        """Write the documents newer than their files, sync once, then drop ``segments``."""
+        written = 0
+        for run_id, (version, document) in documents.items():
+            if version > self._file_version(run_id):  # never put an older document back
+                write_atomic(self._path(run_id), document, sync=False)
+                written += 1
+        sync_filesystem(self._dir)
+        self._journal.delete(segments)
+        return written
 
     def _file_version(self, run_id: str) -> int:
         try:
