@@ -132,6 +132,7 @@ class FileRunStore:
         self._gate = threading.Condition()  # commits in flight vs. a segment switch
         self._in_flight = 0
         self._switching = False
+        self._checkpointing = threading.Lock()
         self._journal = Journal(os.path.join(data_dir, "journal"))
         self._replay()
         self._stop = threading.Event()
@@ -186,6 +187,10 @@ class FileRunStore:
 
     def checkpoint(self) -> int:
         """Write changed runs' files, sync once, drop the journal behind them."""
+        with self._checkpointing:  # two at once could drop a segment the other still needs
+            return self._checkpoint()
+
+    def _checkpoint(self) -> int:
         with self._gate:
             self._switching = True
             while self._in_flight:
