@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -143,9 +144,9 @@ def _limit(request: web.Request, default: int = 50) -> int:
     return int(raw)
 
 
-def _cursor(request: web.Request) -> str | None:
+def _cursor(request: web.Request, valid: Callable[[str], object] = valid_run_id) -> str | None:
     raw = request.query.get("cursor")
-    if raw is not None and not valid_run_id(raw):
+    if raw is not None and not valid(raw):
         raise ApiError(400, "invalid_cursor", "cursor: pass back the nextCursor of the previous page")
     return raw
 
@@ -202,9 +203,7 @@ async def outbox(request: web.Request) -> web.Response:
     if not services.mailer.outbox_mode:
         raise ApiError(404, "outbox_disabled", "emails are sent over SMTP; there is no outbox to show")
     limit = _limit(request, default=100)
-    cursor = request.query.get("cursor")
-    if cursor is not None and not _OUTBOX_CURSOR.fullmatch(cursor):
-        raise ApiError(400, "invalid_cursor", "cursor: pass back the nextCursor of the previous page")
+    cursor = _cursor(request, _OUTBOX_CURSOR.fullmatch)
     index = request.app[RUNTIME].index
     run_id = request.query.get("workflowId")
     if run_id is not None:

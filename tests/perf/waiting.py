@@ -15,37 +15,25 @@ import argparse
 import hashlib
 import json
 import os
-import re
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
 
-from tests.perf.loadgen import rss_mib
+from tests.perf.loadgen import rss_mib, start_server
 
 
 def serve(data_dir: str) -> tuple[subprocess.Popen[str], str, float]:
     started = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "userflow.http.cli", "serve", "--port", "0", "--data-dir", data_dir,
-         "--email-failure-rate", "0", "--log-level", "WARNING"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        match = re.search(r"listening on (\S+)", line)
-        if match:
-            url = match.group(1)
-            while True:  # /readyz is the contract; the line comes at the same moment
-                try:
-                    with urllib.request.urlopen(url + "/readyz", timeout=5) as response:
-                        if response.status == 200:
-                            return proc, url, time.perf_counter() - started
-                except OSError:
-                    time.sleep(0.01)
-    raise RuntimeError("server did not start")
+    proc, url = start_server(data_dir, ["--log-level", "WARNING"])
+    while True:  # /readyz is the contract; the listening line comes at the same moment
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=5) as response:
+                if response.status == 200:
+                    return proc, url, time.perf_counter() - started
+        except OSError:
+            time.sleep(0.01)
 
 
 def stop(proc: subprocess.Popen[str]) -> None:
