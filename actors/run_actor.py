@@ -138,7 +138,8 @@ class RunActor(DeadlinesMixin, CommandsMixin, pykka.ThreadingActor):
         self._handle: RunHandle | None = None
         self._pending: list[dict[str, Any]] = []
         self._handled = 0
-        self._advancing = False
+        self._advancing = False  # an Advance message is queued
+        self._due = False  # the cursor should move once the current message is handled
         self._closing = False
         self._unsaved = False  # a completed step waiting for the next commit
 
@@ -165,7 +166,7 @@ class RunActor(DeadlinesMixin, CommandsMixin, pykka.ThreadingActor):
             reject(self._created_reply, exc)
             self._fail(describe(exc))
             return
-        self._advance_soon()
+        self._queue_advance()
 
     def on_receive(self, message: Any) -> Any:
         if self._closing:
@@ -174,7 +175,7 @@ class RunActor(DeadlinesMixin, CommandsMixin, pykka.ThreadingActor):
         try:
             if isinstance(message, Advance):
                 self._advancing = False
-                self._advance()
+                self._due = True
             else:
                 self._handled += 1
                 if isinstance(message, Deliver):
@@ -187,13 +188,14 @@ class RunActor(DeadlinesMixin, CommandsMixin, pykka.ThreadingActor):
                     resolve(message.reply, self._start_result(created=False))
                 else:
                     log.warning("run %s: unexpected message %r", self._run_id, message)
+            self._run_due()
         except StorageError as exc:
             # The snapshot in memory is now ahead of the disk: drop it, the
             # supervisor reactivates the run from what was really committed.
             log.error("run %s: persisting failed, will retry: %s", self._run_id, exc)
             self._fail(describe(exc))
             return None
-        if not self._advancing and not self._closing:
+        if not self._advancing and not self._due and not self._closing:
             self._tell_supervisor(Idle(self._run_id, self.actor_urn, self._handled))
         return None
 
@@ -237,9 +239,24 @@ class RunActor(DeadlinesMixin, CommandsMixin, pykka.ThreadingActor):
     # -- the cursor -----------------------------------------------------------
 
     def _advance_soon(self) -> None:
+        self._due = True
+
+    def _queue_advance(self) -> None:
         if not self._advancing:
             self._advancing = True
             self.actor_ref.tell(Advance())
+
+    def _run_due(self) -> None:
+        """Move the cursor step after step in this message while nothing else is
+        waiting; a waiting message (a signal, a command) goes first, and the
+        cursor moves on in an ``Advance`` queued behind it."""
+        while self._due and not self._closing:
+            if not self.actor_inbox.empty():
+                self._due = False
+                self._queue_advance()
+                return
+            self._due = False
+            self._advance()
 
     def _advance(self) -> None:
         run = self._run

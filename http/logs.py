@@ -1,7 +1,11 @@
 """Logging: one line per event, JSON when not on a terminal, never a secret.
 
 Every timeline entry of every run is logged with its run id, step and
-attempt. Tokens never reach a log line: runs hold only their hashes, timeline
+attempt: failures as warnings; a run's start, end, deadlines, operator
+commands and interruptions as info; the routine progress in between (an
+attempt started, a step completed, a wait begun, a signal received) as
+debug, so ``--log-level debug`` shows a run's whole timeline and the default
+stays a few lines per run. Tokens never reach a log line: runs hold only their hashes, timeline
 messages never include them, and no request line (whose query may hold a
 token) is logged.
 """
@@ -62,6 +66,12 @@ class QuietBadRequests(logging.Filter):
         return True
 
 
+class _Enqueue(logging.handlers.QueueHandler):
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        # The listener formats: no copy and no formatting on the caller's thread.
+        return record
+
+
 def configure(level: str = "INFO", json_lines: bool | None = None) -> None:
     json_lines = not sys.stderr.isatty() if json_lines is None else json_lines
     handler = logging.StreamHandler(sys.stderr)
@@ -79,7 +89,7 @@ def configure(level: str = "INFO", json_lines: bool | None = None) -> None:
     _listener.start()
     atexit.register(_listener.stop)
     root = logging.getLogger()
-    root.handlers[:] = [logging.handlers.QueueHandler(records)]
+    root.handlers[:] = [_Enqueue(records)]
     root.setLevel(level)
     quiet_bad_requests()
 
@@ -90,12 +100,22 @@ def quiet_bad_requests() -> None:
         server_log.addFilter(QuietBadRequests())
 
 
+_WARNING = frozenset({"attempt-failed", "run-failed", "deadline-failed"})
+_ROUTINE = frozenset({"attempt-started", "step-completed", "waiting", "signal-received"})
+
+
+def entry_level(type: str) -> int:
+    if type in _WARNING:
+        return logging.WARNING
+    return logging.DEBUG if type in _ROUTINE else logging.INFO
+
+
 def log_entries(run: Mapping[str, Any], summary: dict[str, Any], entries: list[dict[str, Any]]) -> None:
-    """The index listener: one log line per timeline entry."""
-    if not run_log.isEnabledFor(logging.INFO):
-        return
+    """The index listener: one log line per timeline entry, at its entry's level."""
     for entry in entries:
-        level = logging.WARNING if entry["type"] in ("attempt-failed", "run-failed", "deadline-failed") else logging.INFO
+        level = entry_level(entry["type"])
+        if not run_log.isEnabledFor(level):
+            continue
         run_log.log(
             level,
             entry["message"],

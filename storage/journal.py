@@ -22,8 +22,7 @@ import os
 import struct
 import threading
 import zlib
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 
 from userflow.storage.atomic import StorageError, fsync_dir
 from userflow.storage.faults import crash_point, io_error
@@ -35,11 +34,16 @@ _MAGIC = b"UF"
 _SUFFIX = ".log"
 
 
-@dataclass
-class _Request:
-    frame: bytes
-    done: threading.Event = field(default_factory=threading.Event)
-    error: BaseException | None = None
+class _Batch:
+    """The records appended between two syncs; every writer in it waits on one event."""
+
+    __slots__ = ("frames", "records", "done", "error")
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.records: list[tuple[str, int, bytes]] = []
+        self.done = threading.Event()
+        self.error: BaseException | None = None
 
 
 def encode(run_id: str, version: int, document: bytes) -> bytes:
@@ -66,12 +70,19 @@ def records(path: str) -> Iterator[tuple[str, int, bytes]]:
         offset += _HEAD.size + length
 
 
+Durable = Callable[[list[tuple[str, int, bytes]]], None]
+
+
 class Journal:
-    def __init__(self, directory: str) -> None:
+    """Append-only segments; ``on_durable`` sees each batch of records once it is
+    synced, before any of its writers returns, and before the next segment switch."""
+
+    def __init__(self, directory: str, on_durable: Durable | None = None) -> None:
         self.directory = directory
         os.makedirs(directory, mode=0o700, exist_ok=True)
+        self._on_durable = on_durable
         self._cond = threading.Condition()
-        self._pending: list[_Request] = []
+        self._batch = _Batch()
         self._stopped = False
         self._rotate_to: int | None = None
         self._number = max(self.segments(), default=0) + 1
@@ -97,15 +108,17 @@ class Journal:
 
     def append(self, run_id: str, version: int, document: bytes) -> None:
         """Return once the record is durable; raise StorageError if it cannot be."""
-        request = _Request(encode(run_id, version, document))
+        frame = encode(run_id, version, document)
         with self._cond:
             if self._stopped:
                 raise StorageError(5, "the journal is closed")
-            self._pending.append(request)
+            batch = self._batch
+            batch.frames.append(frame)
+            batch.records.append((run_id, version, document))
             self._cond.notify()
-        request.done.wait()
-        if request.error is not None:
-            raise request.error
+        batch.done.wait()
+        if batch.error is not None:
+            raise batch.error
 
     def rotate(self) -> list[int]:
         """Start a new segment; return the numbers of the segments now closed."""
@@ -134,13 +147,13 @@ class Journal:
     def _write_loop(self) -> None:
         while True:
             with self._cond:
-                while not self._pending and self._rotate_to is None and not self._stopped:
+                while not self._batch.frames and self._rotate_to is None and not self._stopped:
                     self._cond.wait()
                 if self._rotate_to is not None:
                     self._switch_segment()
                     continue
-                batch, self._pending = self._pending, []
-                if not batch and self._stopped:
+                batch, self._batch = self._batch, _Batch()
+                if not batch.frames and self._stopped:
                     return
             self._write(batch)
 
@@ -156,8 +169,8 @@ class Journal:
         self._rotate_to = None
         self._cond.notify_all()
 
-    def _write(self, batch: list[_Request]) -> None:
-        data = b"".join(request.frame for request in batch)
+    def _write(self, batch: _Batch) -> None:
+        data = b"".join(batch.frames)
         try:
             io_error("storage")
             view = memoryview(data)
@@ -169,10 +182,13 @@ class Journal:
             # Take back the partial append so later records follow an intact one.
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, self._size)
-            error = StorageError(exc.errno, f"could not persist: {exc.strerror}")
-            for request in batch:
-                request.error = error
+            batch.error = StorageError(exc.errno, f"could not persist: {exc.strerror}")
         else:
             self._size += len(data)
-        for request in batch:
-            request.done.set()
+            if self._on_durable is not None:
+                try:
+                    self._on_durable(batch.records)
+                except Exception as exc:  # noqa: BLE001 - the writers must still be released
+                    log.exception("journal: recording a durable batch failed")
+                    batch.error = StorageError(5, f"could not record the commit: {exc}")
+        batch.done.set()

@@ -139,7 +139,7 @@ async def test_metrics_count_runs_steps_and_clients(client):
 
 
 async def test_every_timeline_entry_is_logged_with_its_run_and_no_token(client, caplog):
-    caplog.set_level(logging.INFO, logger="userflow.run")
+    caplog.set_level(logging.DEBUG, logger="userflow.run")
     stream = await open_stream(client)
     run_id = await signup_run(client, "ann@example.com")
     await stream.until(run_is("WAITING", run_id))
