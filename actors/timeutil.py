@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import time
-from datetime import UTC, datetime
+
+_second: tuple[int, str] = (-1, "")  # the last whole second formatted, shared by every thread
 
 
 def now() -> float:
@@ -11,7 +13,18 @@ def now() -> float:
 
 
 def iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """``2026-11-27T10:11:20.123Z``: what ``datetime.isoformat(timespec="milliseconds")``
+    gives, at a fraction of the cost, since each commit stamps several of them."""
+    global _second
+    fraction, whole = math.modf(epoch)  # rounded as datetime.fromtimestamp rounds
+    seconds, micros = int(whole), round(fraction * 1_000_000)
+    if micros >= 1_000_000:
+        seconds, micros = seconds + 1, micros - 1_000_000
+    cached, prefix = _second
+    if cached != seconds:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        _second = (seconds, prefix)
+    return f"{prefix}.{micros // 1000:03d}Z"
 
 
 def iso_now() -> str:

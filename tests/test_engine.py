@@ -685,3 +685,17 @@ async def test_a_step_output_that_cannot_be_stored_fails_the_run_instead_of_loop
         assert "cannot be stored" in attempt["error"]
     finally:
         await asyncio.to_thread(runtime.stop)
+
+
+@pytest.mark.parametrize(
+    "epoch",
+    [0.0, 1.0005, 1_800_000_000.9999995, 1_800_000_000.0004999, 1_800_083_491.8009994, 4_102_444_799.9999999, 1_799_999_999.999],
+)
+def test_iso_times_read_as_datetime_writes_them(epoch) -> None:
+    from datetime import UTC, datetime
+
+    from userflow.actors.timeutil import iso
+
+    expected = datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    assert iso(epoch) == expected
+    assert iso(epoch + 1) != expected  # the cached second is not reused for the next one
