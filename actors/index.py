@@ -2,16 +2,21 @@
 
 It is the read side of the engine. Run actors update it after every commit;
 HTTP handlers read it directly (under its lock) without a round trip through
-an actor. It is never persisted: recovery rebuilds it from the run files.
+an actor. Recovery rebuilds it from the run files, or from the copy saved at
+the last clean stop (``export``/``restore``) for the runs whose file has not
+changed since.
 """
 
 from __future__ import annotations
 
 import bisect
 import logging
+import sys
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
+
+import orjson
 
 from userflow.actors.workflow import Workflow
 
@@ -27,6 +32,19 @@ def current_step(run: Mapping[str, Any]) -> str | None:
     return steps[cursor]["id"] if cursor < len(steps) else None
 
 
+def _flat(timers: Iterable[tuple[str, float]]) -> tuple[str | float, ...]:
+    """``(name, due, name, due, ...)``: the smallest shape for what every waiting run holds."""
+    return tuple(value for name, due in timers for value in (sys.intern(name), float(due)))
+
+
+def _restored_timers(timers: list[Any]) -> tuple[str | float, ...]:
+    """An exported ``(name, due, ...)`` list back as ``_flat`` makes it, checked."""
+    timers[0::2] = map(sys.intern, timers[0::2])  # TypeError unless every name is a string
+    if len(timers) % 2 or not all(type(due) is float for due in timers[1::2]):
+        raise ValueError(f"malformed timers {timers!r}")
+    return tuple(timers)
+
+
 class RunIndex:
     def __init__(self, workflows: Mapping[str, Workflow]) -> None:
         self._workflows = workflows
@@ -34,6 +52,7 @@ class RunIndex:
         self._summaries: dict[str, dict[str, Any]] = {}
         self._order: list[str] = []  # run ids ascending; ids sort by creation time
         self._keys: dict[str, dict[str, str]] = {}
+        self._timers: dict[str, tuple[str | float, ...]] = {}  # armed timers, name, due, ...: for export
         self._listeners: list[Listener] = []
 
     def summarise(self, run: Mapping[str, Any]) -> dict[str, Any]:
@@ -59,11 +78,16 @@ class RunIndex:
         ``notify`` is False: recovery loads what is already known, nothing changed)."""
         summary = self.summarise(run)
         keys = self._workflows[run["workflow"]].keys(run)
+        timers = _flat(run.get("timers", {}).items())
         run_id = run["id"]
         with self._lock:
             if run_id not in self._summaries:
                 bisect.insort(self._order, run_id)
             self._summaries[run_id] = summary
+            if timers:
+                self._timers[run_id] = timers
+            else:
+                self._timers.pop(run_id, None)
             for kind, values in keys.items():
                 table = self._keys.setdefault(kind, {})
                 for value in values:
@@ -76,9 +100,70 @@ class RunIndex:
                 log.exception("index listener failed")
         return summary
 
+    def export(self) -> Iterator[bytes]:
+        """The index as JSON lines for ``restore``: the key tables, then one line per run."""
+        with self._lock:
+            runs = [(run_id, summary, self._timers.get(run_id, ())) for run_id, summary in self._summaries.items()]
+            keys = {
+                kind: {value: run_id for value, run_id in table.items() if run_id in self._summaries}
+                for kind, table in self._keys.items()
+            }  # not the keys reserved for starts that never committed
+        yield orjson.dumps({"keys": keys})
+        for run in runs:
+            yield orjson.dumps(run)
+
+    def restore(self, lines: Iterable[bytes | memoryview], runs: Iterable[str]) -> list[str]:
+        """Add the exported runs that are in ``runs`` (listeners are not told); return
+        their ids. A damaged run line is skipped (the caller reads that run from
+        storage); damaged keys raise before any run is added. Parsed one line at a
+        time: the whole export parsed at once left memory scattered."""
+        lines = iter(lines)
+        first = orjson.loads(next(lines, b"null"))
+        if not (isinstance(first, dict) and isinstance(first.get("keys"), dict)):
+            raise ValueError("the saved index does not start with its keys")
+        same = {run_id: run_id for run_id in runs}  # one string object per id, shared by every table
+        restored: list[str] = []
+        with self._lock:
+            for kind, table in first["keys"].items():
+                mine = self._keys.setdefault(kind, {})
+                mine.update((value, same[run_id]) for value, run_id in table.items() if run_id in same)
+            for line in lines:
+                try:
+                    item = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue
+                if not (isinstance(item, list) and len(item) == 3 and isinstance(item[1], dict)):
+                    continue
+                run_id, summary, timers = same.get(item[0]), item[1], item[2]
+                if run_id is None or summary.get("id") != run_id or summary.get("workflow") not in self._workflows:
+                    continue
+                flat = _restored_timers(timers)  # raises on a malformed timer: the caller scans instead
+                if run_id not in self._summaries:
+                    self._order.append(run_id)
+                self._summaries[run_id] = summary
+                if flat:
+                    self._timers[run_id] = flat
+                restored.append(run_id)
+            self._order.sort()
+        return restored
+
+    def armed(self, run_ids: Iterable[str]) -> Iterator[tuple[str, str, tuple[str | float, ...]]]:
+        """Each run's id, status and timers as ``(name, due, name, due, ...)``."""
+        for run_id in run_ids:
+            summary = self._summaries.get(run_id)
+            if summary is not None:
+                yield run_id, summary["status"], self._timers.get(run_id, ())
+
+    def timers(self, run_id: str) -> dict[str, float]:
+        """The run's armed timers as of its last commit."""
+        with self._lock:
+            flat = self._timers.get(run_id, ())
+        return dict(zip(flat[::2], flat[1::2]))  # type: ignore[arg-type]
+
     def forget(self, run_id: str) -> None:
         """Drop a run that never became durable."""
         with self._lock:
+            self._timers.pop(run_id, None)
             if self._summaries.pop(run_id, None) is None:
                 return
             index = bisect.bisect_left(self._order, run_id)

@@ -17,7 +17,7 @@ import pykka
 
 from userflow.actors.index import RunIndex
 from userflow.actors.messages import Command, Deliver, Delivered, Recover, Shutdown, StartResult, StartRun, TimerFired
-from userflow.actors.recovery import RecoveryReport
+from userflow.actors.recovery import RecoveryReport, save_index
 from userflow.actors.run_actor import EngineParts, RunActor
 from userflow.actors.supervisor import Supervisor
 from userflow.actors.timers import TimerQueue
@@ -74,6 +74,7 @@ class Runtime:
         close = getattr(self.parts.store, "close", None)
         if close is not None:
             close()  # a last checkpoint: the next start has no journal to replay
+        save_index(self.parts)  # and reads no run file that has not changed since
 
     def _timer_fired(self, run_id: str, name: str, due: float) -> None:
         if self._supervisor is not None:

@@ -14,7 +14,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,9 @@ FireCallback = Callable[[str, str, float], None]
 class TimerQueue:
     def __init__(self, fire: FireCallback) -> None:
         self._fire = fire
-        self._heap: list[tuple[float, int, str, str]] = []
+        # One key tuple per timer, shared by the heap entry and the map: a waiting
+        # run holds two timers, so every object here counts at 100,000 runs.
+        self._heap: list[tuple[float, int, tuple[str, str]]] = []
         self._current: dict[tuple[str, str], int] = {}
         self._seq = itertools.count()
         self._cond = threading.Condition()
@@ -44,10 +46,22 @@ class TimerQueue:
     def schedule(self, run_id: str, name: str, due: float) -> None:
         with self._cond:
             seq = next(self._seq)
-            self._current[(run_id, name)] = seq
-            heapq.heappush(self._heap, (due, seq, run_id, name))
+            key = (run_id, name)
+            self._current[key] = seq
+            heapq.heappush(self._heap, (due, seq, key))
             if self._heap[0][1] == seq:
                 self._cond.notify()
+
+    def schedule_many(self, timers: Iterable[tuple[str, str, float]]) -> None:
+        """``schedule`` each (run id, name, due) at once: recovery arms thousands."""
+        with self._cond:
+            for run_id, name, due in timers:
+                seq = next(self._seq)
+                key = (run_id, name)
+                self._current[key] = seq
+                self._heap.append((due, seq, key))
+            heapq.heapify(self._heap)
+            self._cond.notify()
 
     def cancel(self, run_id: str, name: str) -> None:
         with self._cond:
@@ -64,14 +78,15 @@ class TimerQueue:
                     if not self._heap:
                         self._cond.wait()
                         continue
-                    due, seq, run_id, name = self._heap[0]
-                    if self._current.get((run_id, name)) != seq:
+                    due, seq, key = self._heap[0]
+                    if self._current.get(key) != seq:
                         heapq.heappop(self._heap)  # replaced or cancelled
                         continue
                     delay = due - time.time()
                     if delay <= 0:
                         heapq.heappop(self._heap)
-                        del self._current[(run_id, name)]
+                        del self._current[key]
+                        run_id, name = key
                         break
                     self._cond.wait(timeout=delay)
                 else:

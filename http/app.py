@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 
@@ -108,7 +109,16 @@ def build_app(settings: Settings, data_dir: DataDir, public_url: str, *, autosta
 
 
 async def start_engine(app: web.Application) -> None:
-    report = await asyncio.to_thread(app[RUNTIME].start)
+    # Recovery builds one long-lived summary per run: collecting while they are
+    # made only rescans them (a third of the time to ready with 10,000 runs).
+    # Once ready, the modules and the recovered index move to the permanent
+    # generation, where later collections no longer walk them.
+    gc.disable()
+    try:
+        report = await asyncio.to_thread(app[RUNTIME].start)
+    finally:
+        gc.freeze()
+        gc.enable()
     log.info("ready: %d runs recovered, %d resumed", report.runs, len(report.resume))
 
 

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import signal
-import socket
-import sys
+import gc
 
-from aiohttp import web
+# Importing the server creates its long-lived objects (modules, classes, tables):
+# collecting while they are made only rescans them, about 5% of a start.
+gc.disable()
 
-from userflow.http import logs
-from userflow.http.app import build_app, start_engine
-from userflow.http.config import Settings, load
-from userflow.storage import DataDir, DataDirBusy
+import asyncio  # noqa: E402
+import logging  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import sys  # noqa: E402
+
+from aiohttp import web  # noqa: E402
+
+from userflow.http import logs  # noqa: E402
+from userflow.http.app import build_app, start_engine  # noqa: E402
+from userflow.http.config import Settings, load  # noqa: E402
+from userflow.storage import DataDir, DataDirBusy  # noqa: E402
+
+gc.enable()
 
 log = logging.getLogger("userflow")
 

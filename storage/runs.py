@@ -22,14 +22,16 @@ Nothing above this module knows that runs are files: it sees :class:`RunStore`
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from typing import Any, NamedTuple, Protocol
 
+import orjson
 from tinydb import TinyDB
 
 from userflow.storage.atomic import AtomicJSONStorage, CorruptFileError, StorageError, read_json, sync_filesystem, write_atomic
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _SUFFIX = ".json"
+_INDEX = "index.snapshot"
 
 
 class StoredRun(NamedTuple):
@@ -63,7 +66,15 @@ class RunStore(Protocol):
 
     def read(self, run_id: str) -> StoredRun | None: ...
 
-    def scan(self) -> Iterator[dict[str, Any]]: ...
+    def scan(self, skip: Container[str] = ()) -> Iterator[dict[str, Any]]: ...
+
+    def save_index(self, lines: Iterable[bytes], fingerprint: str) -> None:
+        """Keep the engine's index until the next start (a cache: losing it costs a scan)."""
+        ...
+
+    def load_index(self, fingerprint: str) -> tuple[set[str], Iterator[memoryview]] | None:
+        """The saved index and the runs it is still right about; consumed."""
+        ...
 
 
 def valid_run_id(run_id: str) -> bool:
@@ -111,6 +122,15 @@ class RunFile:
         storage.write(data)
 
 
+def _lines(data: memoryview, start: int) -> Iterator[memoryview]:
+    """Each line of ``data`` from ``start``, without copying it."""
+    raw: bytes = data.obj  # type: ignore[assignment]
+    while start < len(data):
+        end = raw.index(b"\n", start)
+        yield data[start:end]
+        start = end + 1
+
+
 def _run_of(data: Any, path: str) -> dict[str, Any]:
     try:
         run = data["run"]["1"]
@@ -129,6 +149,7 @@ class FileRunStore:
 
     def __init__(self, data_dir: str, checkpoint_every: float = 1.0) -> None:
         self._dir = os.path.join(data_dir, "runs")
+        self._index = os.path.join(data_dir, _INDEX)
         self._quarantine = os.path.join(data_dir, "quarantine")
         os.makedirs(self._dir, mode=0o700, exist_ok=True)
         self._latest: dict[str, tuple[int, bytes]] = {}  # committed, not yet in the file
@@ -250,18 +271,19 @@ class FileRunStore:
         except (CorruptFileError, OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
             return -1
 
-    def scan(self) -> Iterator[dict[str, Any]]:
-        """Every stored run's snapshot. A torn or foreign file is quarantined, not fatal."""
+    def scan(self, skip: Container[str] = ()) -> Iterator[dict[str, Any]]:
+        """Every stored run's snapshot but those in ``skip``. A torn or foreign file is
+        quarantined, not fatal."""
         with os.scandir(self._dir) as entries:
             names = [entry.name for entry in entries]
         for name in names:
-            path = os.path.join(self._dir, name)
             if name.endswith(".tmp"):
                 # A write that never reached its rename: the old file is intact.
-                os.unlink(path)
+                os.unlink(os.path.join(self._dir, name))
                 continue
-            if not name.endswith(_SUFFIX):
+            if not name.endswith(_SUFFIX) or name[: -len(_SUFFIX)] in skip:
                 continue
+            path = os.path.join(self._dir, name)
             try:
                 run = _run_of(read_json(path), path)
                 if run["id"] + _SUFFIX != name:
@@ -273,6 +295,56 @@ class FileRunStore:
                 log.error("cannot read %s, skipped: %s", path, exc)
                 continue
             yield run
+
+    # -- the index saved at a clean stop ------------------------------------------
+
+    def _stamps(self) -> dict[str, list[int]]:
+        """Each run file's inode, size and modification time: every write by this
+        store renames a new inode into place, so a changed file never keeps its stamp."""
+        stamps = {}
+        cut = -len(_SUFFIX)
+        with os.scandir(self._dir) as entries:
+            for entry in entries:
+                name = entry.name
+                if name.endswith(_SUFFIX):
+                    try:
+                        stat = entry.stat()
+                    except FileNotFoundError:
+                        continue
+                    stamps[name[:cut]] = [stat.st_ino, stat.st_size, stat.st_mtime_ns]
+        return stamps
+
+    def save_index(self, lines: Iterable[bytes], fingerprint: str) -> None:
+        """Keep ``lines`` (one JSON value each) with every run file's stamp, for the next
+        start; call it once no run can change."""
+        body = list(lines)
+        header = {"fingerprint": fingerprint, "lines": len(body), "stamps": self._stamps()}
+        write_atomic(self._index, b"\n".join([orjson.dumps(header), *body, b""]), fault_point=False)
+
+    def load_index(self, fingerprint: str) -> tuple[set[str], Iterator[memoryview]] | None:
+        """The lines saved at the last clean stop by the same code, and the runs whose
+        file still has the stamp it had then (their lines may be used as they are).
+        The saved index is removed: the start after a crash scans every file."""
+        try:
+            with open(self._index, "rb") as handle:
+                raw = handle.read()
+            os.unlink(self._index)
+        except FileNotFoundError:
+            return None
+        try:
+            end = raw.index(b"\n")
+            header = orjson.loads(raw[:end])
+            if header["fingerprint"] != fingerprint:
+                log.info("saved index is from other code; scanning every run file")
+                return None
+            if raw.count(b"\n") != header["lines"] + 1:
+                raise ValueError("incomplete")
+            stamps = self._stamps()
+            unchanged = {run_id for run_id, stamp in header["stamps"].items() if stamps.get(run_id) == stamp}
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            log.warning("saved index unreadable (%s); scanning every run file", exc)
+            return None
+        return unchanged, _lines(memoryview(raw), end + 1)
 
     def _move_aside(self, path: str, reason: Exception) -> None:
         os.makedirs(self._quarantine, mode=0o700, exist_ok=True)

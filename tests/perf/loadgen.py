@@ -157,11 +157,19 @@ async def open_loop(load: Load, rate: float, duration: float, timeout: float) ->
     return time.perf_counter() - started
 
 
+def server_env() -> dict[str, str]:
+    """Compiled bytecode, kept outside the repository, as an installed wheel has it;
+    without it every start compiles the package again."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = os.path.join(tempfile.gettempdir(), "userflow-bench-pycache")
+    return env
+
+
 def start_server(data_dir: str, extra: list[str]) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "userflow.http.cli", "serve", "--port", "0", "--data-dir", data_dir,
          "--email-failure-rate", "0", "--signup-rate-limit", "0", "--verify-rate-limit", "0", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=server_env(),
     )  # fmt: skip
     assert proc.stdout is not None
     for line in proc.stdout:

@@ -1,0 +1,176 @@
+"""The index saved at a clean stop: a start from it must equal a start that reads every file."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.helpers import Runtimes, wait_for_status
+from userflow.actors import recovery
+from userflow.actors.retry import RetryPolicy
+from userflow.actors.runtime import Runtime
+from userflow.actors.workflow import Deadline, Step, StepContext, Wait, Workflow
+from userflow.storage import FileRunStore
+
+
+def prepare(ctx: StepContext) -> dict[str, Any]:
+    ctx.state["tag"] = f"tag-{ctx.input['email']}"
+    return {"prepared": True}
+
+
+def flaky(ctx: StepContext) -> dict[str, Any]:
+    raise RuntimeError("dependency down")
+
+
+WORKFLOWS = [
+    Workflow(
+        "approve",
+        (
+            Step("prepare", "Prepare", prepare),
+            Wait("approval", "Approval", "approved", deadlines=(Deadline("expiry", lambda services: 3600, outcome="expired"),)),
+            Step("after", "After", lambda ctx: {"done": True}),
+        ),
+        keys=lambda run: {"email": [run["input"]["email"]], "tag": [run["state"].get("tag", "")]},
+        summary=lambda run: {"email": run["input"]["email"], "tag": run["state"].get("tag")},
+    ),
+    Workflow(
+        "backoff",
+        (Step("call", "Call", flaky, RetryPolicy(max_attempts=5, initial_backoff=600, jitter=0)),),
+        keys=lambda run: {"email": [run["input"]["email"]]},
+    ),
+]
+
+
+@pytest.fixture
+async def engine(tmp_path):
+    runtimes = Runtimes(str(tmp_path / "data"))
+    yield runtimes
+    await runtimes.close()
+
+
+async def populated(engine: Runtimes) -> tuple[Runtime, list[str]]:
+    """Three runs waiting (each with an expiry timer), one completed, one backing off."""
+    runtime = await engine(WORKFLOWS)
+    ids = [(await runtime.start_run("approve", {"email": f"w{n}@example.com"})).run_id for n in range(4)]
+    ids.append((await runtime.start_run("backoff", {"email": "b@example.com"})).run_id)
+    for run_id in ids[:4]:
+        await wait_for_status(runtime, run_id, "WAITING")
+    await runtime.signal(ids[3], "approved", {})
+    await wait_for_status(runtime, ids[3], "COMPLETED")
+    for _ in range(500):  # until the backoff's retry timer is committed
+        if runtime.index.timers(ids[4]):
+            break
+        await asyncio.sleep(0.01)
+    assert runtime.index.timers(ids[4])
+    return runtime, ids
+
+
+def state_of(runtime: Runtime, ids: list[str]) -> dict[str, Any]:
+    """Everything a start rebuilds: summaries, lookups, timers (indexed and armed), order, counts."""
+    index = runtime.index
+    return {
+        "summaries": {run_id: index.get(run_id) for run_id in ids},
+        "emails": {f"w{n}@example.com": index.lookup("email", f"w{n}@example.com") for n in range(4)},
+        "tags": {f"tag-w{n}@example.com": index.lookup("tag", f"tag-w{n}@example.com") for n in range(4)},
+        "backoff": index.lookup("email", "b@example.com"),
+        "timers": {run_id: index.timers(run_id) for run_id in ids},
+        "armed": len(runtime.timers),
+        "order": [summary["id"] for summary in index.newest()],
+        "counts": index.counts(),
+    }
+
+
+async def test_a_start_after_a_clean_stop_rebuilds_what_a_full_scan_rebuilds(engine, tmp_path) -> None:
+    first, ids = await populated(engine)
+    before = state_of(first, ids)
+    await asyncio.to_thread(first.stop)
+    saved = tmp_path / "data" / "index.snapshot"
+    assert saved.exists()
+    shutil.copytree(tmp_path / "data", tmp_path / "scan")
+    (tmp_path / "scan" / "index.snapshot").unlink()
+
+    restored = await engine(WORKFLOWS)
+    scanned = await engine(WORKFLOWS, path=str(tmp_path / "scan"))
+    assert restored.report.from_index == 5 and restored.report.runs == 5
+    assert scanned.report.from_index == 0 and scanned.report.runs == 5
+    assert not saved.exists()  # consumed: a crash from here on means a full scan next time
+    assert state_of(restored, ids) == state_of(scanned, ids) == before
+    assert restored.report.waiting == scanned.report.waiting == 3
+    assert restored.report.timers == scanned.report.timers == 4
+
+    # The restored runs work: a signal finds its run, a duplicate key is still known.
+    await restored.signal(ids[0], "approved", {})
+    assert (await wait_for_status(restored, ids[0], "COMPLETED"))["tag"] == "tag-w0@example.com"
+
+
+async def test_runs_changed_added_or_removed_after_the_stop_come_from_their_files(engine, tmp_path) -> None:
+    first, ids = await populated(engine)
+    await asyncio.to_thread(first.stop)
+    data = tmp_path / "data"
+
+    store = FileRunStore(str(data))  # an operator's tool writing while the server is down
+    changed = store.read(ids[1])
+    changed.run["input"]["email"] = "changed@example.com"
+    changed.run["version"] += 1
+    store.open(ids[1]).commit(changed.run, [])
+    added = store.read(ids[2])
+    added.run["id"] = "wf_added"
+    store.open("wf_added").commit(added.run, [])
+    store.close()
+    (data / "runs" / f"{ids[0]}.json").unlink()
+
+    second = await engine(WORKFLOWS)
+    assert second.report.from_index == 3  # ids 2, 3, 4: untouched
+    assert second.report.runs == 5
+    assert second.index.get(ids[0]) is None
+    assert second.index.lookup("email", "w0@example.com") is None
+    assert second.index.get(ids[1])["email"] == "changed@example.com"
+    assert second.index.lookup("email", "changed@example.com") == ids[1]
+    assert second.index.get("wf_added")["status"] == "WAITING"
+    assert second.index.timers("wf_added") == second.index.timers(ids[2])
+
+
+@pytest.mark.parametrize("damage", ["other code", "truncated", "garbage", "a bad line"])
+async def test_a_saved_index_from_other_code_or_damaged_is_not_used(engine, tmp_path, monkeypatch, damage) -> None:
+    first, ids = await populated(engine)
+    before = state_of(first, ids)
+    await asyncio.to_thread(first.stop)
+    saved = tmp_path / "data" / "index.snapshot"
+    raw = saved.read_bytes()
+    if damage == "other code":
+        monkeypatch.setattr(recovery, "code_fingerprint", lambda: "another version")
+    elif damage == "truncated":
+        saved.write_bytes(raw[: len(raw) // 2])
+    elif damage == "garbage":
+        saved.write_bytes(b"\x00not json\n" * 10)
+    else:
+        lines = raw.split(b"\n")
+        lines[2] = b'["wf_x", 12, '  # one run's line cut short: that run is read from its file
+        saved.write_bytes(b"\n".join(lines))
+
+    second = await engine(WORKFLOWS)
+    assert second.report.runs == 5
+    assert second.report.from_index == (4 if damage == "a bad line" else 0)
+    assert state_of(second, ids) == before
+    assert not saved.exists()
+
+
+def test_a_run_store_writes_and_consumes_its_saved_index(tmp_path) -> None:
+    store = FileRunStore(str(tmp_path))
+    for n in range(3):
+        store.open(f"run_{n}").commit({"id": f"run_{n}", "workflow": "demo", "status": "WAITING", "version": 1}, [])
+    store.close()
+    store.save_index([orjson.dumps(["line", n]) for n in range(3)], "code-1")
+    assert (tmp_path / "index.snapshot").stat().st_mode & 0o777 == 0o600
+
+    store = FileRunStore(str(tmp_path))
+    store.open("run_1").commit({"id": "run_1", "workflow": "demo", "status": "RUNNING", "version": 2}, [])
+    store.close()
+    unchanged, lines = store.load_index("code-1")
+    assert unchanged == {"run_0", "run_2"}
+    assert [orjson.loads(line) for line in lines] == [["line", 0], ["line", 1], ["line", 2]]
+    assert store.load_index("code-1") is None  # consumed
