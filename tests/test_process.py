@@ -8,6 +8,7 @@ from datetime import datetime
 
 import pytest
 
+from tests.helpers import wait_until
 from tests.server import Server
 
 pytestmark = pytest.mark.timeout(180)
@@ -135,3 +136,31 @@ def test_sigterm_stops_cleanly_and_the_run_resumes(servers, tmp_path):
     again = servers(tmp_path, "--email-failure-rate", "0")
     again.wait_for(f"/api/workflows/{run['workflowId']}", lambda d: d["status"] == "WAITING")
     assert len(outbox_by_run(again)[run["workflowId"]]) == 1
+
+
+def test_restarts_from_the_saved_index_and_a_kill_after_one_loses_nothing(servers, tmp_path):
+    first = servers(tmp_path, "--email-failure-rate", "0")
+    runs = [first.request("POST", "/api/signup", {"email": f"ix{n}@example.com", "name": "Ix"})[1] for n in range(5)]
+    for run in runs:
+        first.wait_for(f"/api/workflows/{run['workflowId']}", lambda d: d["status"] == "WAITING")
+    links = {run_id: emails[0]["link"] for run_id, emails in outbox_by_run(first).items()}
+    assert first.terminate() == 0
+    assert (tmp_path / "index.snapshot").exists()
+
+    # From the saved index: lookups by token and by email work as before the stop.
+    second = servers(tmp_path, "--email-failure-rate", "0")
+    wait_until(lambda: any("(5 from the saved index)" in line for line in second.stderr))
+    assert not (tmp_path / "index.snapshot").exists()
+    verified = runs[0]["workflowId"]
+    assert second.request("GET", f"/api/verify?token={token_of(links[verified])}")[0] == 200
+    second.wait_for(f"/api/workflows/{verified}", lambda d: d["status"] == "COMPLETED")
+    status, again = second.request("POST", "/api/signup", {"email": "ix1@example.com", "name": "Ix"})
+    assert status == 202 and again["workflowId"] == runs[1]["workflowId"]  # the same PENDING user
+    assert second.kill() == -9
+
+    # After the kill nothing was saved: every file is read, and what was done is there.
+    third = servers(tmp_path, "--email-failure-rate", "0")
+    wait_until(lambda: any("recovered 5 runs" in line and "(0 from the saved index)" in line for line in third.stderr))
+    assert third.get(f"/api/workflows/{verified}")["status"] == "COMPLETED"
+    assert third.get(f"/api/users/{runs[0]['userId']}")["status"] in ("ACTIVE", "FLAGGED")
+    assert {s["status"] for s in (third.get(f"/api/workflows/{r['workflowId']}") for r in runs[1:])} == {"WAITING"}
