@@ -127,25 +127,29 @@ class RunIndex:
             for kind, table in first["keys"].items():
                 mine = self._keys.setdefault(kind, {})
                 mine.update((value, same[run_id]) for value, run_id in table.items() if run_id in same)
-            for line in lines:
-                try:
-                    item = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    continue
-                if not (isinstance(item, list) and len(item) == 3 and isinstance(item[1], dict)):
-                    continue
-                run_id, summary, timers = same.get(item[0]), item[1], item[2]
-                if run_id is None or summary.get("id") != run_id or summary.get("workflow") not in self._workflows:
-                    continue
-                flat = _restored_timers(timers)  # raises on a malformed timer: the caller scans instead
-                if run_id not in self._summaries:
-                    self._order.append(run_id)
-                self._summaries[run_id] = summary
-                if flat:
-                    self._timers[run_id] = flat
-                restored.append(run_id)
-            self._order.sort()
+            try:
+                for line in lines:
+                    try:
+                        run_id, summary, flat = self._restored_run(line, same)
+                    except (ValueError, TypeError, KeyError):  # JSONDecodeError is a ValueError
+                        continue
+                    if run_id not in self._summaries:
+                        self._order.append(run_id)
+                    self._summaries[run_id] = summary
+                    if flat:
+                        self._timers[run_id] = flat
+                    restored.append(run_id)
+            finally:
+                self._order.sort()
         return restored
+
+    def _restored_run(self, line: bytes | memoryview, same: Mapping[str, str]) -> tuple[str, dict[str, Any], tuple[str | float, ...]]:
+        """One exported run line, checked: raises if it is not what ``export`` writes."""
+        exported_id, summary, timers = orjson.loads(line)
+        run_id = same[exported_id]
+        if not isinstance(summary, dict) or summary.get("id") != run_id or summary.get("workflow") not in self._workflows:
+            raise ValueError(f"not an exported run: {exported_id!r}")
+        return run_id, summary, _restored_timers(timers)
 
     def armed(self, run_ids: Iterable[str]) -> Iterator[tuple[str, str, tuple[str | float, ...]]]:
         """Each run's id, status and timers as ``(name, due, name, due, ...)``."""

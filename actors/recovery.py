@@ -25,8 +25,8 @@ import hashlib
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 from collections.abc import Collection
+from dataclasses import dataclass, field
 
 from userflow.actors.run_actor import EngineParts
 from userflow.actors.status import RunStatus
@@ -112,8 +112,8 @@ def _restore_index(parts: EngineParts) -> list[str]:
             return []
         unchanged, lines = saved
         return parts.index.restore(lines, unchanged)
-    except (OSError, ValueError, TypeError) as exc:  # a damaged line: what was restored stays, the rest is scanned
-        log.warning("saved index not fully used: %s", exc)
+    except (OSError, ValueError, TypeError, AttributeError) as exc:  # unreadable keys: nothing was restored
+        log.warning("saved index not used: %s", exc)
         return []
 
 
