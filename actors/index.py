@@ -125,8 +125,15 @@ class RunIndex:
         restored: list[str] = []
         with self._lock:
             for kind, table in first["keys"].items():
-                mine = self._keys.setdefault(kind, {})
-                mine.update((value, same[run_id]) for value, run_id in table.items() if run_id in same)
+                stale = [value for value, run_id in table.items() if run_id not in same]
+                for value in stale:
+                    del table[value]
+                for value, run_id in table.items():
+                    table[value] = same[run_id]
+                if kind in self._keys:
+                    self._keys[kind].update(table)
+                else:
+                    self._keys[kind] = table  # as parsed: a copy would leave the parsed one's memory in holes
             try:
                 for line in lines:
                     try:
