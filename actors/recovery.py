@@ -13,10 +13,11 @@ downtime fires at once. Waiting runs get no actor: they stay on disk until a
 signal or a timer needs them.
 
 Reading every run file is most of a start (10,000 files: about 0.6 s here),
-so a clean stop saves the index (each run's summary, keys and timers) and the
-next start takes from it every run whose file has not changed since, and
-reads only the others. The saved index is a cache: it is consumed at start,
-ignored if the code changed, and without it every file is read.
+so a clean stop saves the index (each run's summary, keys and timers, with
+each run file's stamp) and later starts, after a crash too, take from it
+every run whose file has not changed since, and read only the others. The
+saved index is a cache: it is ignored if the code changed, and without it
+every file is read.
 """
 
 from __future__ import annotations

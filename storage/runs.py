@@ -73,7 +73,7 @@ class RunStore(Protocol):
         ...
 
     def load_index(self, fingerprint: str) -> tuple[set[str], Iterator[memoryview]] | None:
-        """The saved index and the runs it is still right about; consumed."""
+        """The saved index and the runs it is still right about."""
         ...
 
 
@@ -299,8 +299,9 @@ class FileRunStore:
     # -- the index saved at a clean stop ------------------------------------------
 
     def _stamps(self) -> dict[str, list[int]]:
-        """Each run file's inode, size and modification time: every write by this
-        store renames a new inode into place, so a changed file never keeps its stamp."""
+        """Each run file's inode, size, modification and change times. Every write by
+        this store renames a new inode into place (fresh change time, which nothing
+        can set back), so a rewritten file never keeps its stamp."""
         stamps = {}
         cut = -len(_SUFFIX)
         with os.scandir(self._dir) as entries:
@@ -311,7 +312,7 @@ class FileRunStore:
                         stat = entry.stat()
                     except FileNotFoundError:
                         continue
-                    stamps[name[:cut]] = [stat.st_ino, stat.st_size, stat.st_mtime_ns]
+                    stamps[name[:cut]] = [stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
         return stamps
 
     def save_index(self, lines: Iterable[bytes], fingerprint: str) -> None:
@@ -324,11 +325,11 @@ class FileRunStore:
     def load_index(self, fingerprint: str) -> tuple[set[str], Iterator[memoryview]] | None:
         """The lines saved at the last clean stop by the same code, and the runs whose
         file still has the stamp it had then (their lines may be used as they are).
-        The saved index is removed: the start after a crash scans every file."""
+        It stays until the next clean stop replaces it: after a crash, the runs
+        unchanged since that stop still come from it."""
         try:
             with open(self._index, "rb") as handle:
                 raw = handle.read()
-            os.unlink(self._index)
         except FileNotFoundError:
             return None
         try:
@@ -336,6 +337,7 @@ class FileRunStore:
             header = orjson.loads(raw[:end])
             if header["fingerprint"] != fingerprint:
                 log.info("saved index is from other code; scanning every run file")
+                self._drop_index()
                 return None
             if raw.count(b"\n") != header["lines"] + 1:
                 raise ValueError("incomplete")
@@ -343,8 +345,13 @@ class FileRunStore:
             unchanged = {run_id for run_id, stamp in header["stamps"].items() if stamps.get(run_id) == stamp}
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
             log.warning("saved index unreadable (%s); scanning every run file", exc)
+            self._drop_index()
             return None
         return unchanged, _lines(memoryview(raw), end + 1)
+
+    def _drop_index(self) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(self._index)
 
     def _move_aside(self, path: str, reason: Exception) -> None:
         os.makedirs(self._quarantine, mode=0o700, exist_ok=True)

@@ -97,7 +97,7 @@ async def test_a_start_after_a_clean_stop_rebuilds_what_a_full_scan_rebuilds(eng
     scanned = await engine(WORKFLOWS, path=str(tmp_path / "scan"))
     assert restored.report.from_index == 5 and restored.report.runs == 5
     assert scanned.report.from_index == 0 and scanned.report.runs == 5
-    assert not saved.exists()  # consumed: a crash from here on means a full scan next time
+    assert saved.exists()  # kept: after a crash, the runs unchanged since still come from it
     assert state_of(restored, ids) == state_of(scanned, ids) == before
     assert restored.report.waiting == scanned.report.waiting == 3
     assert restored.report.timers == scanned.report.timers == 4
@@ -156,10 +156,10 @@ async def test_a_saved_index_from_other_code_or_damaged_is_not_used(engine, tmp_
     assert second.report.runs == 5
     assert second.report.from_index == (4 if damage == "a bad line" else 0)
     assert state_of(second, ids) == before
-    assert not saved.exists()
+    assert saved.exists() == (damage == "a bad line")  # unusable as a whole: dropped
 
 
-def test_a_run_store_writes_and_consumes_its_saved_index(tmp_path) -> None:
+def test_a_run_store_keeps_its_saved_index_and_tells_which_runs_changed_since(tmp_path) -> None:
     store = FileRunStore(str(tmp_path))
     for n in range(3):
         store.open(f"run_{n}").commit({"id": f"run_{n}", "workflow": "demo", "status": "WAITING", "version": 1}, [])
@@ -173,4 +173,10 @@ def test_a_run_store_writes_and_consumes_its_saved_index(tmp_path) -> None:
     unchanged, lines = store.load_index("code-1")
     assert unchanged == {"run_0", "run_2"}
     assert [orjson.loads(line) for line in lines] == [["line", 0], ["line", 1], ["line", 2]]
-    assert store.load_index("code-1") is None  # consumed
+    assert store.load_index("code-1")[0] == {"run_0", "run_2"}  # kept for the start after a crash
+
+    edited = tmp_path / "runs" / "run_2.json"
+    edited.write_bytes(edited.read_bytes() + b" ")  # by hand, in place: same inode
+    assert store.load_index("code-1")[0] == {"run_0"}
+    assert store.load_index("code-2") is None  # other code: dropped
+    assert not (tmp_path / "index.snapshot").exists()

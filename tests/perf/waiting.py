@@ -7,13 +7,15 @@ It signs up one real user on a real server, takes that run's file (a signup
 waiting for its click) as a template, writes N copies with their own ids,
 user, address and token hash, then starts the server on them and reports
 the time until ``/readyz`` answers 200 and the server's RSS once ready: for
-a start after a crash (every run file is read) and for one after a clean
-stop (the index saved at the stop is used for every unchanged run).
+a start with no saved index (every run file is read), one after a clean
+stop (the index saved at the stop serves every unchanged run) and one after
+a SIGKILL that followed it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -87,24 +89,27 @@ def main() -> None:
     proc, _, _ = serve(empty)
     base_rss = rss_mib(proc.pid)
     stop(proc)
-    # Each round: a start that reads every run file (the data as populated, or
-    # after a SIGKILL), a clean stop (which saves the index), a start from the
-    # saved index, then a SIGKILL so the next round scans again.
-    starts: dict[str, list[float]] = {"afterCrash": [], "afterCleanStop": []}
-    rss: dict[str, list[float]] = {"afterCrash": [], "afterCleanStop": []}
+    # Each round: a start that reads every run file (no saved index), a clean
+    # stop (which saves the index), a start from it, a SIGKILL, and a start
+    # after that crash (the saved index still serves every unchanged run).
+    kinds = ("readingEveryFile", "afterCleanStop", "afterCrash")
+    starts: dict[str, list[float]] = {kind: [] for kind in kinds}
+    rss: dict[str, list[float]] = {kind: [] for kind in kinds}
     counts: dict[str, float] = {}
     for _ in range(args.repeat):
-        for kind in ("afterCrash", "afterCleanStop"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(data_dir, "index.snapshot"))
+        for kind in kinds:
             proc, url, seconds = serve(data_dir)
             starts[kind].append(round(seconds, 2))
             rss[kind].append(rss_mib(proc.pid) or 0.0)
             counts = {line.split("}")[0].split('"')[1]: float(line.split()[-1]) for line in
                       urllib.request.urlopen(url + "/metrics").read().decode().splitlines() if line.startswith("userflow_runs{")}  # fmt: skip
-            if kind == "afterCrash":
-                stop(proc)
-            else:
+            if kind == "afterCleanStop":
                 proc.kill()
                 proc.wait(timeout=60)
+            else:
+                stop(proc)
     print(json.dumps({
         "waitingRuns": args.runs,
         "runsByStatus": counts,
