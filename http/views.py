@@ -21,7 +21,7 @@ def user(summary: dict[str, Any]) -> dict[str, Any]:
     u = summary["user"]
     risk = u.get("risk")
     return {
-        "id": u["id"],
+        "id": summary["userId"],
         "email": u["email"],
         "name": u["name"],
         "status": u["status"],
@@ -35,7 +35,7 @@ def user(summary: dict[str, Any]) -> dict[str, Any]:
             "attempts": risk.get("attempts"),
             "latencyMs": risk.get("latencyMs"),
         },
-        "workflowId": u["workflowId"],
+        "workflowId": summary["id"],
         "createdAt": u["createdAt"],
         "verifiedAt": u["verifiedAt"],
         "finishedAt": u["finishedAt"],

@@ -94,7 +94,7 @@ async def test_signup_goes_to_active(engine, tmp_path) -> None:
         user = summary["user"]
         assert user["status"] == UserStatus.ACTIVE
         assert user["risk"]["decision"] == "ALLOW" and user["risk"]["source"] == "heuristic"
-        assert user["verifiedAt"] and user["finishedAt"] and user["workflowId"] == started.run_id
+        assert user["verifiedAt"] and user["finishedAt"] and summary["id"] == started.run_id
 
         stored = await runtime.read(started.run_id)
         assert [s["status"] for s in stored.run["steps"]] == ["COMPLETED"] * 5
@@ -249,7 +249,7 @@ async def test_repeated_signup_reuses_the_pending_run(engine) -> None:
     again = await runtime.start_run(NAME, signup(2, "kim@example.com", "Other Name"), key("kim@example.com"))
     assert again.run_id == first.run_id and not again.created
     summary = await wait_for_status(runtime, first.run_id, "WAITING")
-    assert summary["user"]["id"] == "usr_1" and summary["user"]["name"] == "Ann Lee"
+    assert summary["userId"] == "usr_1" and summary["user"]["name"] == "Ann Lee"
     assert len(runtime.index) == 1 and len(summary["emails"]) == 1
     assert runtime.index.lookup("user", "usr_2") is None
     stored = await runtime.read(first.run_id)

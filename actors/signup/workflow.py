@@ -243,7 +243,10 @@ def summary(run: Mapping[str, Any]) -> dict[str, Any]:
         for e in run["state"].get("emails", ())
         if e["status"] == "sent"
     ]
-    return {"userId": run["input"]["userId"], "user": user_of(run), "emails": emails, "sendNo": run["state"].get("sendNo", 1)}
+    # The user's id and workflow id are the summary's own: not kept twice (every
+    # run's summary stays in memory, 100,000 waiting runs included).
+    user = {key: value for key, value in user_of(run).items() if key not in ("id", "workflowId")}
+    return {"userId": run["input"]["userId"], "user": user, "emails": emails, "sendNo": run["state"].get("sendNo", 1)}
 
 
 def keys(run: Mapping[str, Any]) -> dict[str, list[str]]:
