@@ -34,7 +34,10 @@ def current_step(run: Mapping[str, Any]) -> str | None:
 
 def _flat(timers: Iterable[tuple[str, float]]) -> tuple[str | float, ...]:
     """``(name, due, name, due, ...)``: the smallest shape for what every waiting run holds."""
-    return tuple(value for name, due in timers for value in (sys.intern(name), float(due)))
+    flat: list[str | float] = []
+    for name, due in timers:  # a loop, not a generator: this runs at every commit
+        flat += (sys.intern(name), float(due))
+    return tuple(flat)
 
 
 def _restored_timers(timers: list[Any]) -> tuple[str | float, ...]:
