@@ -6,8 +6,7 @@ content to a temporary file, fsyncs it, renames it over the old one and fsyncs
 the directory: after a crash the file holds either the old or the new content.
 
 It also opens the file only while reading or writing (no descriptor is held per
-run), and can defer writes so that several table updates become one durable
-write (see :meth:`AtomicJSONStorage.batch`).
+run), and can hand its writes to a sink (the journal) instead of the file.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -117,8 +116,6 @@ class AtomicJSONStorage(Storage):
         self._source = source  # where the first read comes from instead of the file
         self._data: dict[str, dict[str, Any]] | None = None
         self._loaded = False
-        self._deferred = 0
-        self._dirty = False
 
     def read(self) -> dict[str, dict[str, Any]] | None:
         if not self._loaded:
@@ -139,38 +136,11 @@ class AtomicJSONStorage(Storage):
     def write(self, data: dict[str, dict[str, Any]]) -> None:
         self._data = data
         self._loaded = True
-        if self._deferred:
-            self._dirty = True
-            return
         try:
             self._flush()
-        except BaseException:
+        except BaseException:  # not only StorageError: orjson raises TypeError for non-JSON values
             self._loaded = False  # the cache is ahead of the disk: drop it
             raise
-
-    @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
-        """Turn every write inside the block into one durable write at its end.
-
-        If the block raises, nothing is written and the cache is dropped so the
-        next read sees what is really on disk.
-        """
-        self._deferred += 1
-        try:
-            yield
-        except BaseException:
-            self._deferred -= 1
-            self._dirty = False
-            self._loaded = False
-            raise
-        self._deferred -= 1
-        if not self._deferred and self._dirty:
-            self._dirty = False
-            try:
-                self._flush()
-            except BaseException:  # not only StorageError: orjson raises TypeError for non-JSON values
-                self._loaded = False
-                raise
 
     def _flush(self) -> None:
         payload = orjson.dumps(self._data or {})
