@@ -2,9 +2,9 @@
 
 It is the read side of the engine. Run actors update it after every commit;
 HTTP handlers read it directly (under its lock) without a round trip through
-an actor. Recovery rebuilds it from the run files, or from the copy saved at
-the last clean stop (``export``/``restore``) for the runs whose file has not
-changed since.
+an actor. Recovery rebuilds it from the run files, or for the runs whose file
+has not changed since it was saved, from the saved index (``line_for``,
+``restore``; see ``saved_index``).
 """
 
 from __future__ import annotations
@@ -103,20 +103,17 @@ class RunIndex:
                 log.exception("index listener failed")
         return summary
 
-    def export(self) -> Iterator[bytes]:
-        """The index as JSON lines for ``restore``: the key tables, then one line per run."""
-        with self._lock:
-            runs = [(run_id, summary, self._timers.get(run_id, ())) for run_id, summary in self._summaries.items()]
-            keys = {
-                kind: {value: run_id for value, run_id in table.items() if run_id in self._summaries}
-                for kind, table in self._keys.items()
-            }  # not the keys reserved for starts that never committed
-        yield orjson.dumps({"keys": keys})
-        for run in runs:
-            yield orjson.dumps(run)
+    def line_for(self, run: Mapping[str, Any]) -> tuple[bytes, dict[str, list[str]]] | None:
+        """A run as the saved index keeps it: its line for ``restore`` and its keys
+        (which go in the key tables, the first line); None for an unknown workflow."""
+        workflow = self._workflows.get(run.get("workflow", ""))
+        if workflow is None:
+            return None
+        line = orjson.dumps([run["id"], self.summarise(run), _flat(run.get("timers", {}).items())])
+        return line, workflow.keys(run)
 
     def restore(self, lines: Iterable[bytes | memoryview], runs: Iterable[str]) -> list[str]:
-        """Add the exported runs that are in ``runs`` (listeners are not told); return
+        """Add the saved runs that are in ``runs`` (listeners are not told); return
         their ids. A damaged run line is skipped (the caller reads that run from
         storage); damaged keys raise before any run is added. Parsed one line at a
         time: the whole export parsed at once left memory scattered."""
@@ -154,11 +151,11 @@ class RunIndex:
         return restored
 
     def _restored_run(self, line: bytes | memoryview, same: Mapping[str, str]) -> tuple[str, dict[str, Any], tuple[str | float, ...]]:
-        """One exported run line, checked: raises if it is not what ``export`` writes."""
+        """One saved run line, checked: raises if it is not what ``line_for`` writes."""
         exported_id, summary, timers = orjson.loads(line)
         run_id = same[exported_id]
         if not isinstance(summary, dict) or summary.get("id") != run_id or summary.get("workflow") not in self._workflows:
-            raise ValueError(f"not an exported run: {exported_id!r}")
+            raise ValueError(f"not a saved run: {exported_id!r}")
         return run_id, summary, _restored_timers(timers)
 
     def armed(self, run_ids: Iterable[str]) -> Iterator[tuple[str, str, tuple[str | float, ...]]]:

@@ -12,24 +12,19 @@ so a backoff keeps its original deadline, and one that passed during the
 downtime fires at once. Waiting runs get no actor: they stay on disk until a
 signal or a timer needs them.
 
-Reading every run file is most of a start (10,000 files: about 0.6 s here),
-so a clean stop saves the index (each run's summary, keys and timers, with
-each run file's stamp) and later starts, after a crash too, take from it
-every run whose file has not changed since, and read only the others. The
-saved index is a cache: it is ignored if the code changed, and without it
-every file is read.
+Runs whose file has not changed since the index was last saved come from
+the saved index (``saved_index``); only the others are read.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from userflow.actors.run_actor import EngineParts
+from userflow.actors.saved_index import SavedIndex
 from userflow.actors.status import RunStatus
 from userflow.actors.workflow import RETRY_TIMER
 
@@ -55,25 +50,10 @@ class RecoveryReport:
             self.resume.append(run_id)
 
 
-def code_fingerprint() -> str:
-    """A digest of the engine's and the workflows' source: summaries saved by other
-    code may have another shape, so the saved index is only used by the same code."""
-    digest = hashlib.sha256()
-    root = os.path.dirname(os.path.abspath(__file__))
-    for folder, dirs, files in sorted(os.walk(root)):
-        dirs.sort()
-        for name in sorted(files):
-            if name.endswith(".py"):
-                digest.update(name.encode())
-                with open(os.path.join(folder, name), "rb") as handle:
-                    digest.update(handle.read())
-    return digest.hexdigest()
-
-
 def recover(parts: EngineParts) -> RecoveryReport:
     started = time.perf_counter()
     report = RecoveryReport()
-    restored = _restore_index(parts)
+    restored = SavedIndex(parts).restore()
     armed = []
     for run_id, status, flat in parts.index.armed(restored):
         report.add(run_id, status, flat[::2])
@@ -101,29 +81,3 @@ def recover(parts: EngineParts) -> RecoveryReport:
         report.waiting,
     )
     return report
-
-
-def _restore_index(parts: EngineParts) -> list[str]:
-    load = getattr(parts.store, "load_index", None)
-    if load is None:
-        return []
-    try:
-        saved = load(code_fingerprint())
-        if saved is None:
-            return []
-        unchanged, lines = saved
-        return parts.index.restore(lines, unchanged)
-    except (OSError, ValueError, TypeError, AttributeError) as exc:  # unreadable keys: nothing was restored
-        log.warning("saved index not used: %s", exc)
-        return []
-
-
-def save_index(parts: EngineParts) -> None:
-    """At a clean stop, once no run can change: keep the index for the next start."""
-    save = getattr(parts.store, "save_index", None)
-    if save is None:
-        return
-    try:
-        save(parts.index.export(), code_fingerprint())
-    except OSError as exc:
-        log.warning("index not saved, the next start reads every run file: %s", exc)

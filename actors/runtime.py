@@ -17,8 +17,9 @@ import pykka
 
 from userflow.actors.index import RunIndex
 from userflow.actors.messages import Command, Deliver, Delivered, Recover, Shutdown, StartResult, StartRun, TimerFired
-from userflow.actors.recovery import RecoveryReport, save_index
+from userflow.actors.recovery import RecoveryReport
 from userflow.actors.run_actor import EngineParts, RunActor
+from userflow.actors.saved_index import SavedIndex
 from userflow.actors.supervisor import Supervisor
 from userflow.actors.timers import TimerQueue
 from userflow.actors.workflow import Workflow
@@ -37,6 +38,7 @@ class Runtime:
         max_live: int = DEFAULT_MAX_LIVE,
         loop: asyncio.AbstractEventLoop | None = None,
         request_timeout: float = 30.0,
+        index_every: float = 30.0,
     ) -> None:
         if not isinstance(workflows, Mapping):
             workflows = {workflow.name: workflow for workflow in workflows}
@@ -44,6 +46,7 @@ class Runtime:
         self.timers = TimerQueue(self._timer_fired)
         self.parts = EngineParts(store, self.index, self.timers, workflows, services, loop)
         self.request_timeout = request_timeout
+        self._index_every = index_every
         self._max_live = max_live
         self._supervisor: pykka.ActorRef[Supervisor] | None = None
         self.ready = False
@@ -53,6 +56,7 @@ class Runtime:
     def start(self) -> RecoveryReport:
         """Start the supervisor and timers, recover stored runs, and become ready."""
         self.timers.start()
+        SavedIndex(self.parts, self._index_every).attach()
         self._supervisor = Supervisor.start(self.parts, self._max_live)
         reply: Future[RecoveryReport] = Future()
         self._supervisor.tell(Recover(reply))
@@ -73,8 +77,7 @@ class Runtime:
         self._supervisor = None
         close = getattr(self.parts.store, "close", None)
         if close is not None:
-            close()  # a last checkpoint: the next start has no journal to replay
-        save_index(self.parts)  # and reads no run file that has not changed since
+            close()  # a last checkpoint (the next start has no journal to replay), then the index saved
 
     def _timer_fired(self, run_id: str, name: str, due: float) -> None:
         if self._supervisor is not None:

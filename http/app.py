@@ -85,6 +85,7 @@ def build_app(settings: Settings, data_dir: DataDir, public_url: str, *, autosta
             [SIGNUP],
             app[SERVICES],
             max_live=settings.max_live_actors,
+            index_every=settings.index_save_every,
             loop=asyncio.get_running_loop(),
         )
         app[RUNTIME] = runtime

@@ -20,6 +20,7 @@ class Settings:
     verify_ttl: float = 86400.0
     reminder_after: float = 3600.0
     max_live_actors: int = 256
+    index_save_every: float = 30.0
     log_level: str = "INFO"
     signup_rate: str = "20/60"  # per client address; "0" turns it off
     verify_rate: str = "60/60"
@@ -123,8 +124,9 @@ def parser() -> argparse.ArgumentParser:
     option("--reminder-after", "USERFLOW_REMINDER_AFTER", _seconds, d.reminder_after, "seconds before one reminder email, 0 = never")
     option("--signup-rate-limit", "USERFLOW_SIGNUP_RATE_LIMIT", _rate, d.signup_rate, "signups per client address, N/SECONDS, 0 = off")
     option("--verify-rate-limit", "USERFLOW_VERIFY_RATE_LIMIT", _rate, d.verify_rate, "verifications per client address, N/SECONDS, 0 = off")
-    option("--log-level", "USERFLOW_LOG_LEVEL", _level, d.log_level, "DEBUG, INFO (one line per timeline entry), WARNING or ERROR")
+    option("--log-level", "USERFLOW_LOG_LEVEL", _level, d.log_level, "DEBUG, INFO, WARNING or ERROR")
     option("--max-live-actors", "USERFLOW_MAX_LIVE_ACTORS", int, d.max_live_actors, "cap on run actors alive at once")
+    option("--index-save-every", "USERFLOW_INDEX_SAVE_EVERY", _seconds, d.index_save_every, "seconds between saves of the index (a start after a crash reads the runs changed since)")
     return main
 
 
@@ -152,6 +154,7 @@ def load(argv: list[str] | None = None) -> tuple[str, Settings]:
         verify_ttl=args.verify_ttl,
         reminder_after=args.reminder_after,
         max_live_actors=max(1, args.max_live_actors),
+        index_save_every=args.index_save_every,
         log_level=args.log_level,
         signup_rate=args.signup_rate_limit,
         verify_rate=args.verify_rate_limit,

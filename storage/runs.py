@@ -28,7 +28,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Container, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from typing import Any, NamedTuple, Protocol
 
 import orjson
@@ -68,13 +68,17 @@ class RunStore(Protocol):
 
     def scan(self, skip: Container[str] = ()) -> Iterator[dict[str, Any]]: ...
 
-    def save_index(self, lines: Iterable[bytes], fingerprint: str) -> None:
-        """Keep the engine's index until the next start (a cache: losing it costs a scan)."""
+    def save_index(self, lines: Iterable[bytes], fingerprint: str, stamps: Mapping[str, list[int]]) -> None:
+        """Keep the engine's index until it is saved again (a cache: losing it costs a scan)."""
         ...
 
-    def load_index(self, fingerprint: str) -> tuple[set[str], Iterator[memoryview]] | None:
-        """The saved index and the runs it is still right about."""
+    def read_index(self, fingerprint: str) -> tuple[dict[str, list[int]], Iterator[memoryview]] | None:
+        """The saved index: each run file's stamp when it was saved, and its lines."""
         ...
+
+    def stamps(self) -> dict[str, list[int]]: ...
+
+    def read_document(self, run_id: str) -> tuple[bytes, list[int]] | None: ...
 
 
 def valid_run_id(run_id: str) -> bool:
@@ -122,6 +126,10 @@ class RunFile:
         storage.write(data)
 
 
+def _stamp(stat: os.stat_result) -> list[int]:
+    return [stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
+
+
 def _lines(data: memoryview, start: int) -> Iterator[memoryview]:
     """Each line of ``data`` from ``start``, without copying it."""
     raw: bytes = data.obj  # type: ignore[assignment]
@@ -155,6 +163,7 @@ class FileRunStore:
         self._latest: dict[str, tuple[int, bytes]] = {}  # committed, not yet in the file
         self._lock = threading.Lock()
         self._checkpointing = threading.Lock()
+        self._after_checkpoint: Callable[[bool], None] | None = None
         self._journal = Journal(os.path.join(data_dir, "journal"), on_durable=self._durable)
         self._replay()
         self._stop = threading.Event()
@@ -206,10 +215,21 @@ class FileRunStore:
                 if version >= latest.get(run_id, (-1, b""))[0]:
                     latest[run_id] = (version, document)
 
-    def checkpoint(self) -> int:
-        """Write changed runs' files, sync once, drop the journal behind them."""
+    def checkpoint(self, final: bool = False) -> int:
+        """Write changed runs' files, sync once, drop the journal behind them; then
+        call the hook set by ``after_checkpoint`` (no file changes meanwhile)."""
         with self._checkpointing:  # two at once could drop a segment the other still needs
-            return self._checkpoint()
+            written = self._checkpoint()
+            if self._after_checkpoint is not None:
+                try:
+                    self._after_checkpoint(final)
+                except Exception:  # the hook keeps a cache: the checkpoint itself stands
+                    log.exception("after-checkpoint hook failed")
+            return written
+
+    def after_checkpoint(self, hook: Callable[[bool], None]) -> None:
+        """Call ``hook(final)`` after every checkpoint; ``final`` for the one at close."""
+        self._after_checkpoint = hook
 
     def _checkpoint(self) -> int:
         closed = self._journal.rotate()
@@ -236,7 +256,7 @@ class FileRunStore:
         self._stop.set()
         self._checkpointer.join(timeout=10)
         try:
-            self.checkpoint()
+            self.checkpoint(final=True)
         except OSError as exc:
             log.error("final checkpoint failed; the journal will be replayed at start: %s", exc)
         self._journal.close()
@@ -296,9 +316,9 @@ class FileRunStore:
                 continue
             yield run
 
-    # -- the index saved at a clean stop ------------------------------------------
+    # -- the saved index --------------------------------------------------------------
 
-    def _stamps(self) -> dict[str, list[int]]:
+    def stamps(self) -> dict[str, list[int]]:
         """Each run file's inode, size, modification and change times. Every write by
         this store renames a new inode into place (fresh change time, which nothing
         can set back), so a rewritten file never keeps its stamp."""
@@ -312,21 +332,27 @@ class FileRunStore:
                         stat = entry.stat()
                     except FileNotFoundError:
                         continue
-                    stamps[name[:cut]] = [stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
+                    stamps[name[:cut]] = _stamp(stat)
         return stamps
 
-    def save_index(self, lines: Iterable[bytes], fingerprint: str) -> None:
-        """Keep ``lines`` (one JSON value each) with every run file's stamp, for the next
-        start; call it once no run can change."""
+    def read_document(self, run_id: str) -> tuple[bytes, list[int]] | None:
+        """A run file's content and the stamp of that very file (one open)."""
+        try:
+            with open(self._path(run_id), "rb") as handle:
+                return handle.read(), _stamp(os.fstat(handle.fileno()))
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def save_index(self, lines: Iterable[bytes], fingerprint: str, stamps: Mapping[str, list[int]]) -> None:
+        """Keep ``lines`` (one JSON value each) with the stamps of the run files they
+        were made from; call it with no checkpoint running (``after_checkpoint``)."""
         body = list(lines)
-        header = {"fingerprint": fingerprint, "lines": len(body), "stamps": self._stamps()}
+        header = {"fingerprint": fingerprint, "lines": len(body), "stamps": stamps}
         write_atomic(self._index, b"\n".join([orjson.dumps(header), *body, b""]), fault_point=False)
 
-    def load_index(self, fingerprint: str) -> tuple[set[str], Iterator[memoryview]] | None:
-        """The lines saved at the last clean stop by the same code, and the runs whose
-        file still has the stamp it had then (their lines may be used as they are).
-        It stays until the next clean stop replaces it: after a crash, the runs
-        unchanged since that stop still come from it."""
+    def read_index(self, fingerprint: str) -> tuple[dict[str, list[int]], Iterator[memoryview]] | None:
+        """The saved stamps and lines, if saved by the same code and whole; an index
+        that is not is removed."""
         try:
             with open(self._index, "rb") as handle:
                 raw = handle.read()
@@ -339,15 +365,13 @@ class FileRunStore:
                 log.info("saved index is from other code; scanning every run file")
                 self._drop_index()
                 return None
-            if raw.count(b"\n") != header["lines"] + 1:
+            if raw.count(b"\n") != header["lines"] + 1 or not isinstance(header["stamps"], dict):
                 raise ValueError("incomplete")
-            stamps = self._stamps()
-            unchanged = {run_id for run_id, stamp in header["stamps"].items() if stamps.get(run_id) == stamp}
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
             log.warning("saved index unreadable (%s); scanning every run file", exc)
             self._drop_index()
             return None
-        return unchanged, _lines(memoryview(raw), end + 1)
+        return header["stamps"], _lines(memoryview(raw), end + 1)
 
     def _drop_index(self) -> None:
         with contextlib.suppress(OSError):

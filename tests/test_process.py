@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import collections
+import os
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
+import orjson
 import pytest
 
 from tests.helpers import wait_until
@@ -164,3 +166,34 @@ def test_restarts_from_the_saved_index_and_a_kill_after_one_loses_nothing(server
     assert third.get(f"/api/workflows/{verified}")["status"] == "COMPLETED"
     assert third.get(f"/api/users/{runs[0]['userId']}")["status"] in ("ACTIVE", "FLAGGED")
     assert {s["status"] for s in (third.get(f"/api/workflows/{r['workflowId']}") for r in runs[1:])} == {"WAITING"}
+
+
+def test_the_index_saved_while_running_makes_the_start_after_a_kill_read_no_file(servers, tmp_path):
+    server = servers(tmp_path, "--email-failure-rate", "0", "--index-save-every", "0.2")
+    runs = [server.request("POST", "/api/signup", {"email": f"kx{n}@example.com", "name": "Kx"})[1] for n in range(4)]
+    for run in runs:
+        server.wait_for(f"/api/workflows/{run['workflowId']}", lambda d: d["status"] == "WAITING")
+    done = runs[0]["workflowId"]
+    link = outbox_by_run(server)[done][0]["link"]
+    assert server.request("GET", f"/api/verify?token={token_of(link)}")[0] == 200
+    server.wait_for(f"/api/workflows/{done}", lambda d: d["status"] == "COMPLETED")
+
+    def saved_covers_every_file() -> bool:
+        try:
+            header = orjson.loads((tmp_path / "index.snapshot").read_bytes().split(b"\n", 1)[0])
+        except (FileNotFoundError, orjson.JSONDecodeError):
+            return False
+        files = {p.stem: os.stat(p) for p in (tmp_path / "runs").glob("*.json")}
+        current = {r: [s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns] for r, s in files.items()}
+        return len(current) == 4 and header["stamps"] == current
+
+    wait_until(saved_covers_every_file, timeout=20)
+    assert server.kill() == -9
+
+    again = servers(tmp_path, "--email-failure-rate", "0")
+    wait_until(lambda: any("recovered 4 runs" in line and "(4 from the saved index)" in line for line in again.stderr))
+    assert again.get(f"/api/workflows/{done}")["status"] == "COMPLETED"
+    assert again.get(f"/api/users/{runs[0]['userId']}")["status"] in ("ACTIVE", "FLAGGED")
+    link = outbox_by_run(again)[runs[1]["workflowId"]][0]["link"]
+    assert again.request("GET", f"/api/verify?token={token_of(link)}")[0] == 200  # lookups from the saved index
+    again.wait_for(f"/api/workflows/{runs[1]['workflowId']}", lambda d: d["status"] == "COMPLETED")

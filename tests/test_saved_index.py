@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from tests.helpers import Runtimes, wait_for_status
-from userflow.actors import recovery
+from userflow.actors import saved_index
 from userflow.actors.retry import RetryPolicy
 from userflow.actors.runtime import Runtime
 from userflow.actors.workflow import Deadline, Step, StepContext, Wait, Workflow
@@ -142,7 +142,7 @@ async def test_a_saved_index_from_other_code_or_damaged_is_not_used(engine, tmp_
     saved = tmp_path / "data" / "index.snapshot"
     raw = saved.read_bytes()
     if damage == "other code":
-        monkeypatch.setattr(recovery, "code_fingerprint", lambda: "another version")
+        monkeypatch.setattr(saved_index, "code_fingerprint", lambda: "another version")
     elif damage == "truncated":
         saved.write_bytes(raw[: len(raw) // 2])
     elif damage == "garbage":
@@ -159,24 +159,44 @@ async def test_a_saved_index_from_other_code_or_damaged_is_not_used(engine, tmp_
     assert saved.exists() == (damage == "a bad line")  # unusable as a whole: dropped
 
 
-def test_a_run_store_keeps_its_saved_index_and_tells_which_runs_changed_since(tmp_path) -> None:
+def test_a_run_store_keeps_its_saved_index_with_the_stamps_given(tmp_path) -> None:
     store = FileRunStore(str(tmp_path))
     for n in range(3):
         store.open(f"run_{n}").commit({"id": f"run_{n}", "workflow": "demo", "status": "WAITING", "version": 1}, [])
     store.close()
-    store.save_index([orjson.dumps(["line", n]) for n in range(3)], "code-1")
+    stamps = store.stamps()
+    assert sorted(stamps) == ["run_0", "run_1", "run_2"]
+    document, stamp = store.read_document("run_1")
+    assert orjson.loads(document)["run"]["1"]["id"] == "run_1" and stamp == stamps["run_1"]
+    store.save_index([orjson.dumps(["line", n]) for n in range(3)], "code-1", stamps)
     assert (tmp_path / "index.snapshot").stat().st_mode & 0o777 == 0o600
 
     store = FileRunStore(str(tmp_path))
     store.open("run_1").commit({"id": "run_1", "workflow": "demo", "status": "RUNNING", "version": 2}, [])
     store.close()
-    unchanged, lines = store.load_index("code-1")
-    assert unchanged == {"run_0", "run_2"}
-    assert [orjson.loads(line) for line in lines] == [["line", 0], ["line", 1], ["line", 2]]
-    assert store.load_index("code-1")[0] == {"run_0", "run_2"}  # kept for the start after a crash
-
     edited = tmp_path / "runs" / "run_2.json"
     edited.write_bytes(edited.read_bytes() + b" ")  # by hand, in place: same inode
-    assert store.load_index("code-1")[0] == {"run_0"}
-    assert store.load_index("code-2") is None  # other code: dropped
+    saved, lines = store.read_index("code-1")
+    assert saved == stamps
+    assert [orjson.loads(line) for line in lines] == [["line", 0], ["line", 1], ["line", 2]]
+    current = store.stamps()
+    assert {run_id for run_id in saved if current[run_id] == saved[run_id]} == {"run_0"}
+    assert store.read_index("code-1") is not None  # kept for the start after a crash
+    assert store.read_index("code-2") is None  # other code: dropped
     assert not (tmp_path / "index.snapshot").exists()
+
+
+async def test_the_index_saved_while_running_serves_the_start_after_a_crash(engine, tmp_path) -> None:
+    first, ids = await populated(engine)
+    await first.signal(ids[0], "approved", {})
+    await wait_for_status(first, ids[0], "COMPLETED")
+    saved = tmp_path / "data" / "index.snapshot"
+    assert not saved.exists()  # not yet: the first save waits for --index-save-every
+    await asyncio.to_thread(first.parts.store.checkpoint, True)  # as the periodic save does
+    before = state_of(first, ids)
+
+    # A crash: the first runtime is simply abandoned; another starts on its files.
+    second = await engine(WORKFLOWS)
+    assert second.report.from_index == 5 and second.report.runs == 5
+    assert state_of(second, ids) == before
+    assert second.index.get(ids[0])["status"] == "COMPLETED"
