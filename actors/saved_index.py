@@ -61,6 +61,7 @@ class SavedIndex:
         self._store: Any = parts.store
         self._every = every
         self._last = time.monotonic()
+        self._dirty = True  # files may differ from the last save until one is made here
         self.fingerprint = code_fingerprint()
 
     def usable(self) -> bool:
@@ -92,10 +93,11 @@ class SavedIndex:
         if hook is not None and self.usable():
             hook(self.refresh)
 
-    def refresh(self, final: bool = False) -> None:
+    def refresh(self, final: bool = False, written: int = 0) -> None:
         """(Under the store's checkpoint lock.) Describe again the runs whose file changed."""
+        self._dirty = self._dirty or written > 0
         now = time.monotonic()
-        if not final and now - self._last < self._every:
+        if not self._dirty or (not final and now - self._last < self._every):
             return
         self._last = now
         started = time.perf_counter()
@@ -103,6 +105,7 @@ class SavedIndex:
         current = store.stamps()
         saved = store.read_index(self.fingerprint)
         if saved is not None and saved[0] == current:
+            self._dirty = False
             return  # nothing changed since the last save
         saved_stamps, keys, lines = self._parse(saved)
         kept = {run_id: stamp for run_id, stamp in saved_stamps.items() if current.get(run_id) == stamp and run_id in lines}
@@ -128,6 +131,7 @@ class SavedIndex:
         except OSError as exc:
             log.warning("index not saved (%s); the next start reads the runs changed since the last save", exc)
             return
+        self._dirty = False
         log.debug("index saved: %d runs, %d described again, in %.2f s", len(stamps), described, time.perf_counter() - started)
 
     def _parse(

@@ -163,7 +163,7 @@ class FileRunStore:
         self._latest: dict[str, tuple[int, bytes]] = {}  # committed, not yet in the file
         self._lock = threading.Lock()
         self._checkpointing = threading.Lock()
-        self._after_checkpoint: Callable[[bool], None] | None = None
+        self._after_checkpoint: Callable[[bool, int], None] | None = None
         self._journal = Journal(os.path.join(data_dir, "journal"), on_durable=self._durable)
         self._replay()
         self._stop = threading.Event()
@@ -222,13 +222,14 @@ class FileRunStore:
             written = self._checkpoint()
             if self._after_checkpoint is not None:
                 try:
-                    self._after_checkpoint(final)
+                    self._after_checkpoint(final, written)
                 except Exception:  # the hook keeps a cache: the checkpoint itself stands
                     log.exception("after-checkpoint hook failed")
             return written
 
-    def after_checkpoint(self, hook: Callable[[bool], None]) -> None:
-        """Call ``hook(final)`` after every checkpoint; ``final`` for the one at close."""
+    def after_checkpoint(self, hook: Callable[[bool, int], None]) -> None:
+        """Call ``hook(final, written)`` after every checkpoint: ``final`` for the one at
+        close, ``written`` the number of run files it wrote."""
         self._after_checkpoint = hook
 
     def _checkpoint(self) -> int:
