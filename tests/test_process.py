@@ -150,7 +150,7 @@ def test_restarts_from_the_saved_index_and_a_kill_after_one_loses_nothing(server
     assert (tmp_path / "index.snapshot").exists()
 
     # From the saved index: lookups by token and by email work as before the stop.
-    second = servers(tmp_path, "--email-failure-rate", "0")
+    second = servers(tmp_path, "--email-failure-rate", "0", "--index-save-every", "3600")
     wait_until(lambda: any("(5 from the saved index)" in line for line in second.stderr))
     verified = runs[0]["workflowId"]
     assert second.request("GET", f"/api/verify?token={token_of(links[verified])}")[0] == 200
