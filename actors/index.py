@@ -112,6 +112,24 @@ class RunIndex:
         line = orjson.dumps([run["id"], self.summarise(run), _flat(run.get("timers", {}).items())])
         return line, workflow.keys(run)
 
+    def saved_lines(self, run_ids: list[str]) -> dict[str, tuple[bytes, dict[str, list[str]]]]:
+        """``line_for`` of each indexed run in ``run_ids``, from what the index holds."""
+        wanted = set(run_ids)
+        keys: dict[str, dict[str, list[str]]] = {}
+        lines: dict[str, tuple[bytes, dict[str, list[str]]]] = {}
+        with self._lock:
+            if wanted:
+                for kind, table in self._keys.items():
+                    for value, run_id in table.items():
+                        if run_id in wanted:
+                            keys.setdefault(run_id, {}).setdefault(kind, []).append(value)
+            for run_id in run_ids:
+                summary = self._summaries.get(run_id)
+                if summary is not None:
+                    line = orjson.dumps([run_id, summary, self._timers.get(run_id, ())])
+                    lines[run_id] = (line, keys.get(run_id, {}))
+        return lines
+
     def restore(self, lines: Iterable[bytes | memoryview], runs: Iterable[str]) -> list[str]:
         """Add the saved runs that are in ``runs`` (listeners are not told); return
         their ids. A damaged run line is skipped (the caller reads that run from

@@ -22,7 +22,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import orjson
@@ -62,6 +62,7 @@ class SavedIndex:
         self._every = every
         self._last = time.monotonic()
         self._dirty = True  # files may differ from the last save until one is made here
+        self._written: set[str] = set()  # runs whose file a checkpoint wrote since the last save
         self.fingerprint = code_fingerprint()
 
     def usable(self) -> bool:
@@ -93,9 +94,16 @@ class SavedIndex:
         if hook is not None and self.usable():
             hook(self.refresh)
 
-    def refresh(self, final: bool = False, written: int = 0) -> None:
-        """(Under the store's checkpoint lock.) Describe again the runs whose file changed."""
-        self._dirty = self._dirty or written > 0
+    def refresh(self, final: bool = False, written: Iterable[str] = ()) -> None:
+        """(Under the store's checkpoint lock.) Describe again the runs whose file changed.
+
+        A run whose file a checkpoint wrote since the last save is read from that
+        file: the index may not have its commit yet. Any other changed run (read
+        at the start, or replayed there) is taken from the index, which holds
+        its file's content or a newer commit; a newer one is in the journal and
+        will rewrite the file, so its stamp cannot match a save it was not in."""
+        self._written.update(written)
+        self._dirty = self._dirty or bool(self._written)
         now = time.monotonic()
         if not self._dirty or (not final and now - self._last < self._every):
             return
@@ -106,6 +114,7 @@ class SavedIndex:
         saved = store.read_index(self.fingerprint)
         if saved is not None and saved[0] == current:
             self._dirty = False
+            self._written.clear()
             return  # nothing changed since the last save
         saved_stamps, keys, lines = self._parse(saved)
         kept = {run_id: stamp for run_id, stamp in saved_stamps.items() if current.get(run_id) == stamp and run_id in lines}
@@ -113,10 +122,14 @@ class SavedIndex:
         body: list[bytes | memoryview] = [lines[run_id] for run_id in kept]
         stamps = dict(kept)
         described = 0
+        from_index = self._parts.index.saved_lines(
+            [run_id for run_id in current if run_id not in kept and run_id not in self._written]
+        )
         for run_id in current:
             if run_id in kept:
                 continue
-            found = self._describe(run_id)
+            indexed = from_index.get(run_id)
+            found = (indexed[0], indexed[1], current[run_id]) if indexed is not None else self._describe(run_id)
             if found is None:
                 continue  # unreadable or foreign: the next start reads it, and says why
             line, run_keys, stamps[run_id] = found
@@ -132,6 +145,7 @@ class SavedIndex:
             log.warning("index not saved (%s); the next start reads the runs changed since the last save", exc)
             return
         self._dirty = False
+        self._written.clear()
         log.debug("index saved: %d runs, %d described again, in %.2f s", len(stamps), described, time.perf_counter() - started)
 
     def _parse(

@@ -163,7 +163,7 @@ class FileRunStore:
         self._latest: dict[str, tuple[int, bytes]] = {}  # committed, not yet in the file
         self._lock = threading.Lock()
         self._checkpointing = threading.Lock()
-        self._after_checkpoint: Callable[[bool, int], None] | None = None
+        self._after_checkpoint: Callable[[bool, list[str]], None] | None = None
         self._journal = Journal(os.path.join(data_dir, "journal"), on_durable=self._durable)
         self._replay()
         self._stop = threading.Event()
@@ -225,25 +225,25 @@ class FileRunStore:
                     self._after_checkpoint(final, written)
                 except Exception:  # the hook keeps a cache: the checkpoint itself stands
                     log.exception("after-checkpoint hook failed")
-            return written
+            return len(written)
 
-    def after_checkpoint(self, hook: Callable[[bool, int], None]) -> None:
+    def after_checkpoint(self, hook: Callable[[bool, list[str]], None]) -> None:
         """Call ``hook(final, written)`` after every checkpoint: ``final`` for the one at
-        close, ``written`` the number of run files it wrote."""
+        close, ``written`` the ids of the runs whose file it wrote."""
         self._after_checkpoint = hook
 
-    def _checkpoint(self) -> int:
+    def _checkpoint(self) -> list[str]:
         closed = self._journal.rotate()
         with self._lock:
             changed = dict(self._latest)
         if not changed and not closed:
-            return 0
+            return []
         self._write_back(changed, closed)
         with self._lock:
             for run_id, entry in changed.items():
                 if self._latest.get(run_id) is entry:
                     del self._latest[run_id]
-        return len(changed)
+        return list(changed)
 
     def _checkpoint_loop(self) -> None:
         while not self._stop.wait(self._every):

@@ -200,3 +200,22 @@ async def test_the_index_saved_while_running_serves_the_start_after_a_crash(engi
     assert second.report.from_index == 5 and second.report.runs == 5
     assert state_of(second, ids) == before
     assert second.index.get(ids[0])["status"] == "COMPLETED"
+
+
+async def test_runs_read_at_a_start_are_saved_from_the_index_without_reading_them_again(engine, tmp_path, monkeypatch) -> None:
+    first, ids = await populated(engine)
+    before = state_of(first, ids)
+    await asyncio.to_thread(first.stop)
+    (tmp_path / "data" / "index.snapshot").unlink()
+
+    second = await engine(WORKFLOWS)  # reads every file
+    assert second.report.from_index == 0
+    reads: list[str] = []
+    original = FileRunStore.read_document
+    monkeypatch.setattr(FileRunStore, "read_document", lambda self, run_id: reads.append(run_id) or original(self, run_id))
+    await asyncio.to_thread(second.parts.store.checkpoint, True)
+    assert reads == []  # nothing was written since the start: every line came from the index
+
+    third = await engine(WORKFLOWS)  # as after a crash of the second
+    assert third.report.from_index == 5
+    assert state_of(third, ids) == before
