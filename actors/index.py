@@ -187,7 +187,7 @@ class RunIndex:
         """The run's armed timers as of its last commit."""
         with self._lock:
             flat = self._timers.get(run_id, ())
-        return dict(zip(flat[::2], flat[1::2]))  # type: ignore[arg-type]
+        return dict(zip(flat[::2], flat[1::2], strict=True))  # type: ignore[arg-type]
 
     def forget(self, run_id: str) -> None:
         """Drop a run that never became durable."""
