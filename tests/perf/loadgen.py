@@ -2,6 +2,7 @@
 
     python -m tests.perf.loadgen --runs 2000 --concurrency 64          # closed loop
     python -m tests.perf.loadgen --rate 1000 --duration 5              # open loop
+    python -m tests.perf.loadgen --repeat 3                            # and the medians of 3
 
 By default it starts its own server (outbox mode, no injected failures, no
 rate limits) on a fresh data dir and reports the server's RSS; ``--url``
@@ -22,6 +23,7 @@ import contextlib
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -237,9 +239,30 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=5.0, help="open loop: seconds of arrivals")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds a run may take to complete")
     parser.add_argument("--server-arg", action="append", default=[], help="extra flag for the started server")
+    parser.add_argument("--repeat", type=int, default=1, help="measure N times (a fresh server each) and add the medians")
     return parser.parse_args(argv)
 
 
+def medians(results: list[dict[str, Any]]) -> dict[str, Any]:
+    def median_of(pick: Any) -> float | None:
+        values = [v for v in map(pick, results) if v is not None]
+        return round(statistics.median(values), 2) if values else None
+
+    return {
+        "medianOf": len(results),
+        "completedRunsPerSecond": median_of(lambda r: r["completedRunsPerSecond"]),
+        "acceptedSignupsPerSecond": median_of(lambda r: r["acceptedSignupsPerSecond"]),
+        "signupMs": {q: median_of(lambda r, q=q: r["signupMs"][q]) for q in ("p50", "p99")},
+        "signupToCompletedMs": {q: median_of(lambda r, q=q: r["signupToCompletedMs"][q]) for q in ("p50", "p99")},
+        "errors": sum(sum(r["errors"].values()) for r in results),
+    }
+
+
 if __name__ == "__main__":
-    result = asyncio.run(main(parse()))
-    print(json.dumps(result))
+    arguments = parse()
+    results = []
+    for _ in range(max(1, arguments.repeat)):
+        results.append(asyncio.run(main(arguments)))
+        print(json.dumps(results[-1]), flush=True)
+    if len(results) > 1:
+        print(json.dumps(medians(results)))
