@@ -48,6 +48,11 @@ def _restored_timers(timers: list[Any]) -> tuple[str | float, ...]:
     return tuple(timers)
 
 
+def _saved_line(run_id: str, summary: Mapping[str, Any], timers: tuple[str | float, ...]) -> bytes:
+    """A run's line in the saved index, as ``restore`` reads it back."""
+    return orjson.dumps([run_id, summary, timers])
+
+
 class RunIndex:
     def __init__(self, workflows: Mapping[str, Workflow]) -> None:
         self._workflows = workflows
@@ -109,8 +114,7 @@ class RunIndex:
         workflow = self._workflows.get(run.get("workflow", ""))
         if workflow is None:
             return None
-        line = orjson.dumps([run["id"], self.summarise(run), _flat(run.get("timers", {}).items())])
-        return line, workflow.keys(run)
+        return _saved_line(run["id"], self.summarise(run), _flat(run.get("timers", {}).items())), workflow.keys(run)
 
     def saved_lines(self, run_ids: list[str]) -> dict[str, tuple[bytes, dict[str, list[str]]]]:
         """``line_for`` of each indexed run in ``run_ids``, from what the index holds."""
@@ -126,8 +130,7 @@ class RunIndex:
             for run_id in run_ids:
                 summary = self._summaries.get(run_id)
                 if summary is not None:
-                    line = orjson.dumps([run_id, summary, self._timers.get(run_id, ())])
-                    lines[run_id] = (line, keys.get(run_id, {}))
+                    lines[run_id] = (_saved_line(run_id, summary, self._timers.get(run_id, ())), keys.get(run_id, {}))
         return lines
 
     def restore(self, lines: Iterable[bytes | memoryview], runs: Iterable[str]) -> list[str]:

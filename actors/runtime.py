@@ -19,6 +19,7 @@ from userflow.actors.index import RunIndex
 from userflow.actors.messages import Command, Deliver, Delivered, Recover, Shutdown, StartResult, StartRun, TimerFired
 from userflow.actors.recovery import RecoveryReport
 from userflow.actors.run_actor import EngineParts, RunActor
+from userflow.actors.saved_index import EVERY as INDEX_EVERY
 from userflow.actors.saved_index import SavedIndex
 from userflow.actors.supervisor import Supervisor
 from userflow.actors.timers import TimerQueue
@@ -38,7 +39,7 @@ class Runtime:
         max_live: int = DEFAULT_MAX_LIVE,
         loop: asyncio.AbstractEventLoop | None = None,
         request_timeout: float = 30.0,
-        index_every: float = 30.0,
+        index_every: float = INDEX_EVERY,
     ) -> None:
         if not isinstance(workflows, Mapping):
             workflows = {workflow.name: workflow for workflow in workflows}

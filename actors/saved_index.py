@@ -2,12 +2,12 @@
 
 Reading every run file is most of a start (10,000 files: about 0.8 s here).
 So after a checkpoint, at most every ``every`` seconds and at the final one
-of a clean stop, the saved index is brought up to date from the run files
-themselves: each file whose stamp (inode, size, modification and change
-times) changed since the last save is read and described again (summary,
-lookup keys, timers). This runs under the store's checkpoint lock, so no
-file changes meanwhile and every line matches the file whose stamp it is
-saved with.
+of a clean stop, the saved index is brought up to date: each run whose file's
+stamp (inode, size, modification and change times) changed since the last
+save is described again (summary, lookup keys, timers), from the file itself
+when a checkpoint wrote it since (see ``refresh``). This runs under the
+store's checkpoint lock, so no file changes meanwhile and every line matches
+the file whose stamp it is saved with.
 
 A start then takes from it every run whose file still has its stamp, and
 reads only the others: after a clean stop, none; after a crash, the runs
@@ -18,6 +18,7 @@ damaged line costs only that run, and without it every file is read.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -34,9 +35,11 @@ log = logging.getLogger(__name__)
 EVERY = 30.0
 
 
+@functools.cache
 def code_fingerprint() -> str:
     """A digest of the engine's and the workflows' source: summaries saved by other
-    code may have another shape, so the saved index is only used by the same code."""
+    code may have another shape, so the saved index is only used by the same code.
+    Taken once per process: recovery and the saves share it."""
     digest = hashlib.sha256()
     root = os.path.dirname(os.path.abspath(__file__))
     for folder, dirs, files in sorted(os.walk(root)):

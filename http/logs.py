@@ -5,9 +5,11 @@ attempt: failures as warnings; a run's start, end, deadlines, operator
 commands and interruptions as info; the routine progress in between (an
 attempt started, a step completed, a wait begun, a signal received) as
 debug, so ``--log-level debug`` shows a run's whole timeline and the default
-stays a few lines per run. Tokens never reach a log line: runs hold only their hashes, timeline
-messages never include them, and no request line (whose query may hold a
-token) is logged.
+stays a few lines per run.
+
+Tokens never reach a log line: runs hold only their hashes, timeline messages
+never include them, and no request line (whose query may hold a token) is
+logged.
 """
 
 from __future__ import annotations
