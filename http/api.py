@@ -16,7 +16,8 @@ from userflow.actors.timeutil import iso_now
 from userflow.actors.workflow import ActionRejected, SignalRejected
 from userflow.http import views
 from userflow.http.errors import ApiError, json_response
-from userflow.http.keys import RUNTIME, SERVICES, SIGNUP_LIMIT, VERIFY_LIMIT
+from userflow.http.auth import PRINCIPAL
+from userflow.http.keys import CLIENTS, RUNTIME, SERVICES, SIGNUP_LIMIT, VERIFY_LIMIT
 from userflow.http.validation import SignupBody, VerifyBody, json_object, normalise_email, normalise_name, parse
 from userflow.storage import valid_run_id
 
@@ -33,15 +34,17 @@ def new_user_id() -> str:
 
 
 def client_address(request: web.Request) -> str:
-    return request.remote or "unknown"
+    return request.app[CLIENTS].address(request)
 
 
 async def signup(request: web.Request) -> web.Response:
-    request.app[SIGNUP_LIMIT].check(client_address(request))
     body = parse(SignupBody, await json_object(request))
     assert isinstance(body, SignupBody)
     email, email_key = normalise_email(body.email)
     name = normalise_name(body.name)
+    # Only a signup that could start a run counts against the limit: a person who
+    # mistypes their address is told what to fix, not locked out.
+    request.app[SIGNUP_LIMIT].check(client_address(request))
     runtime = request.app[RUNTIME]
     input = {"userId": new_user_id(), "email": email, "emailKey": email_key, "name": name, "requestedAt": iso_now()}
     try:
@@ -61,9 +64,9 @@ async def signup(request: web.Request) -> web.Response:
 
 async def verify_token(request: web.Request, token: Any) -> dict[str, str]:
     """Deliver the email-verified signal for ``token``; the shared core of both verify routes."""
-    request.app[VERIFY_LIMIT].check(client_address(request))
     if not isinstance(token, str) or not well_formed(token):
         raise ApiError(400, "invalid_token", "token: expected the 43-character token from the verification link")
+    request.app[VERIFY_LIMIT].check(client_address(request))  # what is counted: tries at guessing a token
     digest = token_hash(token)
     runtime = request.app[RUNTIME]
     run_id = runtime.index.lookup("token", digest)
@@ -97,7 +100,8 @@ async def _command(request: web.Request, run_id: str, name: str) -> Any:
     if not valid_run_id(run_id) or runtime.index.get(run_id) is None:
         raise ApiError(404, "workflow_not_found", f"no workflow with id {run_id!r}")
     try:
-        return await runtime.command(run_id, name, {"by": f"operator at {client_address(request)}"})
+        by = request[PRINCIPAL].describe(client_address(request))
+        return await runtime.command(run_id, name, {"by": by})
     except ActionRejected as exc:
         if exc.reason == "rate_limited":
             retry_after = str(max(1, round(exc.retry_after or 60)))

@@ -7,6 +7,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 
+import aiohttp_cors
 from aiohttp import web
 
 from userflow.actors.runtime import Runtime
@@ -16,16 +17,31 @@ from userflow.actors.signup.risk import HeuristicRisk
 from userflow.actors.signup.smtp import SmtpTransport
 from userflow.actors.signup.tokens import TokenSigner
 from userflow.actors.signup.workflow import RiskChecker
-from userflow.http import api, pages
+from userflow.http import api, auth, pages, signin
+from userflow.http.auth import Access, Authenticator
+from userflow.http.clients import Clients, parse_networks
 from userflow.http.config import Settings
 from userflow.http.errors import error_middleware, error_response
 from userflow.http.events import EventHub, stream
-from userflow.http.keys import EVENTS, METRICS, RUNTIME, SERVICES, SETTINGS, SIGNUP_LIMIT, VERIFY_LIMIT
+from userflow.http.keys import (
+    AUTH,
+    CLIENTS,
+    EVENTS,
+    METRICS,
+    PUBLIC_URL,
+    RUNTIME,
+    SERVICES,
+    SETTINGS,
+    SIGNIN_LIMIT,
+    SIGNUP_LIMIT,
+    VERIFY_LIMIT,
+)
 from userflow.http.logs import log_entries, quiet_bad_requests
 from userflow.http.metrics import Metrics
 from userflow.http.ratelimit import Rate, RateLimiter
-from userflow.http.openapi import openapi
+from userflow.http.openapi import ROLES, openapi
 from userflow.storage import DataDir, FileRunStore
+from userflow.storage.operators import OperatorFile
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +85,28 @@ def build_app(settings: Settings, data_dir: DataDir, public_url: str, *, autosta
     """The application; with ``autostart`` the engine starts (and recovers) at app startup."""
     quiet_bad_requests()
     metrics = Metrics()
+    authenticator = Authenticator(OperatorFile(data_dir.path), settings.operator_token)
+    clients = Clients(parse_networks(settings.trusted_proxies))
+    access: dict[web.AbstractRoute, Access] = {}
     app = web.Application(
         client_max_size=MAX_BODY,
-        middlewares=[metrics.middleware(), error_middleware, pages.static_headers, readiness_middleware],
+        middlewares=[
+            metrics.middleware(),
+            error_middleware,
+            pages.static_headers,
+            auth.middleware(access, authenticator, clients, public_url),
+            readiness_middleware,
+        ],
     )
     app[SETTINGS] = settings
+    app[PUBLIC_URL] = public_url
     app[SERVICES] = make_services(settings, data_dir, public_url)
     app[METRICS] = metrics
+    app[AUTH] = authenticator
+    app[CLIENTS] = clients
     app[SIGNUP_LIMIT] = RateLimiter(Rate.parse(settings.signup_rate), "signup")
     app[VERIFY_LIMIT] = RateLimiter(Rate.parse(settings.verify_rate), "verification")
+    app[SIGNIN_LIMIT] = RateLimiter(Rate.parse(settings.signin_rate), "failed sign-in")
 
     async def engine(app: web.Application) -> AsyncIterator[None]:
         runtime = Runtime(
@@ -105,7 +134,9 @@ def build_app(settings: Settings, data_dir: DataDir, public_url: str, *, autosta
 
     app.cleanup_ctx.append(engine)
     app.on_shutdown.append(close_streams)
-    add_routes(app)
+    access.update(add_routes(app))
+    access.update(allow_cross_origin(app, settings.cors_origins, access))
+    app[ROLES] = {(r.method, r.resource.canonical): a.value for r, a in access.items() if r.resource is not None}
     return app
 
 
@@ -124,31 +155,71 @@ async def start_engine(app: web.Application) -> None:
 
 
 async def events_stream(request: web.Request) -> web.StreamResponse:
-    return await stream(request, request.app[EVENTS])
+    principal = request[auth.PRINCIPAL]
+    return await stream(request, request.app[EVENTS], lambda: request.app[AUTH].still_valid(principal))
 
 
 async def metrics_page(request: web.Request) -> web.Response:
     return await request.app[METRICS].handler(request)
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_post("/api/signup", api.signup)
-    app.router.add_get("/api/verify", api.verify_get)
-    app.router.add_post("/api/verify", api.verify_post)
-    app.router.add_get("/api/workflows", api.list_workflows)
-    app.router.add_get("/api/workflows/{id}", api.get_workflow)
-    app.router.add_post("/api/workflows/{id}/retry", api.retry_workflow)
-    app.router.add_post("/api/workflows/{id}/cancel", api.cancel_workflow)
-    app.router.add_post("/api/users/{id}/resend-verification", api.resend_verification)
-    app.router.add_get("/api/users", api.list_users)
-    app.router.add_get("/api/users/{id}", api.get_user)
-    app.router.add_get("/api/outbox", api.outbox)
-    app.router.add_get("/api/openapi.json", openapi)
-    app.router.add_get("/api/events", events_stream)
-    app.router.add_get("/metrics", metrics_page)
-    app.router.add_get("/healthz", api.healthz)
-    app.router.add_get("/readyz", api.readyz)
-    app.router.add_get("/verify", pages.verify_page)
-    app.router.add_post("/verify", pages.verify_submit)
-    app.router.add_get("/", pages.dashboard)
-    app.router.add_get("/static/{name}", pages.static_file)
+PUBLIC, VIEWER, OPERATOR = Access.PUBLIC, Access.VIEWER, Access.OPERATOR
+
+# Every route with the access it needs (SPEC section 6): the middleware lets a
+# route through only as this table says, and a route missing here is operator-only.
+ROUTES = (
+    ("POST", "/api/signup", api.signup, PUBLIC),
+    ("GET", "/api/verify", api.verify_get, PUBLIC),
+    ("POST", "/api/verify", api.verify_post, PUBLIC),
+    ("GET", "/verify", pages.verify_page, PUBLIC),
+    ("POST", "/verify", pages.verify_submit, PUBLIC),
+    ("GET", "/api/openapi.json", openapi, PUBLIC),
+    ("GET", "/healthz", api.healthz, PUBLIC),
+    ("GET", "/readyz", api.readyz, PUBLIC),
+    ("GET", "/signin", signin.signin_page, PUBLIC),
+    ("POST", "/api/session", signin.sign_in, PUBLIC),
+    ("DELETE", "/api/session", signin.sign_out, PUBLIC),
+    ("GET", "/static/{name}", pages.static_file, PUBLIC),
+    ("GET", "/api/session", signin.whoami, VIEWER),
+    ("GET", "/", pages.dashboard, VIEWER),
+    ("GET", "/api/workflows", api.list_workflows, VIEWER),
+    ("GET", "/api/workflows/{id}", api.get_workflow, VIEWER),
+    ("POST", "/api/workflows/{id}/retry", api.retry_workflow, OPERATOR),
+    ("POST", "/api/workflows/{id}/cancel", api.cancel_workflow, OPERATOR),
+    ("GET", "/api/users", api.list_users, VIEWER),
+    ("GET", "/api/users/{id}", api.get_user, VIEWER),
+    ("POST", "/api/users/{id}/resend-verification", api.resend_verification, OPERATOR),
+    ("GET", "/api/outbox", api.outbox, VIEWER),
+    ("GET", "/api/events", events_stream, VIEWER),
+    ("GET", "/metrics", metrics_page, VIEWER),
+)
+
+# The public endpoints a product's own pages may call from a browser (--cors-origin).
+CROSS_ORIGIN = frozenset({"/api/signup", "/api/verify"})
+
+
+def add_routes(app: web.Application) -> dict[web.AbstractRoute, Access]:
+    access = {}
+    for method, path, handler, needs in ROUTES:
+        for each in ("HEAD", "GET") if method == "GET" else (method,):  # HEAD as aiohttp's add_get gives it
+            access[app.router.add_route(each, path, handler)] = needs
+    return access
+
+
+def allow_cross_origin(
+    app: web.Application, origins: tuple[str, ...], access: dict[web.AbstractRoute, Access]
+) -> dict[web.AbstractRoute, Access]:
+    """CORS for the cross-origin public endpoints only; their preflights are public too."""
+    if not origins:
+        return {}
+    options = aiohttp_cors.ResourceOptions(
+        allow_credentials=False, allow_headers=("Content-Type",), expose_headers=("Location", "Retry-After"), max_age=600
+    )
+    cors = aiohttp_cors.setup(app, defaults={})
+    for route in [r for r in access if r.resource is not None and r.resource.canonical in CROSS_ORIGIN]:
+        cors.add(route, {origin: options for origin in origins})
+    return {
+        route: Access.PUBLIC
+        for route in app.router.routes()
+        if route.method == "OPTIONS" and route.resource is not None and route.resource.canonical in CROSS_ORIGIN
+    }

@@ -1,4 +1,9 @@
-"""``userflow serve``: bind, recover, serve, and stop cleanly on SIGINT/SIGTERM."""
+"""``userflow``: ``serve`` (bind, recover, serve, stop cleanly on SIGINT/SIGTERM) and ``operators``.
+
+Every reason ``serve`` cannot start is one line on standard error naming the
+cause, and exit status 2; a traceback is for bugs, not for a busy port or a
+data dir that is not a directory.
+"""
 
 from __future__ import annotations
 
@@ -18,25 +23,68 @@ from aiohttp import web  # noqa: E402
 
 from userflow.http import logs  # noqa: E402
 from userflow.http.app import build_app, start_engine  # noqa: E402
-from userflow.http.config import Settings, load  # noqa: E402
-from userflow.storage import DataDir, DataDirBusy  # noqa: E402
+from userflow.http.clients import is_loopback_host  # noqa: E402
+from userflow.http.config import Settings, parser, settings_from  # noqa: E402
+from userflow.http.protocol import Runner  # noqa: E402
+from userflow.storage import DataDir, DataDirBusy, StorageError  # noqa: E402
+from userflow.storage.operators import OperatorFile  # noqa: E402
 
 gc.enable()
 
 log = logging.getLogger("userflow")
 
 
+class StartupError(Exception):
+    """Why the server cannot start, in one line for the person who started it."""
+
+
+def reason(exc: OSError) -> str:
+    name = f"{exc.filename}: " if exc.filename else ""
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):
+        return f"{name}something that is not a directory is in the way"
+    return f"{name}{exc.strerror or exc}"
+
+
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     sock.setblocking(False)
     return sock
 
 
-async def serve(settings: Settings, data_dir: DataDir) -> None:
+def open_data_dir(settings: Settings) -> DataDir:
+    try:
+        return DataDir(settings.data_dir).open()
+    except DataDirBusy as exc:
+        raise StartupError(str(exc)) from None
+    except OSError as exc:
+        raise StartupError(f"cannot use data dir {settings.data_dir}: {reason(exc)}") from None
+
+
+def check_exposure(settings: Settings, data_dir: DataDir) -> bool:
+    """Whether operator accounts exist; refuse a non-loopback address without one."""
+    try:
+        accounts = bool(OperatorFile(data_dir.path).load().accounts)
+    except StorageError as exc:
+        raise StartupError(f"cannot read the operator accounts: {exc.strerror or exc}") from None
+    accounts = accounts or bool(settings.operator_token)
+    if not accounts and not is_loopback_host(settings.host):
+        raise StartupError(
+            f"refusing to listen on {settings.host} with no operator account: anyone who reaches it could "
+            f"read and act on every user. Add one with `userflow operators add NAME --role operator "
+            f"--data-dir {settings.data_dir}` (or set USERFLOW_OPERATOR_TOKEN), or listen on 127.0.0.1"
+        )
+    return accounts
+
+
+async def serve(settings: Settings, data_dir: DataDir, accounts: bool) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -47,11 +95,16 @@ async def serve(settings: Settings, data_dir: DataDir) -> None:
     port = sock.getsockname()[1]
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     app = build_app(settings, data_dir, settings.base_url(port), autostart=False)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=10, access_log=None)
-    await runner.setup()
+    runner = Runner(app, handle_signals=False, shutdown_timeout=10, access_log=None)
     try:
-        await web.SockSite(runner, sock).start()
-        await start_engine(app)  # /healthz answers meanwhile; /readyz once this is done
+        try:
+            await runner.setup()
+            await web.SockSite(runner, sock).start()
+            await start_engine(app)  # /healthz answers meanwhile; /readyz once this is done
+        except (OSError, StorageError) as exc:
+            raise StartupError(f"cannot open the runs in {data_dir.path}: {reason(exc)}") from None
+        if not accounts:
+            log.warning("no operator account: the dashboard and operator API answer only local clients (127.0.0.1, ::1)")
         print(f"userflow listening on http://{host}:{port}", flush=True)
         await stop.wait()
         log.info("stopping: finishing requests in flight, then the runs' current steps")
@@ -60,20 +113,24 @@ async def serve(settings: Settings, data_dir: DataDir) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    command, settings = load(argv)
+    args = parser().parse_args(argv)
+    if args.command == "operators":
+        from userflow.http import operators
+
+        return operators.run(args)
+    settings = settings_from(args)
     logs.configure(settings.log_level)
-    if command != "serve":
+    try:
+        data_dir = open_data_dir(settings)
+    except StartupError as exc:
+        print(f"userflow: {exc}", file=sys.stderr)
         return 2
     try:
-        data_dir = DataDir(settings.data_dir).open()
-    except DataDirBusy as exc:
+        accounts = check_exposure(settings, data_dir)
+        asyncio.run(serve(settings, data_dir, accounts))
+    except StartupError as exc:
         print(f"userflow: {exc}", file=sys.stderr)
-        return 1
-    try:
-        asyncio.run(serve(settings, data_dir))
-    except OSError as exc:
-        print(f"userflow: cannot serve on {settings.host}:{settings.port}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
+        return 2
     finally:
         data_dir.close()
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass
+from importlib import metadata
 from urllib.parse import urlsplit
 
 
@@ -28,6 +29,11 @@ class Settings:
     gemini_model: str = "gemini-2.5-flash"  # a current Flash model
     gemini_base_url: str | None = None
     gemini_timeout: float = 10.0
+    trusted_proxies: tuple[str, ...] = ()  # CIDR ranges whose X-Forwarded-For / Forwarded are believed
+    cors_origins: tuple[str, ...] = ()  # origins whose pages may call the public endpoints
+    session_ttl: float = 43200.0  # seconds a dashboard sign-in lasts
+    signin_rate: str = "10/300"  # failed sign-ins per client address
+    operator_token: str | None = None  # USERFLOW_OPERATOR_TOKEN: the account "env" (never a flag)
 
     @property
     def outbox_mode(self) -> bool:
@@ -52,18 +58,41 @@ def _env(name: str) -> str | None:
     return value if value not in (None, "") else None
 
 
+def _number(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if value != value:  # NaN
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+    return value
+
+
 def _fraction(text: str) -> float:
-    value = float(text)
+    value = _number(text, "a fraction between 0 and 1")
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
     return value
 
 
 def _seconds(text: str) -> float:
-    value = float(text)
+    value = _number(text, "a number of seconds")
     if not 0 <= value < 10**9:
         raise argparse.ArgumentTypeError(f"{text} is not a number of seconds")
     return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: at least 1 second")
+    return value
+
+
+def _count(text: str) -> int:
+    if not (text.strip().isascii() and text.strip().isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    return int(text)
 
 
 def _rate(text: str) -> str:
@@ -83,50 +112,137 @@ def _level(text: str) -> str:
 
 
 def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{text} is not a TCP port (0-65535)")
-    return value
+    if not (text.strip().isascii() and text.strip().isdigit()) or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (0-65535)")
+    return int(text)
 
 
-def _url(schemes: tuple[str, ...]):
+def _url(schemes: tuple[str, ...]):  # type: ignore[no-untyped-def]
     def check(text: str) -> str:
-        parts = urlsplit(text)
-        if parts.scheme not in schemes or not parts.hostname:
+        try:
+            parts = urlsplit(text)
+            ok = parts.scheme in schemes and bool(parts.hostname)
+        except ValueError:
+            ok = False
+        if not ok:
             raise argparse.ArgumentTypeError(f"{text!r} is not a {' or '.join(schemes)} URL")
         return text
 
     return check
 
 
+def _network(text: str) -> str:
+    from userflow.http.clients import parse_networks
+
+    try:
+        parse_networks([text])
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text.strip()
+
+
+def _origin(text: str) -> str:
+    text = text.strip()
+    if text == "*":
+        return text
+    try:
+        parts = urlsplit(text)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.path in ("", "/") and not parts.query
+    except ValueError:
+        ok = False
+    if not ok:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an origin such as https://www.example.com (or *)")
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def version() -> str:
+    try:
+        return metadata.version("userflow")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+ENVIRONMENT = """\
+environment only (never flags, which show in `ps`):
+  USERFLOW_OPERATOR_TOKEN  a token for an operator account named "env", for automation
+  GEMINI_API_KEY           enables the Gemini risk check; unset = the local heuristic
+  GEMINI_MODEL             the model asked (default gemini-2.5-flash)
+  GEMINI_BASE_URL          another endpoint: a proxy, a test double
+  GEMINI_TIMEOUT           seconds per model call (default 10)
+
+--smtp-url forms:
+  smtp://[user:pass@]host:port             plain SMTP
+  smtp://[user:pass@]host:587?starttls=1   upgraded with STARTTLS
+  smtps://[user:pass@]host:465             implicit TLS
+
+operator accounts: `userflow operators add NAME --role operator|viewer` prints the
+token once; with no account, the operator surface answers only local clients."""
+
+
 def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(prog="userflow", description="The user lifecycle as one durable workflow per user.")
-    commands = main.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the server (API, dashboard, workflows)")
+    main.add_argument("--version", action="version", version=f"userflow {version()}")
+    commands = main.add_subparsers(dest="command", required=True, metavar="{serve,operators}")
+    serve = commands.add_parser(
+        "serve",
+        help="run the server (API, dashboard, workflows)",
+        description="Run the server: the public API (signup, verify), the operator API and dashboard, and the workflows.",
+        epilog=ENVIRONMENT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     d = Settings()
 
-    def option(flag: str, env: str, kind, default, help: str) -> None:
+    def option(flag: str, env: str, kind, default, help: str, shown: object = None, repeat: bool = False) -> None:  # type: ignore[no-untyped-def]
         raw = _env(env)
         try:
-            value = kind(raw) if raw is not None else default
+            if repeat:
+                value = [kind(part) for part in raw.split(",") if part.strip()] if raw is not None else list(default)
+            else:
+                value = kind(raw) if raw is not None else default
         except (ValueError, argparse.ArgumentTypeError) as exc:
             main.error(f"{env}={raw!r}: {exc}")
-        serve.add_argument(flag, type=kind, default=value, help=f"{help} (env {env}; default {default})")
+        text = f"{help} (env {env}{', comma-separated' if repeat else ''}; default {shown if shown is not None else default})"
+        if repeat:
+            serve.add_argument(flag, type=kind, action="append", default=None, help=text)
+            serve.set_defaults(**{flag.lstrip("-").replace("-", "_") + "_env": value})
+        else:
+            serve.add_argument(flag, type=kind, default=value, help=text)
 
-    option("--host", "USERFLOW_HOST", str, d.host, "address to listen on")
+    option("--host", "USERFLOW_HOST", str, d.host, "address to listen on; another than loopback needs an operator account")
     option("--port", "USERFLOW_PORT", _port, d.port, "port to listen on, 0 for a free one")
     option("--data-dir", "USERFLOW_DATA_DIR", str, d.data_dir, "where everything durable lives")
-    option("--public-url", "USERFLOW_PUBLIC_URL", _url(("http", "https")), None, "base URL of links in emails")
-    option("--smtp-url", "USERFLOW_SMTP_URL", _url(("smtp", "smtps")), None, "smtp://[user:pass@]host:port; unset = outbox mode")
+    option("--public-url", "USERFLOW_PUBLIC_URL", _url(("http", "https")), None, "base URL of links in emails and of the dashboard", "http://HOST:PORT")
+    option("--smtp-url", "USERFLOW_SMTP_URL", _url(("smtp", "smtps")), None, "SMTP server (forms below)", "unset = outbox mode: emails kept in the data dir")
     option("--mail-from", "USERFLOW_MAIL_FROM", str, d.mail_from, "sender address of emails")
-    option("--email-failure-rate", "USERFLOW_EMAIL_FAILURE_RATE", _fraction, None, "injected transient email failures (0.2 in outbox mode, 0 with SMTP)")
+    option("--email-failure-rate", "USERFLOW_EMAIL_FAILURE_RATE", _fraction, None, "injected transient email failures, to watch retries", "0.2 in outbox mode, 0 with SMTP")
     option("--verify-ttl", "USERFLOW_VERIFY_TTL", _seconds, d.verify_ttl, "seconds a verification link stays valid")
     option("--reminder-after", "USERFLOW_REMINDER_AFTER", _seconds, d.reminder_after, "seconds before one reminder email, 0 = never")
-    option("--signup-rate-limit", "USERFLOW_SIGNUP_RATE_LIMIT", _rate, d.signup_rate, "signups per client address, N/SECONDS, 0 = off")
+    option("--signup-rate-limit", "USERFLOW_SIGNUP_RATE_LIMIT", _rate, d.signup_rate, "accepted signups per client address, N/SECONDS, 0 = off")
     option("--verify-rate-limit", "USERFLOW_VERIFY_RATE_LIMIT", _rate, d.verify_rate, "verifications per client address, N/SECONDS, 0 = off")
+    option("--signin-rate-limit", "USERFLOW_SIGNIN_RATE_LIMIT", _rate, d.signin_rate, "failed dashboard sign-ins per client address, N/SECONDS, 0 = off")
+    option("--session-ttl", "USERFLOW_SESSION_TTL", _positive_seconds, d.session_ttl, "seconds a dashboard sign-in lasts")
+    option("--trusted-proxy", "USERFLOW_TRUSTED_PROXIES", _network, (), "a reverse proxy's address or CIDR range, whose X-Forwarded-For and Forwarded are believed; repeatable", "none", repeat=True)
+    option("--cors-origin", "USERFLOW_CORS_ORIGINS", _origin, (), "an origin whose pages may call signup and verify from a browser; repeatable", "none", repeat=True)
     option("--log-level", "USERFLOW_LOG_LEVEL", _level, d.log_level, "DEBUG, INFO, WARNING or ERROR")
-    option("--max-live-actors", "USERFLOW_MAX_LIVE_ACTORS", int, d.max_live_actors, "cap on run actors alive at once")
+    option("--max-live-actors", "USERFLOW_MAX_LIVE_ACTORS", _count, d.max_live_actors, "cap on run actors alive at once")
     option("--index-save-every", "USERFLOW_INDEX_SAVE_EVERY", _seconds, d.index_save_every, "seconds between saves of the index (a start after a crash reads the runs changed since)")
+
+    operators = commands.add_parser(
+        "operators",
+        help="operator accounts: add, list, remove",
+        description="Operator accounts of a data dir; changes apply to a running server within seconds.",
+    )
+    actions = operators.add_subparsers(dest="action", required=True, metavar="{add,list,remove}")
+    data_dir = _env("USERFLOW_DATA_DIR") or d.data_dir
+    add = actions.add_parser("add", help="add an account and print its token, once, alone on standard output")
+    add.add_argument("name", help="the account name: lowercase letters, digits, '.', '_' or '-'")
+    add.add_argument("--role", required=True, choices=("viewer", "operator"), help="viewer reads; operator reads and acts")
+    listing = actions.add_parser("list", help="list the accounts and their open sessions")
+    listing.add_argument("--json", action="store_true", help="one JSON document instead of a table")
+    remove = actions.add_parser("remove", help="remove an account; its token and sessions stop working")
+    remove.add_argument("name")
+    for sub in (add, listing, remove):
+        sub.add_argument("--data-dir", default=data_dir, help=f"the server's data dir (env USERFLOW_DATA_DIR; default {data_dir})")
     return main
 
 
@@ -141,9 +257,8 @@ def _gemini_timeout() -> float:
     return value
 
 
-def load(argv: list[str] | None = None) -> tuple[str, Settings]:
-    args = parser().parse_args(argv)
-    settings = Settings(
+def settings_from(args: argparse.Namespace) -> Settings:
+    return Settings(
         host=args.host,
         port=args.port,
         data_dir=args.data_dir,
@@ -158,9 +273,21 @@ def load(argv: list[str] | None = None) -> tuple[str, Settings]:
         log_level=args.log_level,
         signup_rate=args.signup_rate_limit,
         verify_rate=args.verify_rate_limit,
+        signin_rate=args.signin_rate_limit,
+        session_ttl=args.session_ttl,
+        trusted_proxies=tuple(args.trusted_proxy if args.trusted_proxy is not None else args.trusted_proxy_env),
+        cors_origins=tuple(args.cors_origin if args.cors_origin is not None else args.cors_origin_env),
+        operator_token=_env("USERFLOW_OPERATOR_TOKEN"),
         gemini_api_key=_env("GEMINI_API_KEY"),
         gemini_model=_env("GEMINI_MODEL") or Settings.gemini_model,
         gemini_base_url=_env("GEMINI_BASE_URL"),
         gemini_timeout=_gemini_timeout(),
     )
-    return args.command, settings
+
+
+def load(argv: list[str] | None = None) -> tuple[str, Settings]:
+    """``userflow serve`` arguments as settings (the command is always ``serve``)."""
+    args = parser().parse_args(argv)
+    if args.command != "serve":
+        parser().error("expected the serve command")
+    return args.command, settings_from(args)

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from userflow.actors.supervisor import ShuttingDown
 from userflow.storage import StorageError
@@ -68,6 +69,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         }.get(exc.status, exc.reason)
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return error_response(exc.status, _CODES.get(exc.status, "http_error"), message, headers)
+    except (ConnectionResetError, RequestPayloadError):
+        # The client went away mid-body (or sent a broken chunked body): its fault, and
+        # no one is left to read the answer. Not an error of the server's.
+        return error_response(400, "incomplete_body", "the request body ended before it was complete; send it again")
     except StorageError:
         log.exception("storage failure while handling %s %s", request.method, request.path)
         return error_response(503, "storage_unavailable", "the server cannot persist right now; nothing was changed, retry later", {"Retry-After": "5"})

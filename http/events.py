@@ -15,7 +15,7 @@ import collections
 import contextlib
 import itertools
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -25,6 +25,7 @@ from userflow.http import views
 
 RING = 20_000
 HEARTBEAT = 15.0
+RECHECK = 2.0  # seconds between looks at whether the client may still watch
 WRITE_TIMEOUT = 10.0
 
 
@@ -114,8 +115,8 @@ class EventHub:
             await asyncio.wait_for(self._changed.wait(), timeout)
 
 
-async def stream(request: web.Request, hub: EventHub) -> web.StreamResponse:
-    """``GET /api/events``."""
+async def stream(request: web.Request, hub: EventHub, allowed: Callable[[], bool] = lambda: True) -> web.StreamResponse:
+    """``GET /api/events``, for as long as ``allowed()`` holds (the session or account may end)."""
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )
@@ -124,7 +125,8 @@ async def stream(request: web.Request, hub: EventHub) -> web.StreamResponse:
     hub.clients += 1
     try:
         await _write(response, b"retry: 2000\n\n")
-        while not hub.closing:
+        quiet = 0.0
+        while not hub.closing and allowed():
             if cursor is None:
                 cursor = hub.last_seq
                 await _write(response, b"id: %s-%d\nevent: reset\ndata: {}\n\n" % (hub.boot.encode(), cursor))
@@ -134,11 +136,15 @@ async def stream(request: web.Request, hub: EventHub) -> web.StreamResponse:
                 continue
             frames, cursor = batch
             if frames:
+                quiet = 0.0
                 await _write(response, b"".join(frames))
-            else:
-                await hub.changed(HEARTBEAT)
-                if hub.since(cursor) == ([], cursor):
-                    await _write(response, b": heartbeat\n\n")
+                continue
+            started = asyncio.get_running_loop().time()
+            await hub.changed(min(RECHECK, HEARTBEAT - quiet))
+            quiet += asyncio.get_running_loop().time() - started
+            if quiet >= HEARTBEAT and hub.since(cursor) == ([], cursor):
+                quiet = 0.0
+                await _write(response, b": heartbeat\n\n")
     except (ConnectionResetError, TimeoutError):
         pass  # the client went away or stopped reading
     finally:

@@ -4,6 +4,8 @@ from aiohttp import web
 
 from userflow.actors.runtime import Runtime
 from userflow.actors.signup import SignupServices
+from userflow.http.auth import Authenticator
+from userflow.http.clients import Clients
 from userflow.http.config import Settings
 from userflow.http.events import EventHub
 from userflow.http.metrics import Metrics
@@ -16,3 +18,7 @@ EVENTS = web.AppKey("events", EventHub)
 METRICS = web.AppKey("metrics", Metrics)
 SIGNUP_LIMIT = web.AppKey("signup_limit", RateLimiter)
 VERIFY_LIMIT = web.AppKey("verify_limit", RateLimiter)
+SIGNIN_LIMIT = web.AppKey("signin_limit", RateLimiter)
+AUTH = web.AppKey("auth", Authenticator)
+CLIENTS = web.AppKey("clients", Clients)
+PUBLIC_URL = web.AppKey("public_url", str)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -34,6 +35,8 @@ def _errors(*codes: int) -> dict[str, Any]:
         410: "no longer valid",
         413: "body too large",
         415: "body is not JSON",
+        401: "not signed in, or the token or session is not valid (WWW-Authenticate: Bearer)",
+        403: "a viewer acting, or a browser request from another site's page",
         429: "too many requests; see Retry-After",
         503: "starting, shutting down or storage unavailable",
     }
@@ -55,6 +58,14 @@ SCHEMAS: dict[str, Any] = {
     "SignupAccepted": _obj(["workflowId", "userId", "status"], workflowId=_STR, userId=_STR, status=_STR),
     "ActionAccepted": _obj(["workflowId", "status"], workflowId=_STR, userId=_STR, status=_STR),
     "VerifyRequest": {**_obj(["token"], token=_STR), "additionalProperties": False},
+    "SessionRequest": {**_obj(["token"], token={"type": "string", "minLength": 1, "maxLength": 200}), "additionalProperties": False},
+    "Session": _obj(
+        ["name", "role", "via", "expiresAt"],
+        name=_STR,
+        role={"enum": ["viewer", "operator"]},
+        via={"enum": ["token", "session", "loopback"], "description": "loopback: no account exists and the client is local"},
+        expiresAt=_NTIME,
+    ),
     "Verified": _obj(["workflowId", "status"], workflowId=_STR, status={"const": "verified"}),
     "Risk": {
         "type": ["object", "null"],
@@ -146,7 +157,42 @@ SCHEMAS: dict[str, Any] = {
 }
 
 
-def document() -> dict[str, Any]:
+SECURITY_SCHEMES = {
+    "bearerAuth": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "an operator token (`userflow operators add NAME --role ROLE` prints it, or USERFLOW_OPERATOR_TOKEN)",
+    },
+    "sessionCookie": {
+        "type": "apiKey",
+        "in": "cookie",
+        "name": "userflow_session",
+        "description": "the dashboard's session, from POST /api/session; a state-changing request with it must come from this server's own origin",
+    },
+}
+ROLE_TEXT = {
+    "public": "Public: anyone may call it.",
+    "viewer": "Needs an operator account of role viewer or operator.",
+    "operator": "Needs an operator account of role operator.",
+}
+
+
+def _secure(paths: dict[str, Any], roles: Mapping[tuple[str, str], str]) -> None:
+    """Each operation gets the role it needs, its security requirement and its refusals."""
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            role = roles.get((method.upper(), path), "operator")
+            operation["x-required-role"] = role
+            operation["description"] = (operation.get("description", "") + " " + ROLE_TEXT[role]).strip()
+            if role == "public":
+                operation["security"] = []
+                continue
+            operation["security"] = [{"bearerAuth": []}, {"sessionCookie": []}]
+            refusals = (401, 403) if role == "operator" else (401,)
+            operation["responses"].update({k: v for k, v in _errors(*refusals).items() if k not in operation["responses"]})
+
+
+def document(roles: Mapping[tuple[str, str], str]) -> dict[str, Any]:
     paths: dict[str, Any] = {
         "/api/signup": {
             "post": {
@@ -258,6 +304,25 @@ def document() -> dict[str, Any]:
                 "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {}}}},
             }
         },
+        "/api/session": {
+            "post": {
+                "summary": "Sign in: exchange an operator token for a session cookie (for the dashboard)",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("SessionRequest")}}},
+                "responses": {
+                    "204": {"description": "signed in; Set-Cookie carries the session", "headers": {"Set-Cookie": {"schema": _STR}}},
+                    **_errors(*_BODY_ERRORS, 401, 403, 429),
+                },
+            },
+            "get": {
+                "summary": "Who this request acts for",
+                "responses": {"200": _json(_ref("Session"), "the signed-in account")},
+            },
+            "delete": {
+                "summary": "Sign out: the session ends and its cookie is refused from now on",
+                "responses": {"204": {"description": "signed out"}, **_errors(403)},
+            },
+        },
+        "/signin": {"get": {"summary": "The dashboard's sign-in page", "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}}}},
         "/api/openapi.json": {"get": {"summary": "This document", "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")}}},
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json(_obj(["status"], status=_STR), "alive")}}},
         "/readyz": {
@@ -305,13 +370,17 @@ def document() -> dict[str, Any]:
         },
         "/": {"get": {"summary": "The dashboard", "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}}}},
     }
+    _secure(paths, roles)
     return {
         "openapi": "3.1.0",
         "info": {"title": "userflow", "version": "0.1.0", "description": "The user lifecycle as one durable workflow per user."},
         "paths": paths,
-        "components": {"schemas": SCHEMAS},
+        "components": {"schemas": SCHEMAS, "securitySchemes": SECURITY_SCHEMES},
     }
 
 
+ROLES = web.AppKey("roles", dict)
+
+
 async def openapi(request: web.Request) -> web.Response:
-    return json_response(document())
+    return json_response(document(request.app[ROLES]))

@@ -46,6 +46,13 @@ class RateLimiter:
 
     def check(self, client: str) -> None:
         """Spend one token of ``client``'s bucket, or raise a 429 ApiError."""
+        self._take(client, 1)
+
+    def ensure(self, client: str) -> None:
+        """Raise the 429 ``check`` would raise, spending nothing."""
+        self._take(client, 0)
+
+    def _take(self, client: str, cost: int) -> None:
         if self.rate is None:
             return
         now = time.monotonic()
@@ -61,7 +68,7 @@ class RateLimiter:
                 f"too many {self.what} requests from your address; retry in {wait} s",
                 {"Retry-After": str(wait)},
             )
-        self._remember(client, tokens - 1, now)
+        self._remember(client, tokens - cost, now)
 
     def _remember(self, client: str, tokens: float, now: float) -> None:
         self._buckets[client] = (tokens, now)

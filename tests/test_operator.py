@@ -102,7 +102,7 @@ async def test_retry_resumes_a_failed_run_with_a_fresh_attempt_budget(tmp_path: 
             assert step_of(waiting, "send-verification-email")["status"] == "COMPLETED"
             assert waiting["error"] is None
             [retried] = entries(waiting, "operator-retry")
-            assert "by operator at 127.0.0.1" in retried["message"]  # who asked, in the timeline
+            assert "by local operator at 127.0.0.1" in retried["message"]  # who asked, in the timeline
             assert retried["step"] == "send-verification-email"
             assert retried["seq"] > entries(waiting, "run-failed")[-1]["seq"]
 
@@ -143,7 +143,7 @@ async def test_cancel_a_waiting_run(make_client: MakeClient) -> None:
     assert detail["outcome"] == "cancelled"
     assert detail["finishedAt"]
     assert [s["status"] for s in detail["steps"]] == ["COMPLETED", "COMPLETED", "SKIPPED", "SKIPPED", "SKIPPED"]
-    assert [e["message"] for e in entries(detail, "run-cancelled")] == ["run cancelled by operator at 127.0.0.1"]
+    assert [e["message"] for e in entries(detail, "run-cancelled")] == ["run cancelled by local operator at 127.0.0.1"]
     assert len(runtime.timers) == 0, "a cancelled run still has timers armed"
 
     # The link is dead, in the documented error shape.

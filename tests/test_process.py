@@ -124,7 +124,7 @@ def test_second_server_on_the_same_data_dir_refuses_to_start(servers, tmp_path):
     rival = Server(str(tmp_path))
     with pytest.raises(RuntimeError) as excinfo:
         rival.start()
-    assert rival.proc is not None and rival.proc.returncode == 1
+    assert rival.proc is not None and rival.proc.returncode == 2
     assert "in use by another userflow server" in str(excinfo.value)
 
 
