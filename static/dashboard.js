@@ -7,6 +7,11 @@
 //
 // Everything shown is built with textContent and setAttribute, never
 // innerHTML: user names and emails are hostile input.
+//
+// Who is signed in comes first (GET /api/session): without a session the page
+// goes to /signin, and so does any later 401 (signed out elsewhere, session
+// expired, account removed). A viewer reads everything but is offered no
+// action; the server refuses one anyway (403), and the page shows why.
 "use strict";
 
 (() => {
@@ -55,6 +60,20 @@
 
   const badge = (status, label) => el("span", { class: `badge b-${status}`, "data-status": status }, label || status);
 
+  // -- who is signed in -------------------------------------------------------------
+
+  let me = null;         // {name, role, via, expiresAt} from GET /api/session
+  let leaving = false;   // on the way to /signin: start nothing new
+
+  const canAct = () => Boolean(me && me.role === "operator");
+
+  function goToSignin(reason) {
+    if (leaving) return;
+    leaving = true;
+    if (source) source.close();
+    location.replace(reason ? `/signin?reason=${encodeURIComponent(reason)}` : "/signin");
+  }
+
   async function api(path, options = {}) {
     const init = { ...options, headers: { Accept: "application/json", ...(options.headers || {}) } };
     if (options.json !== undefined) {
@@ -69,6 +88,8 @@
     } catch (err) {
       return { ok: false, status: 0, body: null, message: "Could not reach the server; is it running?" };
     }
+    // Not (or no longer) signed in: a page with nothing it may show.
+    if (response.status === 401) goToSignin(me ? "ended" : "");
     const body = await response.json().catch(() => null);
     const message = body && body.error && body.error.message
       ? body.error.message
@@ -150,6 +171,75 @@
     node.title = kind === "live" ? "Receiving live updates from the server" : "Not receiving live updates; the page will catch up when the connection is back";
   }
 
+  // -- the account in the header ------------------------------------------------------
+
+  function setMe(next) {
+    const roleChanged = !me || me.role !== next.role;
+    me = next;
+    const box = $("#who");
+    box.dataset.via = next.via;
+    box.dataset.role = next.role;
+    document.body.dataset.via = next.via;
+    document.body.dataset.role = next.role;
+    const role = $("#who-role");
+    if (next.via === "loopback") {
+      $("#who-label").textContent = "Access:";
+      $("#who-name").textContent = "local (no accounts)";
+      role.hidden = true;
+      box.title = "No operator account exists, so this server answers only this machine. "
+        + "Add one with: userflow operators add NAME --role operator";
+    } else {
+      $("#who-label").textContent = "Signed in as";
+      $("#who-name").textContent = next.name;
+      role.hidden = false;
+      role.textContent = next.role;
+      role.dataset.role = next.role;
+      box.title = next.expiresAt ? `${next.name} (${next.role}), signed in until ${clock(next.expiresAt, true)}` : `${next.name} (${next.role})`;
+    }
+    $("#sign-out").hidden = next.via !== "session";
+    $("#read-only").hidden = canAct();
+    box.hidden = false;
+    if (roleChanged) renderAllRuns();
+    watchExpiry();
+  }
+
+  // The server is the judge: a 401 sends the page to /signin (in api()).
+  async function whoami() {
+    const answer = await api("/api/session");
+    if (answer.ok && answer.body && answer.body.role) setMe(answer.body);
+    return answer;
+  }
+
+  // Look again when the stream breaks (an ended session ends the stream), at most once a second.
+  let lastSessionCheck = 0;
+  function checkSession() {
+    if (leaving || Date.now() - lastSessionCheck < 1000) return;
+    lastSessionCheck = Date.now();
+    whoami();
+  }
+
+  // When the session is due to end, ask (clocks differ: a 200 then looks again later).
+  let expiryTimer = null;
+  function watchExpiry() {
+    clearTimeout(expiryTimer);
+    const at = me && me.expiresAt ? ms(me.expiresAt) : NaN;
+    if (Number.isNaN(at)) return;
+    const delay = at - Date.now();
+    expiryTimer = setTimeout(whoami, delay > 0 ? Math.min(delay + 500, 2 ** 31 - 1) : 30000);
+  }
+
+  async function signOut(button) {
+    button.disabled = true;
+    const answer = await api("/api/session", { method: "DELETE" });
+    if (answer.ok) {
+      goToSignin("signed-out");
+      return;
+    }
+    button.disabled = false;
+    button.textContent = "Sign out failed: try again";
+    button.title = answer.message;
+  }
+
   // -- loading -------------------------------------------------------------------
 
   function putSummary(summary) {
@@ -229,6 +319,7 @@
   let loadRetry = 1000;
   let loadTimer = null;
   function loadAll() {
+    if (leaving) return Promise.resolve();
     if (loading) { loadAgain = true; return loading; }
     loading = (async () => {
       let ok = false;
@@ -308,6 +399,8 @@
       if (!state.loaded) loadAll();
     });
     es.addEventListener("error", () => {
+      if (leaving) return;
+      checkSession();  // a stream ended by sign-out elsewhere, expiry or a removed account: to /signin
       if (!state.loaded) loadAll();  // show what there is, even without live updates
       if (es.readyState === EventSource.CLOSED) {
         // Refused (e.g. 503 while the server recovers): the browser gives up, we do not.
@@ -399,6 +492,13 @@
     return card;
   }
 
+  // The role decides which buttons a card has: all cards again when it changes.
+  function renderAllRuns() {
+    state.detailText.clear();
+    for (const id of cards.keys()) renderRun(id);
+    renderSoon("outbox");
+  }
+
   function renderRun(id) {
     const detail = state.details.get(id);
     const text = detail ? JSON.stringify(detail) : "";
@@ -483,6 +583,7 @@
 
   function actionsFor(run, titleId) {
     const buttons = [];
+    if (!canAct()) return el("div", { class: "actions" });  // a viewer reads; the server would refuse (403)
     const action = (name, label, handler) => el("button", {
       type: "button", class: `action a-${name}`, "data-action": name, "data-focus": `action-${name}`,
       "aria-describedby": titleId, onclick: (event) => handler(run, event.currentTarget),
@@ -604,6 +705,7 @@
       if (answer.status === 429 && wait && !/\d+\s*s\b/.test(text)) text += ` (try again in ${wait} s)`;
       setRunMessage(run.id, `${answer.status ? `${answer.status}: ` : ""}${text}`, "error");
       button.disabled = false;
+      if (answer.status === 403) whoami();  // e.g. now a viewer: the buttons go
     }
     scheduleRun(run.id, 0);  // the truth, even if the event stream is down
     return answer;
@@ -656,11 +758,13 @@
       const closed = run && ["CANCELLED", "COMPLETED"].includes(run.status) && !verified;
       const message = state.mailMessages.get(email.messageId);
       const href = safeHref(email.link);
-      const button = el("button", {
+      // A viewer only reads: the state instead of the button.
+      const button = canAct() ? el("button", {
         type: "button", class: "verify-btn", "data-action": "verify", "data-focus": `verify-${email.messageId}`,
         disabled: verified, "aria-describedby": `mail-${email.messageId}`,
         onclick: (event) => verifyEmail(email, event.currentTarget),
-      }, verified ? "Verified ✓" : "Verify email");
+      }, verified ? "Verified ✓" : "Verify email")
+        : el("span", { class: `mail-state${verified ? " verified" : ""}` }, verified ? "Verified ✓" : "not verified yet");
       let note = null;
       if (!verified && replaced) note = "replaced by a newer link";
       else if (!verified && closed) note = `run ${run.status.toLowerCase()}`;
@@ -795,9 +899,24 @@
 
   // -- start -------------------------------------------------------------------------
 
+  $("#sign-out").addEventListener("click", (event) => signOut(event.currentTarget));
+
+  // Who is signed in first: no stream and no lists for a page that goes to /signin.
+  async function start() {
+    let delay = 500;
+    for (;;) {
+      const answer = await whoami();
+      if (answer.ok || leaving) break;
+      setConnection("offline");  // starting (503) or unreachable: try again
+      await new Promise((resolve) => setTimeout(resolve, delay));
+      delay = Math.min(delay * 2, 5000);
+    }
+    if (!leaving) connect();
+  }
+
   renderList();
   renderOutbox();
   renderUsers();
   setInterval(tick, 1000);
-  connect();
+  start();
 })();

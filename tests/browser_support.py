@@ -77,7 +77,7 @@ SNAPSHOT_JS = """() => ({
   users: [...document.querySelectorAll('#users tbody tr')].map(r =>
     [...r.querySelectorAll('td')].map(td => td.textContent)),
   outbox: [...document.querySelectorAll('#outbox li.mail')].map(m => [m.dataset.to, m.dataset.kind,
-    m.querySelector('.verify-btn').textContent, (m.querySelector('.mail-note') || {}).textContent || '']),
+    (m.querySelector('.verify-btn, .mail-state') || {}).textContent || '', (m.querySelector('.mail-note') || {}).textContent || '']),
 })"""
 
 
