@@ -39,10 +39,9 @@ class StartupError(Exception):
 
 
 def reason(exc: OSError) -> str:
-    name = f"{exc.filename}: " if exc.filename else ""
-    if isinstance(exc, (FileExistsError, NotADirectoryError)):
-        return f"{name}something that is not a directory is in the way"
-    return f"{name}{exc.strerror or exc}"
+    if isinstance(exc, (FileExistsError, NotADirectoryError)) and exc.filename:
+        return f"{exc.filename} is not a directory"
+    return f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc.strerror or exc)
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -102,7 +101,7 @@ async def serve(settings: Settings, data_dir: DataDir, accounts: bool) -> None:
             await web.SockSite(runner, sock).start()
             await start_engine(app)  # /healthz answers meanwhile; /readyz once this is done
         except (OSError, StorageError) as exc:
-            raise StartupError(f"cannot open the runs in {data_dir.path}: {reason(exc)}") from None
+            raise StartupError(f"cannot use data dir {data_dir.path}: {reason(exc)}") from None
         if not accounts:
             log.warning("no operator account: the dashboard and operator API answer only local clients (127.0.0.1, ::1)")
         print(f"userflow listening on http://{host}:{port}", flush=True)

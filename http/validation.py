@@ -7,6 +7,7 @@ Everything rejected here is a 400 with a message that says what to fix.
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 
@@ -15,6 +16,7 @@ from aiohttp import web
 from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from userflow.http import lookalike
 from userflow.http.errors import ApiError
 
 MAX_EMAIL = 254
@@ -56,7 +58,35 @@ async def json_object(request: web.Request) -> dict[str, object]:
         raise ApiError(400, "invalid_json", f"the body is not valid JSON ({exc.msg})") from None
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_json", "the body must be a JSON object")
+    duplicate = _duplicate_key(raw)
+    if duplicate is not None:
+        # Parsers disagree on which of two values wins; a proxy or a log may have seen the other.
+        raise ApiError(400, "invalid_json", f"the body names {duplicate!r} more than once; send each field once")
     return data
+
+
+class _Duplicate(Exception):
+    pass
+
+
+def _pairs(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise _Duplicate(key)
+        seen.add(key)
+    return dict(pairs)
+
+
+def _duplicate_key(raw: bytes) -> str | None:
+    """The first key an object of the body repeats (orjson, like most parsers, keeps the last)."""
+    try:
+        json.loads(raw, object_pairs_hook=_pairs)
+    except _Duplicate as exc:
+        return str(exc.args[0])
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "the body nests too deeply; send a flat JSON object") from None
+    return None
 
 
 def parse(model: type[BaseModel], data: dict[str, object]) -> BaseModel:
@@ -75,14 +105,19 @@ def normalise_email(raw: str) -> tuple[str, str]:
         raise ApiError(400, "invalid_email", "email: control characters and line breaks are not allowed")
     if len(email) > MAX_EMAIL:
         raise ApiError(400, "invalid_email", f"email: at most {MAX_EMAIL} characters")
-    if unicodedata.normalize("NFC", email) != email or any(unicodedata.category(c) in ("Cf", "Co", "Cn") for c in email):
-        # e.g. the Kelvin sign, which normalises to "K": a look-alike of another address.
-        raise ApiError(400, "invalid_email", "email: contains look-alike or invisible characters; type the address plainly")
+    if any(unicodedata.category(c) in ("Cf", "Co", "Cn") for c in email):
+        raise ApiError(400, "invalid_email", "email: contains invisible or unassigned characters; type the address plainly")
+    if unicodedata.normalize("NFKC", email) != email:
+        # e.g. the Kelvin sign, which normalises to "K", or the ligature "ﬁ": a look-alike of another address.
+        raise ApiError(400, "invalid_email", f"email: {lookalike.problem(email, '', '')}")
     try:
         result = validate_email(email, check_deliverability=False)
     except EmailNotValidError as exc:
         raise ApiError(400, "invalid_email", f"email: {exc}") from None
     normalized = result.normalized
+    why = lookalike.problem(email, result.local_part, result.domain)
+    if why:
+        raise ApiError(400, "invalid_email", f"email: {why}")
     if len(normalized) > MAX_EMAIL:
         raise ApiError(400, "invalid_email", f"email: at most {MAX_EMAIL} characters")
     local, _, domain = normalized.rpartition("@")

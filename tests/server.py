@@ -28,13 +28,14 @@ class Server:
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
         self.stderr: list[str] = []
+        self.token: str | None = None  # sent with every request() when set (an operator account's)
 
     def start(self, timeout: float = 30.0) -> Server:
         self.proc = subprocess.Popen(
             [
                 sys.executable, "-m", "userflow.http.cli", "serve", "--port", "0", "--data-dir", self.data_dir,
                 # Tests send bursts from one address; a test of the limits passes its own.
-                "--signup-rate-limit", "0", "--verify-rate-limit", "0",
+                "--signup-rate-limit", "0", "--verify-rate-limit", "0", "--signin-rate-limit", "0",
                 *self.args,
             ],  # fmt: skip
             stdout=subprocess.PIPE,
@@ -85,11 +86,13 @@ class Server:
                 pipe.close()
         return code
 
-    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    def request(self, method: str, path: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url + path, data=data, method=method)
         if data is not None:
             req.add_header("Content-Type", "application/json")
+        if token is not None or self.token is not None:
+            req.add_header("Authorization", f"Bearer {token or self.token}")
         try:
             with urllib.request.urlopen(req, timeout=15) as resp:
                 return resp.status, json.loads(resp.read() or b"null")
@@ -110,6 +113,21 @@ class Server:
                 return body
             time.sleep(0.02)  # polling interval, not synchronisation: the predicate decides
         raise TimeoutError(f"{path} never satisfied the condition; last: {body}")
+
+    def log_marker(self, timeout: float = 10.0) -> int:
+        """Put a line in the server's log and wait until the reader has it: every line logged
+        before this call is in ``self.stderr`` afterwards. The index of that line."""
+        seen = sum("failed sign-in" in line for line in self.stderr)
+        status, _ = self.request("POST", "/api/session", {"token": "log-marker"})
+        assert status == 401, status
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            lines = list(self.stderr)
+            marks = [i for i, line in enumerate(lines) if "failed sign-in" in line]
+            if len(marks) > seen:
+                return marks[-1]
+            time.sleep(0.01)  # polling the reader thread; the condition decides
+        raise TimeoutError("the marker never reached the log")
 
     def stop(self) -> None:
         if self.proc is None:

@@ -22,6 +22,7 @@ import secrets
 import socket
 import string
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,10 @@ NOT_AN_OBJECT = [
     pytest.param(b"[" * 8000 + b"]" * 8000, id="8000-nested-arrays"),
     pytest.param(b'{"email": ' + b"[" * 5000 + b"]" * 5000 + b"}", id="5000-nested-in-a-field"),
     pytest.param(b'{"a":' * 2000 + b"1" + b"}" * 2000, id="2000-nested-objects"),
+    pytest.param(b'{"a":' * 1000 + b"1" + b"}" * 1000, id="1000-nested-objects"),
+    pytest.param(b'{"email": "ann@example.com", "name": "Ann", "email": "eve@example.com"}', id="duplicate-key"),
+    pytest.param(b'{"email": "ann@example.com", "name": "Ann", "e\\u006dail": "eve@example.com"}', id="duplicate-key-escaped"),
+    pytest.param(b'{"token": "' + b"A" * 43 + b'", "token": "' + b"B" * 43 + b'"}', id="duplicate-token"),
 ]
 
 
@@ -402,13 +407,13 @@ async def test_tags_and_ascii_case_are_one_key_each(client: TestClient) -> None:
     assert upper["workflowId"] == tagged["workflowId"], "ASCII case is folded for the key"
 
 
-async def test_a_cyrillic_look_alike_is_a_different_account(client: TestClient) -> None:
+async def test_an_all_cyrillic_address_is_a_different_account(client: TestClient) -> None:
     latin = await signup(client, "anna@example.com")
-    cyrillic = await signup(client, "\u0430nn\u0430@example.com")
+    cyrillic = await signup(client, "\u0430\u043d\u043d\u0430@example.com")  # анна: one script, not a look-alike
     assert (cyrillic["workflowId"], cyrillic["userId"]) != (latin["workflowId"], latin["userId"])
     user = await (await client.get(f"/api/users/{cyrillic['userId']}")).json()
-    assert user["email"] == "\u0430nn\u0430@example.com"
-    assert (await outbox_email(client, cyrillic["workflowId"]))["to"] == "\u0430nn\u0430@example.com"
+    assert user["email"] == "\u0430\u043d\u043d\u0430@example.com"
+    assert (await outbox_email(client, cyrillic["workflowId"]))["to"] == "\u0430\u043d\u043d\u0430@example.com"
     assert (await outbox_email(client, latin["workflowId"]))["to"] == "anna@example.com"
 
 
@@ -888,8 +893,8 @@ def _logs_after(server: Server, data: list[bytes]) -> str:
     for item in data:
         send_raw(server, item)
     assert server.get("/healthz") == {"status": "ok"}
-    time.sleep(0.2)  # let the stderr reader catch up (what is checked is the content, not the timing)
-    return "".join(server.stderr[start:])
+    end = server.log_marker()  # everything logged while handling them is before this line
+    return "".join(server.stderr[start:end])
 
 
 def test_malformed_http_logs_no_traceback(raw_server: Server) -> None:
@@ -901,3 +906,57 @@ def test_a_token_in_a_malformed_request_never_reaches_the_logs(raw_server: Serve
     token = secrets.token_urlsafe(32)
     logs = _logs_after(raw_server, malformed_requests(token))
     assert token not in logs, logs[:2000]
+
+
+MALFORMED_BELOW_THE_APP = [
+    pytest.param(b"FOO / HTTP/1.1\r\nHost: x\r\n\r\n", id="unknown-method"),
+    pytest.param(b"GET /verify?token=" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", id="request-line-over-8190"),
+    pytest.param(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n", id="header-over-8190"),
+    pytest.param(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Bad\x01: y\r\n\r\n", id="bad-header-name"),
+    pytest.param(b"POST /api/signup HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", id="bad-content-length"),
+]
+
+
+@pytest.mark.parametrize("data", MALFORMED_BELOW_THE_APP)
+def test_malformed_http_is_answered_in_the_json_error_shape(raw_server: Server, data: bytes) -> None:
+    answer = send_raw(raw_server, data)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    assert 400 <= status < 500, answer[:300]
+    assert re.search(rb"(?mi)^content-type: application/json", head), head
+    error = json.loads(body)["error"]
+    assert set(error) == {"code", "message"} and error["code"] and error["message"]
+    assert b"aaaaaaaa" not in body and b"X-Bad" not in body, "the answer never echoes the request"
+
+
+def _metrics(server: Server) -> dict[tuple[str, str, str], float]:
+    status, _ = server.request("GET", "/healthz")
+    assert status == 200
+    with urllib.request.urlopen(server.url + "/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    found = {}
+    for method, route, code, value in re.findall(
+        r'userflow_http_requests_total\{method="([^"]+)",route="([^"]+)",status="(\d+)"\} (\S+)', text
+    ):
+        found[(method, route, code)] = float(value)
+    return found
+
+
+def test_a_client_gone_mid_body_is_no_error_and_no_5xx(raw_server: Server) -> None:
+    """curl --max-time 2 -X POST .../api/signup -H 'Content-Length: 5000' -d '{}': the client leaves mid-body."""
+    parts = urlsplit(raw_server.url)
+    assert parts.hostname and parts.port
+    key = ("POST", "/api/signup", "400")
+    before = _metrics(raw_server).get(key, 0)
+    start = len(raw_server.stderr)
+    for _ in range(3):
+        with socket.create_connection((parts.hostname, parts.port), timeout=10) as conn:
+            conn.sendall(b"POST /api/signup HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n{}")
+    deadline = time.monotonic() + 10
+    while _metrics(raw_server).get(key, 0) < before + 3:
+        assert time.monotonic() < deadline, "the server never counted the abandoned requests"
+        time.sleep(0.02)  # polling the metrics; the count decides
+    end = raw_server.log_marker()
+    logs = "".join(raw_server.stderr[start:end])
+    assert "Traceback" not in logs and '"level":"error"' not in logs, logs[:2000]
+    assert not [k for k in _metrics(raw_server) if k[2].startswith("5")], "no 5xx is ever counted"

@@ -39,11 +39,63 @@ def test_key_folds_only_ascii_case() -> None:
     assert key != normalise_email("\u00e4nn@example.com")[1]
 
 
-def test_unicode_look_alike_is_a_different_key() -> None:
-    latin = normalise_email("ann@example.com")[1]
-    cyrillic = normalise_email("\u0430nn@example.com")[1]  # Cyrillic а
+def test_a_single_script_address_is_a_different_key() -> None:
+    latin = normalise_email("anna@example.com")[1]
+    cyrillic = normalise_email("\u0430\u043d\u043d\u0430@example.com")[1]  # анна
     assert cyrillic != latin
     assert cyrillic.startswith("\u0430")
+
+
+# Unicode TS #39: an address that could pass for another is refused, whatever part it hides in.
+LOOK_ALIKES = [
+    pytest.param("x@ex\u0430mple.com", id="cyrillic-a-in-latin-domain"),
+    pytest.param("x@xn--exmple-4nf.com", id="the-same-domain-as-punycode"),
+    pytest.param("\u0430nn@example.com", id="cyrillic-a-in-latin-local-part"),
+    pytest.param("p\u0430ypal@example.com", id="cyrillic-a-inside-a-word"),
+    pytest.param("ann@g\u043e\u043egle.com", id="cyrillic-o-in-domain"),
+    pytest.param("ann@\u03bfpenai.com", id="greek-omicron-in-domain"),
+    pytest.param("\u0391lice@example.com", id="greek-alpha-capital"),
+    pytest.param("ann@example.c\u043em", id="cyrillic-in-the-tld"),
+    pytest.param("\u0561pple@example.com", id="armenian-ayb-as-a"),
+    pytest.param("ann@\u0570ello.com", id="armenian-ho-as-h"),
+    pytest.param("\ufb01x@example.com", id="fi-ligature"),
+    pytest.param("ann@\ufb01le.example", id="fi-ligature-domain"),
+    pytest.param("\uff41nn@example.com", id="fullwidth-letter"),
+    pytest.param("ann@\uff45xample.com", id="fullwidth-domain"),
+    pytest.param("ann\u00b2@example.com", id="superscript-two"),
+    pytest.param("\u2160ann@example.com", id="roman-numeral-one"),
+    pytest.param("\u212aelvin@example.com", id="kelvin-sign"),
+    pytest.param("\U0001d41anna@example.com", id="mathematical-bold-a"),
+    pytest.param("ann\u2024bob@example.com", id="one-dot-leader"),
+    pytest.param("ann1\u0661@example.com", id="mixed-digit-systems"),
+]
+SINGLE_SCRIPT = [
+    pytest.param("ann@example.com", id="latin"),
+    pytest.param("j\u00fcrgen@m\u00fcller.example", id="latin-with-diacritics"),
+    pytest.param("\u0430\u043d\u043d\u0430@\u043f\u0440\u0438\u043c\u0435\u0440.\u0440\u0444", id="cyrillic"),
+    pytest.param("\u03b5\u03bb\u03bb\u03b7@example.com", id="greek-local-latin-domain"),
+    pytest.param("\u7528\u6237@\u4f8b\u5b50.\u5e7f\u544a", id="han"),
+    pytest.param("\u30c6\u30b9\u30c8\u6f22\u5b57@example.com", id="katakana-with-han"),
+    pytest.param("ann\u30c6\u30b9\u30c8@example.com", id="latin-with-katakana-japanese"),
+    pytest.param("\ud55c\uae00\u6f22@example.com", id="hangul-with-han"),
+    pytest.param("\u0645\u0631\u064a\u0645@example.com", id="arabic"),
+    pytest.param("ann.\u0430\u043d\u043d\u0430@example.com", id="latin-and-cyrillic-in-separate-parts"),
+    pytest.param("ann-2024@ex-ample1.com", id="digits-and-hyphens"),
+]
+
+
+@pytest.mark.parametrize("raw", LOOK_ALIKES)
+def test_look_alike_addresses_are_refused(raw: str) -> None:
+    with pytest.raises(ApiError) as caught:
+        normalise_email(raw)
+    assert caught.value.status == 400 and caught.value.code == "invalid_email"
+    assert "look" in caught.value.message or "mixes" in caught.value.message or "compatibility" in caught.value.message
+
+
+@pytest.mark.parametrize("raw", SINGLE_SCRIPT)
+def test_single_script_addresses_pass(raw: str) -> None:
+    email, _ = normalise_email(raw)
+    assert email.partition("@")[0] == raw.partition("@")[0]
 
 
 def test_internationalised_domain_is_lowercased_for_the_key() -> None:
