@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import collections
 import os
-import time
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -36,6 +35,7 @@ from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
+    ignored_auth,
     negative_data_rejection,
     response_headers_conformance,
     response_schema_conformance,
@@ -43,6 +43,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.server import Server
+from tests.test_access import add_account
 
 # Examples per operation and mode; USERFLOW_FUZZ_EXAMPLES=300 for a longer hunt.
 MAX_EXAMPLES = int(os.environ.get("USERFLOW_FUZZ_EXAMPLES", "40"))
@@ -60,6 +61,8 @@ USER_PATHS = ("/api/users/{id}", "/api/users/{id}/resend-verification")
 
 # What the fuzz test sent: operation label -> answer status -> count (read by the last test).
 SENT: dict[str, collections.Counter[int]] = collections.defaultdict(collections.Counter)
+# The operator account's credentials, once the server fixture has made it.
+AUTH: dict[str, str] = {}
 
 
 # -- the server and its seed data ---------------------------------------------------------
@@ -112,7 +115,10 @@ def _seed(server: Server) -> dict[str, list[str]]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     data = tmp_path_factory.mktemp("fuzz") / "data"
+    token = add_account(str(data), "fuzz", "operator")
+    AUTH["Authorization"] = f"Bearer {token}"
     srv = Server(str(data), "--email-failure-rate", "0").start()
+    srv.token = token
     try:
         yield srv
     finally:
@@ -186,7 +192,7 @@ def api_schema(server: Server, seeded: dict[str, list[str]]) -> Any:
             "seed": SEED,
             "generation": {"mode": "all", "max-examples": MAX_EXAMPLES, "deterministic": True},
             # 413 (body too large) is also a documented answer to invalid data.
-            "checks": {"negative_data_rejection": {"expected-statuses": [400, 404, 405, 409, 413, 415, 429]}},
+            "checks": {"negative_data_rejection": {"expected-statuses": [400, 401, 403, 404, 405, 409, 413, 415, 429]}},
         }
     )
     schema = schemathesis.openapi.from_url(server.url + "/api/openapi.json", config=config, timeout=10)
@@ -217,9 +223,14 @@ schema = schemathesis.pytest.from_fixture("api_schema").exclude(path="/api/event
 )
 @schema.parametrize()
 def test_every_operation_conforms_to_the_openapi_document(case: schemathesis.Case) -> None:
-    response = case.call(timeout=10)
+    """Each case is sent twice: as an operator (and without credentials, by ``ignored_auth``'s
+    probes, for operations that need them), then as a stranger."""
+    response = case.call(timeout=10, headers=dict(AUTH))
     SENT[case.operation.label][response.status_code] += 1
-    case.validate_response(response, checks=CHECKS)
+    case.validate_response(response, checks=[*CHECKS, ignored_auth])
+    anonymous = case.call(timeout=10)
+    SENT[case.operation.label + " (no token)"][anonymous.status_code] += 1
+    case.validate_response(anonymous, checks=CHECKS)
 
 
 def test_the_server_survived_the_fuzzing(server: Server, capsys: pytest.CaptureFixture[str]) -> None:
@@ -234,6 +245,7 @@ def test_the_server_survived_the_fuzzing(server: Server, capsys: pytest.CaptureF
     assert server.proc is not None and server.proc.poll() is None, "the server process died"
     with urllib.request.urlopen(server.url + "/healthz", timeout=10) as resp:
         assert resp.status == 200
-    time.sleep(0.2)  # let the stderr reader catch up with the last lines (not a synchronisation)
-    log = "".join(server.stderr)
+    end = server.log_marker()  # every line logged during the fuzzing is read by now
+    log = "".join(server.stderr[:end])
     assert "Traceback" not in log, log[-5000:]
+    assert AUTH["Authorization"].split()[1] not in log, "the token never reaches the log"
