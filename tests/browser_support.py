@@ -8,11 +8,18 @@ downloads one here). ``make_screenshot`` regenerates static/screenshot.png:
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +68,80 @@ def run_card(page: Any, email: str) -> Any:
 
 def step(card: Any, step_id: str) -> Any:
     return card.locator(f'li.step[data-step="{step_id}"]')
+
+
+# -- operator accounts and the API as an operator ------------------------------------
+
+
+def operators_cli(data_dir: str, *args: str) -> str:
+    """``userflow operators ARGS --data-dir DATA_DIR``; its standard output."""
+    done = subprocess.run(
+        [sys.executable, "-m", "userflow.http.cli", "operators", *args, "--data-dir", data_dir],
+        check=False, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, (args, done.returncode, done.stderr)
+    return done.stdout
+
+
+def add_operator(data_dir: str, name: str, role: str) -> str:
+    """A new account; its token (printed alone on standard output)."""
+    token = operators_cli(data_dir, "add", name, "--role", role).strip()
+    assert token and "\n" not in token, token
+    return token
+
+
+def remove_operator(data_dir: str, name: str) -> None:
+    operators_cli(data_dir, "remove", name)
+
+
+def call(
+    url: str, method: str, path: str, body: Any = None, *, token: str | None = None, cookie: str | None = None
+) -> tuple[int, Any]:
+    """One API request with a Bearer token or a session cookie (or neither); (status, JSON body)."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url + path, data=data, method=method)
+    request.add_header("Accept", "application/json")
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    if cookie is not None:
+        request.add_header("Cookie", f"userflow_session={cookie}")
+    try:
+        with urllib.request.urlopen(request, timeout=15) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as err:
+        with err:
+            return err.code, json.loads(err.read() or b"null")
+
+
+@contextlib.contextmanager
+def other_site(pages: dict[str, str], host: str = "127.0.0.1") -> Iterator[str]:
+    """A second web server (another origin) serving ``pages`` (path -> HTML); yields its base URL."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            page = pages.get(self.path.split("?", 1)[0])
+            body = (page or "not found").encode()
+            self.send_response(200 if page is not None else 404)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # quiet test output
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{host}:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
 
 
 # Everything the page shows that must not depend on when it was opened:

@@ -7,14 +7,31 @@ never meets pytest-asyncio's event loop; the server is a child process
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.browser_support import LAPTOP, PHONE, launch, missing, open_dashboard, run_card, snapshot, step, wait_same_snapshot
+from tests.browser_support import (
+    LAPTOP,
+    PHONE,
+    add_operator,
+    call,
+    launch,
+    missing,
+    open_dashboard,
+    other_site,
+    remove_operator,
+    run_card,
+    snapshot,
+    step,
+    wait_same_snapshot,
+)
 from tests.server import Server
 
 _reason = missing()
@@ -53,19 +70,58 @@ def context(browser: Browser) -> Iterator[BrowserContext]:
 
 
 @pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
-    servers: list[Server] = []
+def servers() -> Iterator[list[Server]]:
+    """The servers a test started; stopped after it."""
+    started: list[Server] = []
+    yield started
+    for server in started:
+        if server.proc is not None and server.proc.poll() is None:
+            server.terminate()
+        server.stop()
+
+
+@pytest.fixture
+def start_server(tmp_path: Path, servers: list[Server]) -> Callable[..., Server]:
+    """A server with no operator account: its operator surface answers loopback clients only."""
 
     def start(*args: str) -> Server:
         server = Server(str(tmp_path / f"data{len(servers)}"), *args).start()
         servers.append(server)
         return server
 
-    yield start
-    for server in servers:
-        if server.proc is not None and server.proc.poll() is None:
-            server.terminate()
-        server.stop()
+    return start
+
+
+@dataclass
+class Site:
+    """A server with operator accounts, and their tokens by name."""
+
+    server: Server
+    data_dir: str
+    tokens: dict[str, str]
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def get(self, path: str, as_: str) -> Any:
+        status, body = call(self.url, "GET", path, token=self.tokens[as_])
+        assert status == 200, (path, status, body)
+        return body
+
+
+@pytest.fixture
+def start_site(tmp_path: Path, servers: list[Server]) -> Callable[..., Site]:
+    """A server started with the given accounts ({name: role}), made by the CLI beforehand."""
+
+    def start(accounts: dict[str, str], *args: str) -> Site:
+        data_dir = str(tmp_path / f"data{len(servers)}")
+        tokens = {name: add_operator(data_dir, name, role) for name, role in accounts.items()}
+        server = Server(data_dir, *args).start()
+        servers.append(server)
+        return Site(server, data_dir, tokens)
+
+    return start
 
 
 def mark(page: Page) -> float:
@@ -387,3 +443,248 @@ def test_outbox_panel_is_hidden_when_mail_goes_over_smtp(start_server: Callable[
     page = open_dashboard(context, server.url)
     expect(page.locator("#outbox-card")).to_be_hidden()
     expect(page.locator("#signup-form")).to_be_visible()
+
+
+# -- 5. operator accounts: sign-in, roles, other sites -----------------------------------------
+
+
+def session_cookie(context: BrowserContext) -> dict[str, Any]:
+    cookies = [c for c in context.cookies() if c["name"] == "userflow_session"]
+    assert len(cookies) == 1, cookies
+    return dict(cookies[0])
+
+
+def sign_in(context: BrowserContext, site: Site, name: str) -> Page:
+    """A new tab signed in as ``name`` through the sign-in page, on the live, loaded dashboard."""
+    page = context.new_page()
+    page.goto(f"{site.url}/signin")
+    page.get_by_label("Token").fill(site.tokens[name])
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(f"{site.url}/")
+    expect(page.locator("#conn")).to_have_attribute("data-state", "live")
+    page.wait_for_selector("body[data-loaded=true]", state="attached")
+    expect(page.locator("#who-name")).to_have_text(name)
+    return page
+
+
+def test_operator_signs_in_watches_acts_and_signs_out(start_site: Callable[..., Site], context: BrowserContext) -> None:
+    site = start_site({"alice": "operator"}, "--email-failure-rate", "0")
+    url = site.url
+
+    # Not signed in: the dashboard sends the browser to the sign-in page, the API answers 401.
+    page = context.new_page()
+    page.goto(url)
+    expect(page).to_have_url(f"{url}/signin")
+    assert call(url, "GET", "/api/workflows")[0] == 401
+    token = page.get_by_label("Token")
+    expect(token).to_be_focused()
+    page.keyboard.insert_text(site.tokens["alice"])  # what a paste does: one insertion
+    page.get_by_role("button", name="Sign in").click()
+
+    expect(page).to_have_url(f"{url}/")
+    expect(page.locator("#conn")).to_have_attribute("data-state", "live")
+    page.wait_for_selector("body[data-loaded=true]", state="attached")
+    expect(page.locator("#who-name")).to_have_text("alice")
+    expect(page.locator("#who-role")).to_have_text("operator")
+    expect(page.get_by_role("button", name="Sign out")).to_be_visible()
+    expect(page.locator("#read-only")).to_be_hidden()
+    cookie = session_cookie(context)
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert "userflow_session" not in page.evaluate("() => document.cookie")
+    marker = mark(page)
+    record_step_states(page)
+
+    # A signup made elsewhere appears and advances without a reload: the event stream runs on the cookie.
+    email = "wendy@example.com"
+    run_id = api_signup(site.server, "Wendy Watch", email)
+    card = run_card(page, email)
+    expect(card).to_have_attribute("data-status", "WAITING")
+    expect(step(card, EMAIL_STEP)).to_have_attribute("data-status", "COMPLETED")
+    expect(step(card, "wait-for-verification").locator("[data-role=deadlines]")).to_contain_text("expiry")
+    assert {"create-user:COMPLETED", f"{EMAIL_STEP}:COMPLETED", "wait-for-verification:WAITING"} <= seen(page)
+
+    # Acting: the timeline names the account.
+    message = card.locator("[data-role=run-msg]")
+    card.get_by_role("button", name="Resend link").click()
+    expect(message).to_have_text("A new link is on its way; the old one no longer works.")
+    expect(page.locator(f'#outbox li.mail[data-to="{email}"][data-kind="resend"]')).to_have_count(1)
+    card.get_by_role("button", name="Cancel").click()
+    expect(card).to_have_attribute("data-status", "CANCELLED")
+    expect(message).to_have_text("Cancelled.")
+    timeline = card.locator("details.timeline")
+    timeline.locator("summary").click()
+    expect(timeline.locator(".timeline-list")).to_contain_text("new verification link requested by alice")
+    expect(timeline.locator(".timeline-list li.t-run-cancelled")).to_contain_text("run cancelled by alice")
+    messages = [e["message"] for e in site.get(f"/api/workflows/{run_id}", as_="alice")["timeline"]]
+    assert "run cancelled by alice" in messages
+    assert_not_reloaded(page, marker)
+
+    # Signing out ends the session: its cookie is refused from then on, wherever it comes from.
+    assert call(url, "GET", "/api/session", cookie=cookie["value"])[0] == 200
+    page.get_by_role("button", name="Sign out").click()
+    expect(page).to_have_url(f"{url}/signin?reason=signed-out")
+    expect(page.locator("#signin-notice")).to_have_text("You are signed out.")
+    status, body = call(url, "GET", "/api/session", cookie=cookie["value"])
+    assert (status, body["error"]["code"]) == (401, "session_expired")
+    assert call(url, "GET", "/api/workflows", cookie=cookie["value"])[0] == 401
+    page.goto(url)
+    expect(page).to_have_url(f"{url}/signin")
+
+
+def test_wrong_token_shows_the_servers_message(start_site: Callable[..., Site], context: BrowserContext) -> None:
+    site = start_site({"alice": "operator"})
+    page = context.new_page()
+    page.goto(f"{site.url}/signin")
+    message = page.locator("#signin-msg")
+    token = page.get_by_label("Token")
+
+    page.get_by_role("button", name="Sign in").click()
+    expect(message).to_have_text("Paste your token first.")
+    expect(token).to_be_focused()
+
+    status, body = call(site.url, "POST", "/api/session", {"token": "uft_not-a-real-token"})
+    assert status == 401
+    token.fill("uft_not-a-real-token")
+    page.keyboard.press("Enter")
+    expect(message).to_have_text(body["error"]["message"])
+    expect(message).to_have_class(re.compile(r"\berror\b"))
+    expect(token).to_have_attribute("aria-invalid", "true")
+    expect(page).to_have_url(f"{site.url}/signin")
+    assert not [c for c in context.cookies() if c["name"] == "userflow_session"]
+
+    # The right one, pasted with a stray space, then signs in.
+    token.fill(f" {site.tokens['alice']} ")
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(f"{site.url}/")
+    expect(page.locator("#who-name")).to_have_text("alice")
+
+
+def test_viewer_is_offered_no_action_and_cannot_force_one(
+    start_site: Callable[..., Site], context: BrowserContext, browser: Browser
+) -> None:
+    site = start_site({"vera": "viewer", "olga": "operator"}, "--email-failure-rate", "0")
+    email = "pat@example.com"
+    run_id = api_signup(site.server, "Pat Pending", email)
+
+    # The operator is offered resend and cancel on this run, and the outbox's verify button.
+    operator_context = browser.new_context(viewport=LAPTOP)
+    try:
+        operator = sign_in(operator_context, site, "olga")
+        op_card = run_card(operator, email)
+        expect(op_card).to_have_attribute("data-status", "WAITING")
+        expect(op_card.locator(".actions button")).to_have_text(["Resend link", "Cancel"])
+        expect(operator.locator("#outbox .verify-btn")).to_have_count(1)
+
+        # An action the server refuses (403) says why in the run's message area: here the
+        # request goes out with the viewer's token, as if olga had lost the operator role.
+        def as_viewer(route: Any) -> None:
+            route.continue_(headers={**route.request.headers, "authorization": f"Bearer {site.tokens['vera']}"})
+
+        operator.route("**/api/workflows/*/cancel", as_viewer)
+        op_card.get_by_role("button", name="Cancel").click()
+        expect(op_card.locator("[data-role=run-msg]")).to_have_text("403: vera is a viewer: this needs the operator role")
+        expect(op_card).to_have_attribute("data-status", "WAITING")
+    finally:
+        operator_context.close()
+
+    # The viewer reads everything, and is offered no action anywhere.
+    page = sign_in(context, site, "vera")
+    expect(page.locator("#who-role")).to_have_text("viewer")
+    expect(page.locator("#read-only")).to_be_visible()
+    card = run_card(page, email)
+    expect(card).to_have_attribute("data-status", "WAITING")
+    expect(step(card, "wait-for-verification")).to_have_attribute("data-status", "WAITING")
+    expect(page.locator(f'#outbox li.mail[data-to="{email}"] .mail-state')).to_have_text("not verified yet")
+    expect(page.locator(f'#users tbody tr[data-email="{email}"]')).to_have_attribute("data-status", "PENDING")
+    card.locator("details.timeline summary").click()
+    expect(card.locator(".timeline-list")).to_contain_text("waiting")
+    assert page.locator("[data-action], .actions button, .verify-btn").count() == 0
+    assert page.get_by_role("button", name=re.compile("^(Retry|Cancel|Resend link|Verify email)$")).count() == 0
+
+    # Forcing actions from the page, with the viewer's cookie: 403, and nothing happens.
+    user_id = site.get(f"/api/workflows/{run_id}", as_="olga")["userId"]
+    for path in (f"/api/workflows/{run_id}/cancel", f"/api/users/{user_id}/resend-verification"):
+        answer = page.evaluate(
+            """async (path) => {
+              const r = await fetch(path, {method: 'POST', credentials: 'include'});
+              return {status: r.status, body: await r.json()};
+            }""",
+            path,
+        )
+        assert answer["status"] == 403, (path, answer)
+        assert answer["body"]["error"]["code"] == "forbidden"
+    detail = site.get(f"/api/workflows/{run_id}", as_="olga")
+    assert (detail["status"], detail["userStatus"]) == ("WAITING", "PENDING")
+    assert not [e for e in detail["timeline"] if "cancel" in e["type"] or "resend" in e["type"]], detail["timeline"]
+    assert [m["kind"] for m in site.get("/api/outbox", as_="olga")["emails"]] == ["verification"]
+    expect(card).to_have_attribute("data-status", "WAITING")
+    assert page.locator("[data-action], .actions button, .verify-btn").count() == 0
+
+
+ATTACK_PAGE = """<!doctype html>
+<meta charset="utf-8"><title>You won a prize</title>
+<form id="claim" method="post" action="{target}"><input type="hidden" name="prize" value="1"></form>
+<script>
+  // Fetches with the browser's credentials (the answer readable, then opaque), then a plain
+  // form post: all at the dashboard's API.
+  const post = (mode) => fetch({target_js}, {{method: "POST", credentials: "include", mode}}).catch(() => null);
+  post("cors").then(() => post("no-cors")).finally(() => document.getElementById("claim").submit());
+</script>
+"""
+
+
+def test_another_site_cannot_act_with_the_operators_cookie(start_site: Callable[..., Site], context: BrowserContext) -> None:
+    site = start_site({"alice": "operator"}, "--email-failure-rate", "0")
+    email = "target@example.com"
+    run_id = api_signup(site.server, "Tara Target", email)
+    dashboard = sign_in(context, site, "alice")
+    card = run_card(dashboard, email)
+    expect(card).to_have_attribute("data-status", "WAITING")
+    target = f"{site.url}/api/workflows/{run_id}/cancel"
+    page = {"/": ATTACK_PAGE.format(target=target, target_js=json.dumps(target))}
+
+    # 127.0.0.1 on another port: another origin but the same site, so SameSite=Strict lets the
+    # cookie go along, and the server's Origin check must refuse: 403 cross_origin (which only a
+    # request the cookie authenticated can get: without it the answer is a 401).
+    # localhost: another site, so the browser does not even send the cookie: 401.
+    for host, status, code in (("127.0.0.1", 403, "cross_origin"), ("localhost", 401, "authentication_required")):
+        with other_site(page, host) as evil:
+            attacker = context.new_page()
+            posts: list[Any] = []
+            attacker.on("request", lambda r, posts=posts: posts.append(r) if r.method == "POST" else None)
+            attacker.goto(f"{evil}/")
+            attacker.wait_for_url(target)  # the form's post was answered: its body is on screen
+            expect(attacker.locator("body")).to_contain_text(f'"code":"{code}"')
+            assert [r.url for r in posts] == [target] * 3
+            cors, opaque, form = (r.response() for r in posts)
+            assert cors is None and posts[0].failure is not None  # the browser withholds the answer: no CORS headers
+            assert opaque is not None and opaque.status == status, host
+            assert form is not None and form.status == status, host
+            attacker.close()
+
+    detail = site.get(f"/api/workflows/{run_id}", as_="alice")
+    assert detail["status"] == "WAITING"
+    assert not [e for e in detail["timeline"] if "cancel" in e["type"] or "cancel" in e["message"]], detail["timeline"]
+    expect(card).to_have_attribute("data-status", "WAITING")
+
+    # The same cookie acts from the dashboard itself.
+    card.get_by_role("button", name="Cancel").click()
+    expect(card).to_have_attribute("data-status", "CANCELLED")
+    assert site.get(f"/api/workflows/{run_id}", as_="alice")["timeline"][-1]["message"] == "run cancelled by alice"
+
+
+def test_removed_account_is_sent_to_signin(start_site: Callable[..., Site], context: BrowserContext) -> None:
+    site = start_site({"alice": "operator"}, "--email-failure-rate", "0")
+    page = sign_in(context, site, "alice")
+    cookie = session_cookie(context)
+    remove_operator(site.data_dir, "alice")
+    expect(page).to_have_url(f"{site.url}/signin?reason=ended", timeout=8_000)
+    expect(page.locator("#signin-notice")).to_contain_text("Your session has ended")
+    assert call(site.url, "GET", "/api/session", cookie=cookie["value"])[0] == 401
+
+
+def test_expired_session_is_sent_to_signin(start_site: Callable[..., Site], context: BrowserContext) -> None:
+    site = start_site({"alice": "operator"}, "--email-failure-rate", "0", "--session-ttl", "3")
+    page = sign_in(context, site, "alice")
+    expect(page).to_have_url(f"{site.url}/signin?reason=ended", timeout=8_000)
+    expect(page.locator("#signin-notice")).to_contain_text("Your session has ended")
