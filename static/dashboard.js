@@ -89,7 +89,7 @@
       return { ok: false, status: 0, body: null, message: "Could not reach the server; is it running?" };
     }
     // Not (or no longer) signed in: a page with nothing it may show.
-    if (response.status === 401) goToSignin(me ? "ended" : "");
+    if (response.status === 401) goToSignin(!me ? "" : me.via === "loopback" ? "accounts" : "ended");
     const body = await response.json().catch(() => null);
     const message = body && body.error && body.error.message
       ? body.error.message

@@ -11,6 +11,7 @@
   const NOTICES = {
     "signed-out": ["You are signed out.", "notice ok"],
     ended: ["Your session has ended (signed out, expired, or the account was removed); sign in again.", "notice"],
+    accounts: ["This server has operator accounts now: sign in with your token.", "notice"],
   };
   const reason = new URLSearchParams(location.search).get("reason");
   if (reason && Object.prototype.hasOwnProperty.call(NOTICES, reason)) {
