@@ -263,6 +263,11 @@ def test_second_tab_shows_the_same_state(start_server: Callable[..., Server], co
     expect(run_card(first, cancelled)).to_have_attribute("data-status", "CANCELLED")
     expect(first.locator(f'#users tr[data-email="{done}"]')).to_have_attribute("data-status", "ACTIVE")
 
+    # No account exists: the page says it acts as the local operator, with nothing to sign out of.
+    expect(first.locator("#who-name")).to_have_text("local (no accounts)")
+    expect(first.locator("#who-role")).to_be_hidden()
+    expect(first.locator("#sign-out")).to_be_hidden()
+
     second = open_dashboard(context, server.url)
     expect(run_card(second, done)).to_have_attribute("data-status", "COMPLETED")
     expect(second.locator("#runs li.step")).to_have_count(15)
@@ -671,6 +676,21 @@ def test_another_site_cannot_act_with_the_operators_cookie(start_site: Callable[
     card.get_by_role("button", name="Cancel").click()
     expect(card).to_have_attribute("data-status", "CANCELLED")
     assert site.get(f"/api/workflows/{run_id}", as_="alice")["timeline"][-1]["message"] == "run cancelled by alice"
+
+
+def test_local_dashboard_goes_to_signin_once_an_account_exists(
+    start_server: Callable[..., Server], context: BrowserContext
+) -> None:
+    server = start_server("--email-failure-rate", "0")
+    page = open_dashboard(context, server.url)
+    expect(page.locator("#who-name")).to_have_text("local (no accounts)")
+    token = add_operator(server.data_dir, "alice", "operator")
+    expect(page).to_have_url(f"{server.url}/signin?reason=accounts", timeout=8_000)
+    expect(page.locator("#signin-notice")).to_have_text("This server has operator accounts now: sign in with your token.")
+    page.get_by_label("Token").fill(token)
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(f"{server.url}/")
+    expect(page.locator("#who-name")).to_have_text("alice")
 
 
 def test_removed_account_is_sent_to_signin(start_site: Callable[..., Site], context: BrowserContext) -> None:
