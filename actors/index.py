@@ -75,6 +75,7 @@ class RunIndex:
             "createdAt": run["createdAt"],
             "updatedAt": run["updatedAt"],
             "finishedAt": run.get("finishedAt"),
+            "events": len(run.get("events", ())),  # how many the run has told of (webhooks)
         }
         summary.update(workflow.summary(run))
         return summary

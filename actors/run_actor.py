@@ -50,7 +50,7 @@ from userflow.actors.status import FINISHED, RunStatus, StepStatus
 from userflow.actors.run_commands import CommandsMixin
 from userflow.actors.run_deadlines import DeadlinesMixin
 from userflow.actors.timers import TimerQueue
-from userflow.actors.timeutil import iso, iso_now, now
+from userflow.actors.timeutil import epoch, iso, iso_now, now
 from userflow.actors.workflow import RETRY_TIMER, SignalRejected, Step, StepContext, Wait, Workflow
 from userflow.storage import RunHandle, RunStore, StorageError
 from userflow.storage.faults import crash_point
@@ -337,9 +337,20 @@ class RunActor(DeadlinesMixin, CommandsMixin, pykka.ThreadingActor):
         self._commit()
 
     def _keep(self, context: StepContext) -> None:
-        """The work in ``context`` succeeded: its state becomes the run's, its log entries join."""
+        """The work in ``context`` succeeded: its state becomes the run's, its log entries
+        and events join (the events in the same commit as the state they tell of)."""
         self._run["state"] = context.state
         self._take_entries(context)
+        self._take_events(context)
+
+    def _take_events(self, context: StepContext) -> None:
+        if not context.events:
+            return
+        events = self._run.setdefault("events", [])
+        for type, data in context.events:
+            number = len(events) + 1
+            events.append({"id": f"evt_{self._run_id.partition('_')[2]}_{number}", "type": type, "timestamp": iso_now(), "data": data})
+        context.events.clear()
 
     def _set_timer(self, name: str, due: float) -> None:
         """Arm timer ``name``; it is kept in the snapshot, so it is durable with the next commit."""
@@ -388,8 +399,10 @@ class RunActor(DeadlinesMixin, CommandsMixin, pykka.ThreadingActor):
         self._take_entries(context)
         budget = step["attempts"][step.get("attemptBase", 0) :]
         failures = sum(1 for a in budget if a["error"] and not a.get("interrupted"))
-        if spec.retry.should_retry(failures, error):
-            delay = spec.retry.backoff(failures)
+        policy = spec.policy(self._parts.services)
+        delay = policy.backoff(failures)
+        elapsed = now() - epoch(budget[0]["startedAt"])
+        if policy.should_retry(failures, error, elapsed, delay):
             due = now() + delay
             step["status"] = StepStatus.RETRYING
             step["retryAt"] = iso(due)
@@ -402,7 +415,7 @@ class RunActor(DeadlinesMixin, CommandsMixin, pykka.ThreadingActor):
             )
             self._commit()
             return
-        why = "not retryable" if spec.retry.is_permanent(error) else f"{failures} failed attempts"
+        why = "not retryable" if policy.is_permanent(error) else f"{failures} failed attempts in {elapsed:.0f} s"
         self._log("attempt-failed", f"{spec.name}: attempt {number} failed ({attempt['error']}); {why}", spec.id, number)
         if spec.fallback is not None:
             fallback_context = self._context(spec, number)
@@ -419,6 +432,11 @@ class RunActor(DeadlinesMixin, CommandsMixin, pykka.ThreadingActor):
         run["status"] = RunStatus.FAILED
         run["error"] = {"step": spec.id, "message": attempt["error"]}
         self._log("run-failed", f"run failed at {spec.name}: {attempt['error']}", spec.id, number)
+        assert self._workflow is not None
+        if self._workflow.on_failed is not None:
+            context = self._context(spec, number)
+            self._workflow.on_failed(context, attempt["error"])
+            self._keep(context)
         self._commit()
 
     def _wait(self, spec: Wait, step: dict[str, Any]) -> None:
@@ -436,6 +454,10 @@ class RunActor(DeadlinesMixin, CommandsMixin, pykka.ThreadingActor):
             return
         self._drop_deadlines(spec)
         run["signals"].remove(signal)
+        if spec.on_signal is not None:
+            context = self._context(spec, 1)
+            spec.on_signal(context, signal)
+            self._keep(context)
         step["status"] = StepStatus.COMPLETED
         step["output"] = {"signal": signal["name"], "payload": signal["payload"], "receivedAt": signal["receivedAt"]}
         step["finishedAt"] = iso_now()

@@ -1,5 +1,7 @@
 """A run actor's operator commands: retry a failed run, cancel it, or run a
-workflow action (which may rewind the run to an earlier step).
+workflow action (which may rewind the run to an earlier step). ``resume`` is
+the retry a repeated start asks for: it retries a FAILED run and is a no-op
+for any other (two such starts at once both succeed).
 
 Commands arrive like every message, between two attempts, so they never
 interrupt a step; each is committed before it is answered.
@@ -28,6 +30,9 @@ class CommandsMixin:
             by = str(message.args.get("by") or "an operator")
             if message.name == "retry":
                 self._retry_failed(by)
+            elif message.name == "resume":
+                if self._run["status"] == RunStatus.FAILED:
+                    self._retry_failed(by)
             elif message.name == "cancel":
                 self._cancel(by)
             else:
@@ -98,5 +103,6 @@ class CommandsMixin:
         step["status"] = StepStatus.PENDING
         step["attemptBase"] = len(step["attempts"])
         step["output"] = None
+        step["startedAt"] = None  # its duration is the new run's of it, not since the first
         step["finishedAt"] = None
         step["retryAt"] = None

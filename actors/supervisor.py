@@ -25,6 +25,7 @@ from userflow.actors.messages import (
     ActorFailed,
     AwaitDurable,
     Bounce,
+    Command,
     Idle,
     Recover,
     Shutdown,
@@ -131,6 +132,11 @@ class Supervisor(pykka.ThreadingActor):
                 decision = workflow.on_duplicate(summary)
                 if decision == "conflict":
                     reject(message.reply, DuplicateRun(existing, summary))
+                    return
+                if decision == "resume":
+                    # The same run, resumed from its failed step if it is still FAILED
+                    # once the command reaches it (a second such start finds it running).
+                    self._route(existing, Command(existing, "resume", {"by": "a new signup for the same address"}, message.reply))
                     return
                 if decision == "reuse":
                     # Answer only once the first start is durable: through the

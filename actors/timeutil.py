@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from datetime import datetime
 
 _second: tuple[int, str] = (-1, "")  # the last whole second formatted, shared by every thread
 
@@ -29,3 +30,8 @@ def iso(epoch: float) -> str:
 
 def iso_now() -> str:
     return iso(time.time())
+
+
+def epoch(text: str) -> float:
+    """Epoch seconds of an ISO 8601 time as ``iso`` writes it."""
+    return datetime.fromisoformat(text).timestamp()

@@ -66,6 +66,7 @@ class StepContext:
         self.outputs = outputs
         self.services = services
         self.entries: list[dict[str, Any]] = []
+        self.events: list[tuple[str, dict[str, Any]]] = []
         self.args: Mapping[str, Any] = {}
         self.rewind: str | None = None
         self._checkpoint = checkpoint
@@ -73,6 +74,11 @@ class StepContext:
     def log(self, message: str, type: str = "info") -> None:
         """Add a timeline entry, recorded with the step's next commit."""
         self.entries.append({"at": iso_now(), "type": type, "message": message})
+
+    def emit(self, type: str, data: dict[str, Any]) -> None:
+        """Tell the outside world (webhooks): recorded in the same commit as the step's
+        success, so an event is never lost nor told of a change that did not happen."""
+        self.events.append((type, data))
 
     def checkpoint(self) -> None:
         """Durably record the state and log entries so far, before going on."""
@@ -93,15 +99,19 @@ class Step:
 
     ``run`` may be a plain or an ``async`` function. When retries are exhausted
     and ``fallback`` is set, the fallback's return value completes the step
-    instead of failing the run.
+    instead of failing the run. ``retry`` is a policy, or a function of the
+    services that makes one (a policy set by the server's configuration).
     """
 
     id: str
     name: str
     run: StepFunction
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    retry: RetryPolicy | Callable[[Any], RetryPolicy] = field(default_factory=RetryPolicy)
     fallback: Fallback | None = None
     kind: Literal["task"] = "task"
+
+    def policy(self, services: Any) -> RetryPolicy:
+        return self.retry if isinstance(self.retry, RetryPolicy) else self.retry(services)
 
 
 #: The timer the engine itself uses for retry backoffs; deadlines take other names.
@@ -141,6 +151,8 @@ class Wait:
     ``accept(run, payload)`` vets a signal when it is delivered (raising
     :class:`SignalRejected`), which can be before the run reaches this wait: an
     accepted signal is recorded at once and consumed when the wait starts.
+    ``on_signal(context, signal)`` runs as the wait ends by its signal (the
+    signal's ``name``, ``payload`` and ``receivedAt``), in the same commit.
     """
 
     id: str
@@ -148,6 +160,7 @@ class Wait:
     signal: str
     accept: SignalCheck = _accept_all
     deadlines: tuple[Deadline, ...] = ()
+    on_signal: Callable[[StepContext, Mapping[str, Any]], None] | None = None
     kind: Literal["wait"] = "wait"
 
 
@@ -165,7 +178,7 @@ class Action:
     run: StepFunction
 
 
-Duplicate = Literal["reuse", "conflict", "new"]
+Duplicate = Literal["reuse", "resume", "conflict", "new"]
 
 
 def _no_keys(run: Mapping[str, Any]) -> dict[str, list[str]]:
@@ -188,9 +201,12 @@ class Workflow:
       the in-memory index (rebuilt from storage at startup);
     - ``summary(run)``: small extra fields kept in memory for listings;
     - ``on_duplicate(summary)``: what a start with the same dedupe key does when
-      a run already holds it: return that run, refuse, or start a new one;
+      a run already holds it: return that run (``reuse``), return it resumed
+      from its failed step if it failed (``resume``), refuse (``conflict``), or
+      start a new one (``new``);
     - ``actions``: operator actions beyond retry and cancel;
-    - ``on_cancel(context)``: bring the workflow's state to an end when cancelled.
+    - ``on_cancel(context)``: bring the workflow's state to an end when cancelled;
+    - ``on_failed(context, error)``: the run has just FAILED (to emit an event).
     """
 
     name: str
@@ -200,6 +216,7 @@ class Workflow:
     on_duplicate: Callable[[Mapping[str, Any]], Duplicate] = _always_new
     actions: tuple[Action, ...] = ()
     on_cancel: StepFunction | None = None
+    on_failed: Callable[[StepContext, str], None] | None = None
 
     def __post_init__(self) -> None:
         ids = [step.id for step in self.steps]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable
 from typing import Any
@@ -116,6 +117,17 @@ async def retry_workflow(request: web.Request) -> web.Response:
         status=202,
         headers={"Location": f"/api/workflows/{result.run_id}"},
     )
+
+
+async def retry_failed(request: web.Request) -> web.Response:
+    """Every FAILED run resumed from its failed step, e.g. once a mail outage is over."""
+    runtime = request.app[RUNTIME]
+    failed = [s["id"] for s in runtime.index.newest(where=lambda s: s["status"] == RunStatus.FAILED)]
+    by = f"{request[PRINCIPAL].describe(client_address(request))} (retry of every failed run)"
+    results = await asyncio.gather(*(runtime.command(run_id, "retry", {"by": by}) for run_id in failed), return_exceptions=True)
+    # A run that left FAILED meanwhile (retried by someone else) is not counted.
+    retried = [run_id for run_id, result in zip(failed, results) if not isinstance(result, BaseException)]
+    return json_response({"retried": len(retried), "workflowIds": retried}, status=202)
 
 
 async def cancel_workflow(request: web.Request) -> web.Response:

@@ -68,6 +68,8 @@ def make_services(settings: Settings, data_dir: DataDir, public_url: str) -> Sig
         public_url=public_url,
         verify_ttl=settings.verify_ttl,
         reminder_after=settings.reminder_after,
+        email_max_backoff=settings.email_max_backoff,
+        email_retry_for=settings.email_retry_for,
     )
 
 
@@ -184,6 +186,7 @@ ROUTES = (
     ("GET", "/", pages.dashboard, VIEWER),
     ("GET", "/api/workflows", api.list_workflows, VIEWER),
     ("GET", "/api/workflows/{id}", api.get_workflow, VIEWER),
+    ("POST", "/api/workflows/retry-failed", api.retry_failed, OPERATOR),
     ("POST", "/api/workflows/{id}/retry", api.retry_workflow, OPERATOR),
     ("POST", "/api/workflows/{id}/cancel", api.cancel_workflow, OPERATOR),
     ("GET", "/api/users", api.list_users, VIEWER),

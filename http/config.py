@@ -20,6 +20,8 @@ class Settings:
     email_failure_rate: float | None = None
     verify_ttl: float = 86400.0
     reminder_after: float = 3600.0
+    email_max_backoff: float = 300.0  # the longest pause between two tries of an email
+    email_retry_for: float = 21600.0  # how long an email is retried (never past the link's expiry)
     max_live_actors: int = 256
     index_save_every: float = 30.0
     log_level: str = "INFO"
@@ -86,6 +88,13 @@ def _positive_seconds(text: str) -> float:
     value = _seconds(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text}: at least 1 second")
+    return value
+
+
+def _some_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text}: more than 0 seconds")
     return value
 
 
@@ -217,6 +226,8 @@ def parser() -> argparse.ArgumentParser:
     option("--email-failure-rate", "USERFLOW_EMAIL_FAILURE_RATE", _fraction, None, "injected transient email failures, to watch retries", "0.2 in outbox mode, 0 with SMTP")
     option("--verify-ttl", "USERFLOW_VERIFY_TTL", _seconds, d.verify_ttl, "seconds a verification link stays valid")
     option("--reminder-after", "USERFLOW_REMINDER_AFTER", _seconds, d.reminder_after, "seconds before one reminder email, 0 = never")
+    option("--email-max-backoff", "USERFLOW_EMAIL_MAX_BACKOFF", _some_seconds, d.email_max_backoff, "longest pause between two tries of an email after a transient failure")
+    option("--email-retry-for", "USERFLOW_EMAIL_RETRY_FOR", _seconds, d.email_retry_for, "seconds an email is retried after transient failures (never past the link's expiry); then the run is FAILED")
     option("--signup-rate-limit", "USERFLOW_SIGNUP_RATE_LIMIT", _rate, d.signup_rate, "accepted signups per client address, N/SECONDS, 0 = off")
     option("--verify-rate-limit", "USERFLOW_VERIFY_RATE_LIMIT", _rate, d.verify_rate, "verifications per client address, N/SECONDS, 0 = off")
     option("--signin-rate-limit", "USERFLOW_SIGNIN_RATE_LIMIT", _rate, d.signin_rate, "failed dashboard sign-ins per client address, N/SECONDS, 0 = off")
@@ -268,6 +279,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         email_failure_rate=args.email_failure_rate,
         verify_ttl=args.verify_ttl,
         reminder_after=args.reminder_after,
+        email_max_backoff=args.email_max_backoff,
+        email_retry_for=args.email_retry_for,
         max_live_actors=max(1, args.max_live_actors),
         index_save_every=args.index_save_every,
         log_level=args.log_level,

@@ -243,6 +243,18 @@ def document(roles: Mapping[tuple[str, str], str]) -> dict[str, Any]:
                 "responses": {"202": _json(_ref("ActionAccepted"), "resumed (durable)"), **_errors(404, 409, 503)},
             }
         },
+        "/api/workflows/retry-failed": {
+            "post": {
+                "summary": "Resume every FAILED run from its failed step (after an outage), each audited",
+                "responses": {
+                    "202": _json(
+                        _obj(["retried", "workflowIds"], retried={"type": "integer"}, workflowIds={"type": "array", "items": _STR}),
+                        "the runs resumed",
+                    ),
+                    **_errors(503),
+                },
+            }
+        },
         "/api/workflows/{id}/cancel": {
             "post": {
                 "summary": "Cancel a RUNNING or WAITING run: its timers are dropped and its link stops working",

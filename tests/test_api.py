@@ -756,7 +756,7 @@ async def test_dashboard_is_html(client: TestClient) -> None:
 
 
 async def test_email_failures_are_retried_then_the_run_fails(make_client: Any) -> None:
-    client = await make_client(email_failure_rate=1.0)
+    client = await make_client(email_failure_rate=1.0, email_retry_for=2.0, email_max_backoff=0.5)
     accepted = await signup(client, "ann@example.com")
     await wait_run(client, accepted["workflowId"], "FAILED", timeout=25)
     await wait_listed(client, accepted["workflowId"], "FAILED")  # the index is updated just after the file
@@ -767,7 +767,7 @@ async def test_email_failures_are_retried_then_the_run_fails(make_client: Any) -
     assert email_step["id"] == "send-verification-email"
     assert email_step["status"] == "FAILED"
     attempts = email_step["attempts"]
-    assert [a["number"] for a in attempts] == [1, 2, 3, 4, 5]
+    assert len(attempts) >= 3 and [a["number"] for a in attempts] == list(range(1, len(attempts) + 1))
     for attempt in attempts:
         assert attempt["error"] and "injected failure" in attempt["error"], attempt
         assert attempt["startedAt"] and attempt["finishedAt"]

@@ -327,7 +327,7 @@ def test_accept_verification() -> None:
         ("FLAGGED", "COMPLETED", "conflict"),
         ("PENDING", "RUNNING", "reuse"),
         ("PENDING", "WAITING", "reuse"),
-        ("PENDING", "FAILED", "reuse"),
+        ("PENDING", "FAILED", "resume"),
         ("EXPIRED", "COMPLETED", "new"),
         ("PENDING", "CANCELLED", "new"),
     ],

@@ -13,7 +13,8 @@ from tests.smtp_server import SmtpServer, free_port
 @pytest.fixture
 def start_app(make_client: MakeClient):
     async def start(smtp_url: str, failure_rate: float = 0.0):
-        return await make_client(smtp_url=smtp_url, email_failure_rate=failure_rate)
+        # Retries come quickly here: the tests wait for their outcome, not for the backoff.
+        return await make_client(smtp_url=smtp_url, email_failure_rate=failure_rate, email_max_backoff=0.5)
 
     return start
 

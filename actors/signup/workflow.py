@@ -54,6 +54,8 @@ class SignupServices:
     reminder_after: float = 3600.0
     resend_interval: float = 30.0
     max_resends: int = 5
+    email_max_backoff: float = 300.0
+    email_retry_for: float = 21600.0
 
     def link(self, run_id: str, send_no: int) -> str:
         return f"{self.public_url}/verify?token={self.tokens.token(run_id, send_no)}"
@@ -74,6 +76,7 @@ def create_user(ctx: StepContext) -> dict[str, Any]:
             "createdAt": ctx.input["requestedAt"],
             "finishedAt": None,
         }
+    ctx.emit("user.created", told(ctx))
     return {"userId": user["id"], "status": user["status"]}
 
 
@@ -114,6 +117,7 @@ def expire_user(ctx: StepContext) -> None:
     user["finishedAt"] = iso_now()
     ctx.state["tokenHash"] = None
     ctx.log(f"user {user['id']} is EXPIRED: the verification link was not used in time")
+    ctx.emit("user.expired", told(ctx))
 
 
 def cancel_user(ctx: StepContext) -> None:
@@ -126,6 +130,7 @@ def cancel_user(ctx: StepContext) -> None:
     if user["status"] == UserStatus.PENDING:
         user["status"] = UserStatus.CANCELLED
         user["finishedAt"] = iso_now()
+        ctx.emit("user.cancelled", told(ctx))
     ctx.state["tokenHash"] = None
 
 
@@ -159,6 +164,12 @@ def accept_verification(run: Mapping[str, Any], payload: Mapping[str, Any]) -> N
         raise SignalRejected("unknown", "this verification link is not valid")
     if digest != state.get("tokenHash"):
         raise SignalRejected("expired", "this link was replaced by a newer email; use the latest link")
+
+
+def verified(ctx: StepContext, signal: Mapping[str, Any]) -> None:
+    """The wait ended by the click: the user has shown they own the address."""
+    ctx.state["user"]["verifiedAt"] = signal["receivedAt"]
+    ctx.emit("user.verified", told(ctx))
 
 
 def ai_risk_check(ctx: StepContext) -> Any:
@@ -201,7 +212,29 @@ def finalize_user(ctx: StepContext) -> dict[str, Any]:
     user["status"] = UserStatus.ACTIVE if decision == "ALLOW" else UserStatus.FLAGGED
     user["finishedAt"] = user["finishedAt"] or iso_now()
     ctx.log(f"user {user['id']} is {user['status']}")
+    ctx.emit("user.active" if user["status"] == UserStatus.ACTIVE else "user.flagged", told(ctx))
     return {"userId": user["id"], "status": user["status"]}
+
+
+def failed(ctx: StepContext, error: str) -> None:
+    ctx.emit("workflow.failed", {**told(ctx), "error": {"step": ctx.step_id, "message": error}})
+
+
+def told(ctx: StepContext) -> dict[str, Any]:
+    """The user record as events tell it (SPEC section 3's user, and its workflow)."""
+    user = ctx.state.get("user") or {}
+    risk = user.get("risk")
+    return {
+        "id": ctx.input["userId"],
+        "email": user.get("email", ctx.input["email"]),
+        "name": user.get("name", ctx.input["name"]),
+        "status": user.get("status", UserStatus.PENDING),
+        "risk": risk and {key: risk[key] for key in ("decision", "score", "reasons", "source")},
+        "createdAt": user.get("createdAt", ctx.input["requestedAt"]),
+        "verifiedAt": user.get("verifiedAt"),
+        "finishedAt": user.get("finishedAt"),
+        "workflowId": ctx.run_id,
+    }
 
 
 # -- how the engine indexes and summarises signup runs --------------------------------
@@ -261,9 +294,23 @@ def on_duplicate(existing: Mapping[str, Any]) -> str:
     """A signup for an email that already has a run."""
     if existing["user"]["status"] in (UserStatus.ACTIVE, UserStatus.FLAGGED):
         return "conflict"
-    if existing["status"] in (RunStatus.RUNNING, RunStatus.WAITING, RunStatus.FAILED):
+    if existing["status"] == RunStatus.FAILED:
+        return "resume"  # the person trying again gets their email after all
+    if existing["status"] in (RunStatus.RUNNING, RunStatus.WAITING):
         return "reuse"  # idempotent: the same PENDING user, never a second one
     return "new"  # expired or cancelled: start afresh
+
+
+def email_retries(services: SignupServices) -> RetryPolicy:
+    """A mail provider's bad half hour must not cost a signup: transient failures are
+    retried with backoff for ``email_retry_for`` seconds, never past the link's life."""
+    return RetryPolicy(
+        max_attempts=None,
+        initial_backoff=0.5,
+        coefficient=2.0,
+        max_backoff=services.email_max_backoff,
+        retry_for=min(services.email_retry_for, services.verify_ttl),
+    )
 
 
 def _reminder_after(services: SignupServices) -> float | None:
@@ -276,17 +323,13 @@ SIGNUP = Workflow(
     name=NAME,
     steps=(
         Step("create-user", "Create user", create_user, RetryPolicy(max_attempts=3, initial_backoff=0.5)),
-        Step(
-            "send-verification-email",
-            "Send verification email",
-            send_verification_email,
-            RetryPolicy(max_attempts=5, initial_backoff=0.5, coefficient=2.0, max_backoff=30.0),
-        ),
+        Step("send-verification-email", "Send verification email", send_verification_email, email_retries),
         Wait(
             "wait-for-verification",
             "Wait for verification",
             EMAIL_VERIFIED,
             accept_verification,
+            on_signal=verified,
             deadlines=(
                 Deadline("reminder", after=_reminder_after, action=send_reminder),
                 Deadline("expiry", after=lambda services: services.verify_ttl, action=expire_user, outcome="expired"),
@@ -306,4 +349,5 @@ SIGNUP = Workflow(
     on_duplicate=on_duplicate,
     actions=(Action("resend-verification", resend_verification),),
     on_cancel=cancel_user,
+    on_failed=failed,
 )
