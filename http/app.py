@@ -186,7 +186,7 @@ ROUTES = (
     ("GET", "/", pages.dashboard, VIEWER),
     ("GET", "/api/workflows", api.list_workflows, VIEWER),
     ("GET", "/api/workflows/{id}", api.get_workflow, VIEWER),
-    ("POST", "/api/workflows/retry-failed", api.retry_failed, OPERATOR),
+    ("POST", "/api/workflows/failed/retry", api.retry_failed, OPERATOR),
     ("POST", "/api/workflows/{id}/retry", api.retry_workflow, OPERATOR),
     ("POST", "/api/workflows/{id}/cancel", api.cancel_workflow, OPERATOR),
     ("GET", "/api/users", api.list_users, VIEWER),

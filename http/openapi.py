@@ -243,7 +243,7 @@ def document(roles: Mapping[tuple[str, str], str]) -> dict[str, Any]:
                 "responses": {"202": _json(_ref("ActionAccepted"), "resumed (durable)"), **_errors(404, 409, 503)},
             }
         },
-        "/api/workflows/retry-failed": {
+        "/api/workflows/failed/retry": {
             "post": {
                 "summary": "Resume every FAILED run from its failed step (after an outage), each audited",
                 "responses": {

@@ -183,7 +183,7 @@ def test_the_route_table_matches_the_public_surface_of_the_spec(routes: list[tup
     assert public == PUBLIC
     acting = {(m, p) for m, p, a in routes if a is Access.OPERATOR}
     assert acting == {
-        ("POST", "/api/workflows/retry-failed"),
+        ("POST", "/api/workflows/failed/retry"),
         ("POST", "/api/workflows/{id}/retry"),
         ("POST", "/api/workflows/{id}/cancel"),
         ("POST", "/api/users/{id}/resend-verification"),

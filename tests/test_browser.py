@@ -174,7 +174,8 @@ def verify_by_api(server: Server, email: str) -> None:
 
 
 def test_signup_retry_verify_live_without_reload(start_server: Callable[..., Server], context: BrowserContext) -> None:
-    server = start_server("--email-failure-rate", "0.5")
+    # Emails are retried for 10 s, so a run whose first five attempts fail is FAILED at about 7.5 s.
+    server = start_server("--email-failure-rate", "0.5", "--email-retry-for", "10")
     page = open_dashboard(context, server.url)
     marker = mark(page)
     record_step_states(page)
@@ -182,7 +183,7 @@ def test_signup_retry_verify_live_without_reload(start_server: Callable[..., Ser
     expect(page.locator("#runs-empty")).to_have_text("No runs yet: sign someone up.")
 
     # Sign up through the form until some run's email went out after at least one
-    # failed attempt (each run: 1/2 for a first failure, 1/16 to then give up).
+    # failed attempt (each run: 1/2 for a first failure, 1/32 to then give up).
     emails: list[str] = []
     retried = page.locator(
         f'article.run[data-status="WAITING"]:has(li.step[data-step="{EMAIL_STEP}"][data-status="COMPLETED"] .attempt-error)'
@@ -334,7 +335,9 @@ def test_invalid_signup_shows_the_message_and_creates_nothing(start_server: Call
 
 
 def test_failed_run_can_be_retried_and_cancelled(start_server: Callable[..., Server], context: BrowserContext) -> None:
-    server = start_server("--email-failure-rate", "1")
+    # Emails are retried for 10 s: attempts start at about 0, 0.5, 1.5, 3.5 and 7.5 s (backoff
+    # 0.5 s doubling, ± 10 %); the sixth would start after 10 s, so the run fails instead.
+    server = start_server("--email-failure-rate", "1", "--email-retry-for", "10")
     page = open_dashboard(context, server.url)
     marker = mark(page)
     email = "unlucky@example.com"
@@ -348,7 +351,7 @@ def test_failed_run_can_be_retried_and_cancelled(start_server: Callable[..., Ser
     expect(card.get_by_role("button", name="Cancel")).to_be_visible()
     expect(card.get_by_role("button", name="Retry")).to_have_count(0)
 
-    # Five attempts, 0.5 + 1 + 2 + 4 s of backoff: then the run is FAILED.
+    # Five attempts, 0.5 + 1 + 2 + 4 s of backoff: then the run is FAILED (the next would be past 10 s).
     expect(card).to_have_attribute("data-status", "FAILED", timeout=25_000)
     expect(email_step).to_have_attribute("data-status", "FAILED")
     expect(email_step.locator(".attempt-error")).to_have_attribute("data-attempts", "1,2,3,4,5")
