@@ -603,6 +603,9 @@ def test_viewer_is_offered_no_action_and_cannot_force_one(
     expect(card).to_have_attribute("data-status", "WAITING")
     expect(step(card, "wait-for-verification")).to_have_attribute("data-status", "WAITING")
     expect(page.locator(f'#outbox li.mail[data-to="{email}"] .mail-state')).to_have_text("not verified yet")
+    expect(page.locator("#outbox-card .hint")).to_have_text(
+        "Outbox mode: emails are kept here instead of being sent.", use_inner_text=True
+    )
     expect(page.locator(f'#users tbody tr[data-email="{email}"]')).to_have_attribute("data-status", "PENDING")
     card.locator("details.timeline summary").click()
     expect(card.locator(".timeline-list")).to_contain_text("waiting")
