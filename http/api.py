@@ -19,6 +19,7 @@ from userflow.http import views
 from userflow.http.errors import ApiError, json_response
 from userflow.http.auth import PRINCIPAL
 from userflow.http.keys import CLIENTS, RUNTIME, SERVICES, SIGNUP_LIMIT, VERIFY_LIMIT
+from userflow.http.webhooks import WEBHOOKS
 from userflow.http.validation import SignupBody, VerifyBody, json_object, normalise_email, normalise_name, parse
 from userflow.storage import valid_run_id
 
@@ -192,7 +193,9 @@ async def get_workflow(request: web.Request) -> web.Response:
     if stored is None:
         raise ApiError(404, "workflow_not_found", f"no workflow with id {run_id!r}")
     # Everything from the one committed snapshot, never half file and half index.
-    return json_response(views.workflow_detail(stored, runtime.index.summarise(stored.run)))
+    hooks = request.app.get(WEBHOOKS)
+    deliveries = hooks.of_run(run_id) if hooks is not None else []
+    return json_response(views.workflow_detail(stored, runtime.index.summarise(stored.run), deliveries))
 
 
 async def list_users(request: web.Request) -> web.Response:

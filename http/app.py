@@ -6,18 +6,21 @@ import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp_cors
 from aiohttp import web
 
 from userflow.actors.runtime import Runtime
+from userflow.actors.timeutil import epoch
 from userflow.actors.signup import SIGNUP, SignupServices
 from userflow.actors.signup.email import Mailer, OutboxTransport
 from userflow.actors.signup.risk import HeuristicRisk
 from userflow.actors.signup.smtp import SmtpTransport
 from userflow.actors.signup.tokens import TokenSigner
 from userflow.actors.signup.workflow import RiskChecker
-from userflow.http import api, auth, pages, signin
+from userflow.http import api, auth, pages, signin, webhooks
+from userflow.http.webhooks import WEBHOOKS
 from userflow.http.auth import Access, Authenticator
 from userflow.http.clients import Clients, parse_networks
 from userflow.http.config import Settings
@@ -125,9 +128,12 @@ def build_app(settings: Settings, data_dir: DataDir, public_url: str, *, autosta
         runtime.index.subscribe(metrics.observe)
         runtime.index.subscribe(log_entries)
         metrics.add_gauges(runtime, lambda: hub.clients)
+        webhooks.attach(app, settings, data_dir.path, runtime, hub, metrics)
         if autostart:
             await start_engine(app)
         yield
+        if WEBHOOKS in app:
+            await app[WEBHOOKS].stop()
         await asyncio.to_thread(runtime.stop)
 
     async def close_streams(app: web.Application) -> None:
@@ -147,12 +153,23 @@ async def start_engine(app: web.Application) -> None:
     # made only rescans them (a third of the time to ready with 10,000 runs).
     # Once ready, the modules and the recovered index move to the permanent
     # generation, where later collections no longer walk them.
+    runtime = app[RUNTIME]
+    hooks = app.get(WEBHOOKS)
+    if hooks is not None:
+        await hooks.load()  # before runs resume and commit new events
     gc.disable()
     try:
-        report = await asyncio.to_thread(app[RUNTIME].start)
+        report = await asyncio.to_thread(runtime.start)
     finally:
         gc.freeze()
         gc.enable()
+    if hooks is not None:
+
+        def events_of(run_id: str) -> list[dict[str, Any]]:
+            stored = runtime.parts.store.read(run_id)
+            return list(stored.run.get("events", ())) if stored else []
+
+        await hooks.start([(s["id"], s.get("events", 0), epoch(s["updatedAt"])) for s in runtime.index.newest()], events_of)
     log.info("ready: %d runs recovered, %d resumed", report.runs, len(report.resume))
 
 
@@ -195,6 +212,8 @@ ROUTES = (
     ("GET", "/api/outbox", api.outbox, VIEWER),
     ("GET", "/api/events", events_stream, VIEWER),
     ("GET", "/metrics", metrics_page, VIEWER),
+    ("GET", "/api/webhooks/deliveries", webhooks.list_deliveries, VIEWER),
+    ("POST", "/api/webhooks/deliveries/{id}/retry", webhooks.retry_delivery, OPERATOR),
 )
 
 # The public endpoints a product's own pages may call from a browser (--cors-origin).

@@ -36,6 +36,10 @@ class Settings:
     session_ttl: float = 43200.0  # seconds a dashboard sign-in lasts
     signin_rate: str = "10/300"  # failed sign-ins per client address
     operator_token: str | None = None  # USERFLOW_OPERATOR_TOKEN: the account "env" (never a flag)
+    webhook_urls: tuple[str, ...] = ()
+    webhook_secrets: tuple[str, ...] = ()  # USERFLOW_WEBHOOK_SECRET, space-separated (never a flag)
+    webhook_timeout: float = 15.0
+    webhook_schedule: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 
     @property
     def outbox_mode(self) -> bool:
@@ -164,6 +168,16 @@ def _origin(text: str) -> str:
     return f"{parts.scheme}://{parts.netloc}".lower()
 
 
+def _schedule(text: str) -> tuple[float, ...]:
+    try:
+        delays = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        delays = (-1.0,)
+    if not delays or any(not 0 <= d < 10**7 or d != d for d in delays):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of seconds such as 5,300,1800")
+    return delays
+
+
 def version() -> str:
     try:
         return metadata.version("userflow")
@@ -174,6 +188,8 @@ def version() -> str:
 ENVIRONMENT = """\
 environment only (never flags, which show in `ps`):
   USERFLOW_OPERATOR_TOKEN  a token for an operator account named "env", for automation
+  USERFLOW_WEBHOOK_SECRET  the secret(s) webhooks are signed with: whsec_<base64>, several
+                           separated by spaces (each signs every request, for rotation)
   GEMINI_API_KEY           enables the Gemini risk check; unset = the local heuristic
   GEMINI_MODEL             the model asked (default gemini-2.5-flash)
   GEMINI_BASE_URL          another endpoint: a proxy, a test double
@@ -234,6 +250,9 @@ def parser() -> argparse.ArgumentParser:
     option("--session-ttl", "USERFLOW_SESSION_TTL", _positive_seconds, d.session_ttl, "seconds a dashboard sign-in lasts")
     option("--trusted-proxy", "USERFLOW_TRUSTED_PROXIES", _network, (), "a reverse proxy's address or CIDR range, whose X-Forwarded-For and Forwarded are believed; repeatable", "none", repeat=True)
     option("--cors-origin", "USERFLOW_CORS_ORIGINS", _origin, (), "an origin whose pages may call signup and verify from a browser; repeatable", "none", repeat=True)
+    option("--webhook-url", "USERFLOW_WEBHOOK_URLS", _url(("http", "https")), (), "a URL every lifecycle event is POSTed to, signed with USERFLOW_WEBHOOK_SECRET; repeatable", "none", repeat=True)
+    option("--webhook-timeout", "USERFLOW_WEBHOOK_TIMEOUT", _some_seconds, d.webhook_timeout, "seconds a webhook receiver has to answer")
+    option("--webhook-retry-schedule", "USERFLOW_WEBHOOK_RETRY_SCHEDULE", _schedule, d.webhook_schedule, "seconds before each new attempt of a failed webhook delivery, comma-separated; then it is failed", "5,300,1800,7200,18000,36000,36000")
     option("--log-level", "USERFLOW_LOG_LEVEL", _level, d.log_level, "DEBUG, INFO, WARNING or ERROR")
     option("--max-live-actors", "USERFLOW_MAX_LIVE_ACTORS", _count, d.max_live_actors, "cap on run actors alive at once")
     option("--index-save-every", "USERFLOW_INDEX_SAVE_EVERY", _seconds, d.index_save_every, "seconds between saves of the index (a start after a crash reads the runs changed since)")
@@ -268,6 +287,20 @@ def _gemini_timeout() -> float:
     return value
 
 
+def _webhook_secrets(needed: bool) -> tuple[str, ...]:
+    from userflow.actors.webhooks import check_secret
+
+    secrets = tuple((_env("USERFLOW_WEBHOOK_SECRET") or "").split())
+    if needed and not secrets:
+        parser().error("--webhook-url needs USERFLOW_WEBHOOK_SECRET (whsec_<base64>) in the environment, to sign the requests")
+    for secret in secrets:
+        try:
+            check_secret(secret)
+        except ValueError as exc:
+            parser().error(f"USERFLOW_WEBHOOK_SECRET: {exc}")
+    return secrets
+
+
 def settings_from(args: argparse.Namespace) -> Settings:
     return Settings(
         host=args.host,
@@ -291,6 +324,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
         trusted_proxies=tuple(args.trusted_proxy if args.trusted_proxy is not None else args.trusted_proxy_env),
         cors_origins=tuple(args.cors_origin if args.cors_origin is not None else args.cors_origin_env),
         operator_token=_env("USERFLOW_OPERATOR_TOKEN"),
+        webhook_urls=tuple(args.webhook_url if args.webhook_url is not None else args.webhook_url_env),
+        webhook_secrets=_webhook_secrets(bool(args.webhook_url or args.webhook_url_env)),
+        webhook_timeout=args.webhook_timeout,
+        webhook_schedule=args.webhook_retry_schedule,
         gemini_api_key=_env("GEMINI_API_KEY"),
         gemini_model=_env("GEMINI_MODEL") or Settings.gemini_model,
         gemini_base_url=_env("GEMINI_BASE_URL"),

@@ -50,6 +50,18 @@ class Metrics:
             buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300),
             registry=r,
         )
+        self.webhook_attempts = Counter(
+            "userflow_webhook_attempts", "Webhook delivery attempts, by event type and outcome", ["type", "outcome"], registry=r
+        )
+        self.webhook_deliveries = Counter(
+            "userflow_webhook_deliveries", "Webhook deliveries finished: delivered or failed (given up)", ["type", "status"], registry=r
+        )
+        self.webhook_seconds = Histogram(
+            "userflow_webhook_attempt_duration_seconds",
+            "Time a webhook receiver took to answer (or to fail)",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 15),
+            registry=r,
+        )
         self.http_requests = Counter("userflow_http_requests", "HTTP requests answered", ["route", "method", "status"], registry=r)
         self.http_seconds = Histogram(
             "userflow_http_request_duration_seconds",
@@ -58,6 +70,18 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
             registry=r,
         )
+
+    def observe_delivery(self, delivery: Any, attempt: dict[str, Any] | None) -> None:
+        """The webhooks listener: each attempt, and each delivery's end."""
+        if attempt is None:
+            return
+        self.webhook_attempts.labels(delivery.type, "ok" if attempt["error"] is None else "error").inc()
+        self.webhook_seconds.observe(attempt["durationMs"] / 1000)
+        if delivery.status in ("delivered", "failed"):
+            self.webhook_deliveries.labels(delivery.type, delivery.status).inc()
+
+    def add_delivery_gauge(self, counts: Callable[[], dict[str, int]]) -> None:
+        self.registry.register(_DeliveryGauge(counts))
 
     def observe(self, run: Mapping[str, Any], summary: dict[str, Any], entries: list[dict[str, Any]]) -> None:
         """The index listener."""
@@ -120,3 +144,14 @@ class _Gauges(Collector):
         yield GaugeMetricFamily("userflow_live_actors", "Run actors alive (each one thread)", value=self._runtime.live_actors())
         yield GaugeMetricFamily("userflow_timers", "Timers armed", value=len(self._runtime.timers))
         yield GaugeMetricFamily("userflow_sse_clients", "Connected event-stream clients", value=self._sse_clients())
+
+
+class _DeliveryGauge(Collector):
+    def __init__(self, counts: Callable[[], dict[str, int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("userflow_webhook_deliveries_by_status", "Webhook deliveries kept, by status", labels=["status"])
+        for status, count in self._counts().items():
+            family.add_metric([status], count)
+        yield family

@@ -58,6 +58,29 @@ SCHEMAS: dict[str, Any] = {
     "SignupAccepted": _obj(["workflowId", "userId", "status"], workflowId=_STR, userId=_STR, status=_STR),
     "ActionAccepted": _obj(["workflowId", "status"], workflowId=_STR, userId=_STR, status=_STR),
     "VerifyRequest": {**_obj(["token"], token=_STR), "additionalProperties": False},
+    "Delivery": _obj(
+        ["id", "eventId", "type", "url", "userId", "workflowId", "status", "attempts"],
+        id=_STR,
+        eventId={"type": "string", "description": "the webhook-id header, the same on every attempt"},
+        type={"enum": ["user.created", "user.verified", "user.active", "user.flagged", "user.expired", "user.cancelled", "workflow.failed"]},
+        url=_STR,
+        userId=_NSTR,
+        workflowId=_STR,
+        status={"enum": ["pending", "delivered", "failed"]},
+        attempts={
+            "type": "array",
+            "items": _obj(
+                ["at", "status", "error", "durationMs"],
+                at=_TIME,
+                status={"type": ["integer", "null"], "description": "the receiver's HTTP status, if it answered"},
+                error=_NSTR,
+                durationMs={"type": "number"},
+            ),
+        },
+        nextAttemptAt=_NTIME,
+        createdAt=_TIME,
+        resent={"type": "array", "items": _obj(["at", "by"], at=_TIME, by=_STR)},
+    ),
     "SessionRequest": {**_obj(["token"], token={"type": "string", "minLength": 1, "maxLength": 200}), "additionalProperties": False},
     "Session": _obj(
         ["name", "role", "via", "expiresAt"],
@@ -123,7 +146,7 @@ SCHEMAS: dict[str, Any] = {
     ),
     "TimelineEntry": _obj(
         ["at", "type", "step", "attempt", "message"],
-        seq={"type": "integer"},
+        seq={"type": ["integer", "null"], "description": "null for webhook attempts, which are not the run's own records"},
         at=_TIME,
         type=_STR,
         step=_NSTR,
@@ -138,6 +161,7 @@ SCHEMAS: dict[str, Any] = {
                 user=_ref("User"),
                 steps={"type": "array", "items": _ref("Step")},
                 timeline={"type": "array", "items": _ref("TimelineEntry")},
+                webhooks={"type": "array", "items": _ref("Delivery")},
             ),
         ]
     },
@@ -314,6 +338,30 @@ def document(roles: Mapping[tuple[str, str], str]) -> dict[str, Any]:
             "get": {
                 "summary": "Prometheus metrics",
                 "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {}}}},
+            }
+        },
+        "/api/webhooks/deliveries": {
+            "get": {
+                "summary": "Webhook deliveries, newest first: one per event and URL, with every attempt",
+                "parameters": [
+                    {"name": "status", "in": "query", "schema": {"enum": ["pending", "delivered", "failed"]}},
+                    _LIMIT,
+                    {"name": "cursor", "in": "query", "schema": _STR},
+                ],
+                "responses": {
+                    "200": _json(
+                        _obj(["deliveries", "nextCursor"], deliveries={"type": "array", "items": _ref("Delivery")}, nextCursor=_NSTR),
+                        "one page",
+                    ),
+                    **_errors(400, 503),
+                },
+            }
+        },
+        "/api/webhooks/deliveries/{id}/retry": {
+            "post": {
+                "summary": "Send a failed delivery again (one attempt), with the same webhook-id",
+                "parameters": [_ID],
+                "responses": {"202": _json(_ref("Delivery"), "on its way"), **_errors(404, 409, 503)},
             }
         },
         "/api/session": {

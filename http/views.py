@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import heapq
 from datetime import datetime
 from typing import Any
 
 from userflow.actors.signup import SignupServices
 from userflow.actors.signup.email import verification_email
+from userflow.actors.webhooks import FAILED, Delivery
 from userflow.storage import StoredRun
 
 
@@ -67,7 +69,7 @@ def _step_output(step: dict[str, Any]) -> Any:
     return output
 
 
-def workflow_detail(stored: StoredRun, summary: dict[str, Any]) -> dict[str, Any]:
+def workflow_detail(stored: StoredRun, summary: dict[str, Any], deliveries: list[Delivery] = ()) -> dict[str, Any]:  # type: ignore[assignment]
     run = stored.run
     steps = [
         {
@@ -96,20 +98,49 @@ def workflow_detail(stored: StoredRun, summary: dict[str, Any]) -> dict[str, Any
             "updatedAt": run["updatedAt"],
             "user": user(summary),
             "steps": steps,
-            "timeline": [
-                {
-                    "seq": e["seq"],
-                    "at": e["at"],
-                    "type": e["type"],
-                    "step": e["step"],
-                    "attempt": e["attempt"],
-                    "message": e["message"],
-                }
-                for e in stored.timeline
-            ],
+            # The run's own entries in their order, its webhook attempts among them by time.
+            "timeline": list(
+                heapq.merge(
+                    [
+                        {
+                            "seq": e["seq"],
+                            "at": e["at"],
+                            "type": e["type"],
+                            "step": e["step"],
+                            "attempt": e["attempt"],
+                            "message": e["message"],
+                        }
+                        for e in stored.timeline
+                    ],
+                    sorted(webhook_timeline(list(deliveries)), key=lambda e: e["at"]),
+                    key=lambda e: e["at"],
+                )
+            ),
+            "webhooks": [d.view() for d in deliveries],
         }
     )
     return detail
+
+
+def webhook_timeline(deliveries: list[Delivery]) -> list[dict[str, Any]]:
+    """Each attempt of the run's deliveries as a timeline entry (they are not the run's
+    own records: another writer keeps them)."""
+    entries = []
+    for delivery in deliveries:
+        for number, attempt in enumerate(delivery.attempts, 1):
+            last = number == len(delivery.attempts)
+            if attempt["error"] is None:
+                kind, outcome = "webhook-delivered", f"delivered (HTTP {attempt['status']}, {attempt['durationMs']:.0f} ms)"
+            elif last and delivery.status == FAILED:
+                kind, outcome = "webhook-failed", f"failed: {attempt['error']}; given up"
+            else:
+                kind, outcome = "webhook-retrying", f"attempt failed: {attempt['error']}"
+            message = f"webhook {delivery.type} to {delivery.url}: {outcome}"
+            entries.append({"seq": None, "at": attempt["at"], "type": kind, "step": None, "attempt": number, "message": message})
+        for resend in delivery.resent:
+            message = f"webhook {delivery.type} to {delivery.url}: sent again by {resend['by']}"
+            entries.append({"seq": None, "at": resend["at"], "type": "webhook-resent", "step": None, "attempt": None, "message": message})
+    return entries
 
 
 def outbox_email(summary: dict[str, Any], email: dict[str, Any], services: SignupServices) -> dict[str, Any]:

@@ -157,6 +157,7 @@ class Fleet:
         return (
             template.replace("/workflows/{id}", f"/workflows/{self.run_id}")
             .replace("/users/{id}", f"/users/{self.user_id}")
+            .replace("/deliveries/{id}", "/deliveries/dlv_none_1_1")
             .replace("{name}", "dashboard.js")
         )
 
@@ -187,6 +188,7 @@ def test_the_route_table_matches_the_public_surface_of_the_spec(routes: list[tup
         ("POST", "/api/workflows/{id}/retry"),
         ("POST", "/api/workflows/{id}/cancel"),
         ("POST", "/api/users/{id}/resend-verification"),
+        ("POST", "/api/webhooks/deliveries/{id}/retry"),
     }
 
 

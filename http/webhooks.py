@@ -1,0 +1,94 @@
+"""The webhooks of the server: wiring the sender to the engine, and its two routes.
+
+``GET /api/webhooks/deliveries`` lists deliveries, newest first;
+``POST /api/webhooks/deliveries/{id}/retry`` sends a failed one again, with
+the same ``webhook-id``. Every change of a delivery is published on the event
+stream (``delivery`` events), counted in the metrics and logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import Any
+
+from aiohttp import web
+
+from userflow.actors.runtime import Runtime
+from userflow.actors.webhooks import DELIVERED, FAILED, PENDING, Delivery, WebhookSettings, Webhooks
+from userflow.http.auth import PRINCIPAL
+from userflow.http.config import Settings
+from userflow.http.errors import ApiError, json_response
+from userflow.http.events import EventHub
+from userflow.http.keys import CLIENTS
+from userflow.http.metrics import Metrics
+from userflow.storage.deliveries import DeliveryLog
+
+log = logging.getLogger(__name__)
+
+WEBHOOKS = web.AppKey("webhooks", Webhooks)
+_DELIVERY_ID = re.compile(r"dlv_[A-Za-z0-9]{1,64}_[0-9]{1,6}_[0-9]{1,3}")
+STATUSES = (PENDING, DELIVERED, FAILED)
+MAX_LIMIT = 200
+
+
+def attach(app: web.Application, settings: Settings, data_dir: str, runtime: Runtime, hub: EventHub, metrics: Metrics) -> None:
+    """Deliver the engine's events, when a webhook URL is configured."""
+    if not settings.webhook_urls:
+        return
+    webhooks = Webhooks(
+        WebhookSettings(settings.webhook_urls, settings.webhook_secrets, settings.webhook_timeout, settings.webhook_schedule),
+        DeliveryLog(data_dir),
+        asyncio.get_running_loop(),
+    )
+    runtime.index.subscribe(webhooks.on_commit)
+    webhooks.subscribe(lambda delivery, attempt: hub.publish([("delivery", delivery.view())]))
+    webhooks.subscribe(metrics.observe_delivery)
+    webhooks.subscribe(_log)
+    metrics.add_delivery_gauge(webhooks.counts)
+    app[WEBHOOKS] = webhooks
+
+
+def _log(delivery: Delivery, attempt: dict[str, Any] | None) -> None:
+    if attempt is None:
+        return
+    extra = {"runId": delivery.run_id, "event": "webhook"}
+    if delivery.status == FAILED:
+        log.warning("webhook %s to %s failed after %d attempts: %s", delivery.type, delivery.url, len(delivery.attempts), attempt["error"], extra=extra)
+    elif attempt["error"]:
+        log.info("webhook %s to %s: attempt %d failed (%s); next at %s", delivery.type, delivery.url, len(delivery.attempts), attempt["error"], delivery.view()["nextAttemptAt"], extra=extra)
+    else:
+        log.debug("webhook %s delivered to %s", delivery.type, delivery.url, extra=extra)
+
+
+async def list_deliveries(request: web.Request) -> web.Response:
+    raw = request.query.get("status") or None
+    if raw is not None and raw.lower() not in STATUSES:
+        raise ApiError(400, "invalid_status", f"status: one of {', '.join(STATUSES)}")
+    limit_text = request.query.get("limit", "50")
+    if not (limit_text.isascii() and limit_text.isdigit() and len(limit_text) <= 3) or not 1 <= int(limit_text) <= MAX_LIMIT:
+        raise ApiError(400, "invalid_limit", f"limit: a whole number from 1 to {MAX_LIMIT}")
+    cursor = request.query.get("cursor")
+    if cursor is not None and not _DELIVERY_ID.fullmatch(cursor):
+        raise ApiError(400, "invalid_cursor", "cursor: pass back the nextCursor of the previous page")
+    webhooks = request.app.get(WEBHOOKS)
+    if webhooks is None:
+        return json_response({"deliveries": [], "nextCursor": None})
+    page, next_cursor = webhooks.page(raw.lower() if raw else None, int(limit_text), cursor)
+    return json_response({"deliveries": [d.view() for d in page], "nextCursor": next_cursor})
+
+
+async def retry_delivery(request: web.Request) -> web.Response:
+    delivery_id = request.match_info["id"]
+    webhooks = request.app.get(WEBHOOKS)
+    delivery = webhooks.get(delivery_id) if webhooks is not None and _DELIVERY_ID.fullmatch(delivery_id) else None
+    if webhooks is None or delivery is None:
+        raise ApiError(404, "delivery_not_found", f"no webhook delivery with id {delivery_id!r}")
+    by = request[PRINCIPAL].describe(request.app[CLIENTS].address(request))
+    try:
+        await webhooks.retry(delivery_id, by)
+    except ValueError as exc:
+        raise ApiError(409, "conflict", str(exc)) from None
+    log.info("webhook %s to %s sent again by %s", delivery.type, delivery.url, by, extra={"runId": delivery.run_id, "event": "webhook"})
+    return json_response(delivery.view(), status=202)
