@@ -57,11 +57,16 @@ async def signup(request: web.Request) -> web.Response:
             "email_taken",
             f"{email} is already registered (user {exc.summary['user']['status']}); sign in instead",
         ) from None
-    return json_response(
-        {"workflowId": result.run_id, "userId": result.summary["userId"], "status": result.summary["status"]},
-        status=202,
-        headers={"Location": f"/api/workflows/{result.run_id}"},
-    )
+    answer = {"workflowId": result.run_id, "userId": result.summary["userId"], "status": result.summary["status"]}
+    if not result.created:
+        # The signup already in progress answers: the same user, under the name given first
+        # (an address not yet verified cannot rename anyone), and the answer says so.
+        kept = result.summary["user"]["name"]
+        answer["existing"] = True
+        answer["name"] = kept
+        if kept != name:
+            answer["note"] = f"a signup for this address is already in progress under the name {kept!r}; that name is kept"
+    return json_response(answer, status=202, headers={"Location": f"/api/workflows/{result.run_id}"})
 
 
 async def verify_token(request: web.Request, token: Any) -> dict[str, str]:

@@ -55,7 +55,15 @@ SCHEMAS: dict[str, Any] = {
         **_obj(["email", "name"], email={"type": "string", "maxLength": 254}, name={"type": "string", "maxLength": 100}),
         "additionalProperties": False,
     },
-    "SignupAccepted": _obj(["workflowId", "userId", "status"], workflowId=_STR, userId=_STR, status=_STR),
+    "SignupAccepted": _obj(
+        ["workflowId", "userId", "status"],
+        workflowId=_STR,
+        userId=_STR,
+        status=_STR,
+        existing={"type": "boolean", "description": "true when a signup for this address was already in progress: the same run answers"},
+        name={"type": "string", "description": "(existing only) the name on record: the one given first"},
+        note={"type": "string", "description": "(existing only) why the name given now was not taken"},
+    ),
     "ActionAccepted": _obj(["workflowId", "status"], workflowId=_STR, userId=_STR, status=_STR),
     "VerifyRequest": {**_obj(["token"], token=_STR), "additionalProperties": False},
     "Delivery": _obj(

@@ -801,3 +801,15 @@ async def test_outbox_pages_with_a_cursor_and_filters_by_run(client: TestClient)
     one = await (await client.get("/api/outbox", params={"workflowId": runs[2]["workflowId"]})).json()
     assert [e["workflowId"] for e in one["emails"]] == [runs[2]["workflowId"]]
     await expect_error(await client.get("/api/outbox", params={"cursor": "nonsense"}), 400, "invalid_cursor")
+
+
+async def test_a_second_signup_with_another_name_keeps_the_first_and_says_so(client: TestClient) -> None:
+    first = await signup(client, "ann@example.com", "Ann Lee")
+    assert "existing" not in first
+    same = await signup(client, "ann@example.com", "Ann Lee")
+    assert same["existing"] is True and same["name"] == "Ann Lee" and "note" not in same
+    other = await signup(client, "ANN@example.com", "Mallory")
+    assert (other["workflowId"], other["userId"]) == (first["workflowId"], first["userId"])
+    assert other["name"] == "Ann Lee" and "Ann Lee" in other["note"]
+    user = await (await client.get(f"/api/users/{first['userId']}")).json()
+    assert user["name"] == "Ann Lee"
