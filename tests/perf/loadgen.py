@@ -3,6 +3,7 @@
     python -m tests.perf.loadgen --runs 2000 --concurrency 64          # closed loop
     python -m tests.perf.loadgen --rate 1000 --duration 5              # open loop
     python -m tests.perf.loadgen --repeat 3                            # and the medians of 3
+    python -m tests.perf.loadgen --webhook                             # with one webhook URL
 
 By default it starts its own server (outbox mode, no injected failures, no
 rate limits) on a fresh data dir and reports the server's RSS; ``--url``
@@ -31,6 +32,7 @@ import time
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -167,11 +169,11 @@ def server_env() -> dict[str, str]:
     return env
 
 
-def start_server(data_dir: str, extra: list[str]) -> tuple[subprocess.Popen[str], str]:
+def start_server(data_dir: str, extra: list[str], env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "userflow.http.cli", "serve", "--port", "0", "--data-dir", data_dir,
          "--email-failure-rate", "0", "--signup-rate-limit", "0", "--verify-rate-limit", "0", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=server_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**server_env(), **(env or {})},
     )  # fmt: skip
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -189,12 +191,56 @@ def rss_mib(pid: int) -> float | None:
     return None
 
 
+class InstantReceiver:
+    """A webhook receiver that answers 204 at once and counts what it got."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def _hook(self, request: web.Request) -> web.Response:
+        await request.read()
+        self.received += 1
+        return web.Response(status=204)
+
+    async def __aenter__(self) -> InstantReceiver:
+        app = web.Application()
+        app.router.add_post("/hook", self._hook)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/hook"  # type: ignore[union-attr]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+
+WEBHOOK_SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
+    async with contextlib.AsyncExitStack() as stack:
+        receiver = await stack.enter_async_context(InstantReceiver()) if args.webhook else None
+        result = await measure(args, receiver)
+        if receiver is not None:
+            result["webhooksReceived"] = receiver.received
+        return result
+
+
+async def measure(args: argparse.Namespace, receiver: InstantReceiver | None) -> dict[str, Any]:
     proc = None
     url = args.url
     data_dir = args.data_dir or tempfile.mkdtemp(prefix="userflow-load-")
     if url is None:
-        proc, url = start_server(data_dir, args.server_arg)
+        extra, env = list(args.server_arg), {}
+        if receiver is not None:
+            extra += ["--webhook-url", receiver.url]
+            env["USERFLOW_WEBHOOK_SECRET"] = WEBHOOK_SECRET
+        proc, url = start_server(data_dir, extra, env)
     try:
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
@@ -240,6 +286,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds a run may take to complete")
     parser.add_argument("--server-arg", action="append", default=[], help="extra flag for the started server")
     parser.add_argument("--repeat", type=int, default=1, help="measure N times (a fresh server each) and add the medians")
+    parser.add_argument("--webhook", action="store_true", help="give the server one webhook URL: a receiver here that answers 204 at once")
     return parser.parse_args(argv)
 
 
