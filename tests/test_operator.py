@@ -251,3 +251,22 @@ async def test_resend_gives_a_new_link_and_kills_the_old_one(make_client: MakeCl
     await expect_error(await client.post("/api/users/usr_000000000000aaaaaaaaaa/resend-verification"), 404, "user_not_found")
     await expect_error(await client.post("/api/users/nobody/resend-verification"), 404, "user_not_found")
     assert len(await outbox_of(client, run_id)) == 2
+
+
+async def test_a_resend_times_the_new_send_not_the_wait_before_it(make_client: MakeClient) -> None:
+    client = await make_client()
+    accepted, _ = await waiting_signup(client, "dee@example.com", "Dee Dee")
+    run_id, user_id = accepted["workflowId"], accepted["userId"]
+    first = step_of(await get_json(client, f"/api/workflows/{run_id}"), "send-verification-email")
+    await until_clock(epoch(first["finishedAt"]) + 1.5)  # the link waits a while before the resend
+    assert (await client.post(f"/api/users/{user_id}/resend-verification")).status == 202
+    again = await wait_run(client, run_id, "WAITING", also=lambda d: len(step_of(d, "send-verification-email")["attempts"]) == 2)
+    email = step_of(again, "send-verification-email")
+    assert email["startedAt"] == email["attempts"][1]["startedAt"], "the step's time starts again with the resend"
+    assert email["durationMs"] == round((epoch(email["finishedAt"]) - epoch(email["startedAt"])) * 1000)
+    gap = epoch(email["startedAt"]) - epoch(first["finishedAt"])  # at least 1.5 s: what the old figure added
+    metrics = await (await client.get("/metrics")).text()
+    lines = [line for line in metrics.splitlines() if 'step="send-verification-email"' in line and "duration_seconds" in line]
+    count = next(float(line.split()[-1]) for line in lines if "_count" in line)
+    total = next(float(line.split()[-1]) for line in lines if "_sum" in line)
+    assert count == 2 and total < gap, "neither send is recorded as lasting the wait before it"
