@@ -329,6 +329,7 @@ class RunActor(DeadlinesMixin, CommandsMixin, pykka.ThreadingActor):
             outputs=outputs,
             services=self._parts.services,
             checkpoint=self._checkpoint,
+            signals=tuple(signal["name"] for signal in run["signals"]),
         )
 
     def _checkpoint(self, context: StepContext) -> None:
@@ -518,7 +519,10 @@ class RunActor(DeadlinesMixin, CommandsMixin, pykka.ThreadingActor):
         self._log("signal-received", f"signal {message.signal} received", spec.id)
         resume = run["status"] == RunStatus.WAITING and self._at(spec)
         if resume:
+            # The wait ends in the very commit that records the signal: once the answer
+            # says so, no cancel, deadline or resend can come between them.
             run["status"] = RunStatus.RUNNING
+            self._wait(spec, run["steps"][run["cursor"]])
         try:
             self._commit()
         except StorageError as exc:

@@ -57,6 +57,7 @@ class StepContext:
         outputs: Mapping[str, Any],
         services: Any,
         checkpoint: Callable[[StepContext], None],
+        signals: tuple[str, ...] = (),
     ) -> None:
         self.run_id = run_id
         self.step_id = step_id
@@ -65,6 +66,7 @@ class StepContext:
         self.state = copy.deepcopy(state)
         self.outputs = outputs
         self.services = services
+        self.signals = signals  # received, not yet consumed by their wait
         self.entries: list[dict[str, Any]] = []
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.args: Mapping[str, Any] = {}

@@ -121,8 +121,13 @@ def expire_user(ctx: StepContext) -> None:
 
 
 def cancel_user(ctx: StepContext) -> None:
-    """A cancelled signup leaves no PENDING user behind (a new signup starts afresh)."""
+    """A cancelled signup leaves no PENDING user behind (a new signup starts afresh).
+
+    A signup whose address is verified cannot be cancelled: the click was
+    answered "verified", so the user is on the way to ACTIVE or FLAGGED."""
     user = ctx.state.get("user")
+    if (user and user.get("verifiedAt")) or EMAIL_VERIFIED in ctx.signals:
+        raise ActionRejected("conflict", "the user has verified their address; the signup is completing and cannot be cancelled")
     if user is None:
         user = ctx.state["user"] = user_of({"id": ctx.run_id, "input": ctx.input, "state": {}, "steps": [], "signals": []})
         for key in ("verifiedAt", "workflowId"):
@@ -142,7 +147,7 @@ def resend_verification(ctx: StepContext) -> None:
     """
     services: SignupServices = ctx.services
     user = ctx.state.get("user")
-    if user is None or user["status"] != UserStatus.PENDING or ctx.outputs.get("wait-for-verification"):
+    if user is None or user["status"] != UserStatus.PENDING or ctx.outputs.get("wait-for-verification") or EMAIL_VERIFIED in ctx.signals:
         raise ActionRejected("conflict", "only a PENDING user who has not verified yet can get a new link")
     requests: list[float] = ctx.state.setdefault("resends", [])
     if len(requests) >= services.max_resends:
