@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from userflow.actors.definitions import Definitions, UnknownDefinition
 from userflow.actors.workflow import Workflow
 
 #: Called after every commit with the run's snapshot, its summary and the new timeline entries.
@@ -63,8 +64,17 @@ class RunIndex:
         self._timers: dict[str, tuple[str | float, ...]] = {}  # armed timers, name, due, ...: for export
         self._listeners: list[Listener] = []
 
+    def _definition(self, run: Mapping[str, Any]) -> Workflow:
+        """The version the run follows, or its workflow's newest if not shipped."""
+        if isinstance(self._workflows, Definitions):
+            try:
+                return self._workflows.of(run)
+            except UnknownDefinition:
+                pass
+        return self._workflows[run["workflow"]]
+
     def summarise(self, run: Mapping[str, Any]) -> dict[str, Any]:
-        workflow = self._workflows[run["workflow"]]
+        workflow = self._definition(run)
         summary = {
             "id": run["id"],
             "workflow": run["workflow"],
@@ -75,6 +85,7 @@ class RunIndex:
             "createdAt": run["createdAt"],
             "updatedAt": run["updatedAt"],
             "finishedAt": run.get("finishedAt"),
+            "definition": run.get("definition", 1),
             "events": len(run.get("events", ())),  # how many the run has told of (webhooks)
         }
         summary.update(workflow.summary(run))
@@ -86,7 +97,7 @@ class RunIndex:
         """Record the run's latest committed snapshot; tell listeners what changed (unless
         ``notify`` is False: recovery loads what is already known, nothing changed)."""
         summary = self.summarise(run)
-        keys = self._workflows[run["workflow"]].keys(run)
+        keys = self._definition(run).keys(run)
         timers = _flat(run.get("timers", {}).items())
         run_id = run["id"]
         with self._lock:
@@ -178,6 +189,8 @@ class RunIndex:
         run_id = same[exported_id]
         if not isinstance(summary, dict) or summary.get("id") != run_id or summary.get("workflow") not in self._workflows:
             raise ValueError(f"not a saved run: {exported_id!r}")
+        if isinstance(self._workflows, Definitions) and not self._workflows.can_run(summary):
+            raise ValueError(f"run {run_id}: its definition is not shipped; read from its file")
         return run_id, summary, _restored_timers(timers)
 
     def armed(self, run_ids: Iterable[str]) -> Iterator[tuple[str, str, tuple[str | float, ...]]]:

@@ -65,6 +65,9 @@ def recover(parts: EngineParts) -> RecoveryReport:
         if run.get("workflow") not in parts.workflows:
             log.error("run %s belongs to unknown workflow %r; left untouched", run.get("id"), run.get("workflow"))
             continue
+        if not parts.workflows.can_run(run):
+            log.error("%s", parts.workflows.why_not(run))
+            continue
         parts.index.put(run, notify=False)
         timers = run.get("timers", {})
         for name, due in timers.items():

@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 import pykka
 
+from userflow.actors.definitions import FORMAT, Definitions
 from userflow.actors.index import RunIndex
 from userflow.actors.messages import (
     ROUTED,
@@ -67,7 +68,7 @@ class EngineParts:
     store: RunStore
     index: RunIndex
     timers: TimerQueue
-    workflows: Mapping[str, Workflow]
+    workflows: Definitions
     services: Any = None
     loop: asyncio.AbstractEventLoop | None = None
 
@@ -85,7 +86,9 @@ def new_run(workflow: Workflow, run_id: str, input: dict[str, Any]) -> dict[str,
     at = iso_now()
     return {
         "id": run_id,
+        "format": FORMAT,
         "workflow": workflow.name,
+        "definition": workflow.version,
         "status": RunStatus.RUNNING,
         "cursor": 0,
         "input": input,
@@ -159,8 +162,11 @@ class RunActor(DeadlinesMixin, CommandsMixin, pykka.ThreadingActor):
                 if stored is None:
                     raise StorageError(2, f"run {self._run_id} has no stored snapshot")
                 self._run = stored.run
-                self._workflow = self._parts.workflows[self._run["workflow"]]
+                self._workflow, moved_from = self._parts.workflows.migrate(self._run)
                 self._mark_interrupted()
+                if moved_from is not None:
+                    self._log("migrated", f"moved from version {moved_from} of {self._workflow.name} to version {self._workflow.version}")
+                    self._commit()
         except Exception as exc:  # noqa: BLE001 - reported, the supervisor decides
             log.error("run %s could not be activated: %s", self._run_id, describe(exc))
             reject(self._created_reply, exc)

@@ -23,6 +23,7 @@ from userflow.actors.saved_index import EVERY as INDEX_EVERY
 from userflow.actors.saved_index import SavedIndex
 from userflow.actors.supervisor import Supervisor
 from userflow.actors.timers import TimerQueue
+from userflow.actors.definitions import Definitions
 from userflow.actors.workflow import Workflow
 from userflow.storage import RunStore, StoredRun
 
@@ -41,8 +42,7 @@ class Runtime:
         request_timeout: float = 30.0,
         index_every: float = INDEX_EVERY,
     ) -> None:
-        if not isinstance(workflows, Mapping):
-            workflows = {workflow.name: workflow for workflow in workflows}
+        workflows = Definitions(workflows.values() if isinstance(workflows, Mapping) else workflows)
         self.index = RunIndex(workflows)
         self.timers = TimerQueue(self._timer_fired)
         self.parts = EngineParts(store, self.index, self.timers, workflows, services, loop)

@@ -196,6 +196,16 @@ def _always_new(summary: Mapping[str, Any]) -> Duplicate:
 
 
 @dataclass(frozen=True)
+class Migration:
+    """Moves a run stored under version ``from_version`` of a workflow to the version
+    that ships it: ``run(document)`` changes the stored run in place (adds or removes
+    step records, moves the cursor). Without one, a run keeps its own version."""
+
+    from_version: int
+    run: Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
 class Workflow:
     """An ordered list of steps and the hooks the engine needs to serve its runs.
 
@@ -208,7 +218,10 @@ class Workflow:
       start a new one (``new``);
     - ``actions``: operator actions beyond retry and cancel;
     - ``on_cancel(context)``: bring the workflow's state to an end when cancelled;
-    - ``on_failed(context, error)``: the run has just FAILED (to emit an event).
+    - ``on_failed(context, error)``: the run has just FAILED (to emit an event);
+    - ``version``: recorded by every run it starts; a release that adds, moves or
+      removes a step ships a new version beside the old one (runs in flight keep
+      theirs) or a ``Migration`` that moves them.
     """
 
     name: str
@@ -219,6 +232,8 @@ class Workflow:
     actions: tuple[Action, ...] = ()
     on_cancel: StepFunction | None = None
     on_failed: Callable[[StepContext, str], None] | None = None
+    version: int = 1
+    migrations: tuple[Migration, ...] = ()
 
     def __post_init__(self) -> None:
         ids = [step.id for step in self.steps]
