@@ -12,6 +12,11 @@
 // goes to /signin, and so does any later 401 (signed out elsewhere, session
 // expired, account removed). A viewer reads everything but is offered no
 // action; the server refuses one anyway (403), and the page shows why.
+//
+// Webhook deliveries come from GET /api/webhooks/deliveries and then live from
+// `delivery` events; their panel stays hidden on a server that has shown none
+// (the list is empty both when no webhook URL is configured and before the
+// first event).
 "use strict";
 
 (() => {
@@ -37,6 +42,12 @@
     mailMessages: new Map(),// messageId -> {text, kind}
     openTimelines: new Set(),
     loaded: false,
+    deliveries: new Map(),  // id -> delivery
+    deliveriesSeen: false,  // the server has webhooks: it has shown a delivery
+    deliveryFilter: "",
+    deliveryCursor: null,
+    deliveryMessages: new Map(), // id -> {text, kind}
+    resending: new Map(),   // id -> its version when an operator here sent it again: the outcome is told
   };
   const cards = new Map();  // id -> <article>
 
@@ -199,7 +210,11 @@
     $("#sign-out").hidden = next.via !== "session";
     $("#read-only").hidden = canAct();
     box.hidden = false;
-    if (roleChanged) renderAllRuns();
+    if (roleChanged) {
+      renderAllRuns();
+      renderSoon("list");
+      renderSoon("deliveries");
+    }
     watchExpiry();
   }
 
@@ -259,6 +274,7 @@
     state.users.set(user.id, user);
     renderSoon("users");
     renderSoon("outbox");
+    renderSoon("deliveries");
   }
 
   async function loadRuns(append) {
@@ -293,6 +309,7 @@
     for (const user of answer.body.users) state.users.set(user.id, user);
     renderSoon("users");
     renderSoon("outbox");
+    renderSoon("deliveries");
     return true;
   }
 
@@ -324,7 +341,7 @@
     loading = (async () => {
       let ok = false;
       try {
-        const results = await Promise.all([loadUsers(), loadOutbox(), loadRuns(false)]);
+        const results = await Promise.all([loadUsers(), loadOutbox(), loadRuns(false), loadDeliveries(false)]);
         ok = results.every(Boolean);
       } finally {
         loading = null;
@@ -372,6 +389,41 @@
       inflight.delete(id);
       if (again.delete(id)) scheduleRun(id, 0);
     }
+  }
+
+  // A delivery's later state replaces an earlier one: each change adds an attempt or a resend.
+  const deliveryVersion = (d) => (d.attempts || []).length + (d.resent || []).length;
+
+  function putDelivery(delivery, live) {
+    const known = state.deliveries.get(delivery.id);
+    if (known && deliveryVersion(known) > deliveryVersion(delivery)) return;  // an older answer
+    state.deliveries.set(delivery.id, delivery);
+    state.deliveriesSeen = true;
+    // Sent again from here: a resend and an attempt later, the outcome.
+    if (state.resending.has(delivery.id) && delivery.status !== "pending"
+        && deliveryVersion(delivery) >= state.resending.get(delivery.id) + 2) {
+      state.resending.delete(delivery.id);
+      const last = delivery.attempts[delivery.attempts.length - 1];
+      tellDelivery(delivery, delivery.status === "delivered"
+        ? { text: `Sent again and delivered${last && last.status ? ` (HTTP ${last.status})` : ""}.`, kind: "ok" }
+        : { text: `Sent again, and failed again: ${last && last.error ? last.error : "no answer"}.`, kind: "error" });
+    }
+    renderSoon("deliveries");
+    // The run's timeline lists its webhook attempts: only its detail has them.
+    if (live && state.runs.has(delivery.workflowId)) scheduleRun(delivery.workflowId);
+  }
+
+  async function loadDeliveries(append) {
+    const params = new URLSearchParams({ limit: "100" });
+    if (state.deliveryFilter) params.set("status", state.deliveryFilter);
+    if (append && state.deliveryCursor) params.set("cursor", state.deliveryCursor);
+    const answer = await api(`/api/webhooks/deliveries?${params}`);
+    if (answer.status === 404) return true;  // a server without webhooks at all
+    if (!answer.ok) return false;
+    state.deliveryCursor = answer.body.nextCursor;
+    for (const delivery of answer.body.deliveries) putDelivery(delivery, false);
+    renderSoon("deliveries");
+    return true;
   }
 
   let outboxTimer = null;
@@ -425,6 +477,10 @@
       }
       scheduleRun(summary.id);
     });
+    es.addEventListener("delivery", (event) => {
+      lastEventId = event.lastEventId || lastEventId;
+      putDelivery(JSON.parse(event.data), true);
+    });
     es.addEventListener("reset", (event) => {
       lastEventId = event.lastEventId || lastEventId;
       state.loaded = false;
@@ -447,6 +503,7 @@
     if (parts.includes("list")) renderList();
     if (parts.includes("users")) renderUsers();
     if (parts.includes("outbox")) renderOutbox();
+    if (parts.includes("deliveries")) renderDeliveries();
   }
   // requestAnimationFrame does not run in background tabs; do not let them fall behind.
   document.addEventListener("visibilitychange", () => { if (!document.hidden && dirty.size) flush(); });
@@ -681,14 +738,23 @@
     const entries = timeline || [];
     const details = el("details", { class: "timeline", "data-role": "timeline", open: state.openTimelines.has(id) },
       el("summary", { "data-focus": "timeline" }, `Timeline · ${entries.length} ${entries.length === 1 ? "entry" : "entries"}`),
-      el("ol", { class: "timeline-list" }, ...entries.slice(-300).map((e) => el("li", { class: `t-${e.type}` },
-        el("time", { datetime: e.at, title: e.at }, clock(e.at)),
-        el("span", { class: "t-type" }, e.type),
-        el("span", { class: "t-msg" }, e.message)))));
+      el("ol", { class: "timeline-list" }, ...entries.slice(-300).map(timelineEntry)));
     details.addEventListener("toggle", () => {
       if (details.open) state.openTimelines.add(id); else state.openTimelines.delete(id);
     });
     return details;
+  }
+
+  // Webhook attempts (seq null) come from the deliveries, not from the run's own records.
+  function timelineEntry(e) {
+    const webhook = e.seq === null || String(e.type).startsWith("webhook-");
+    return el("li", {
+      class: `t-${e.type}${webhook ? " t-webhook" : ""}`, "data-type": e.type,
+      title: webhook ? "a webhook delivery: kept by the webhook sender, beside the run's own records" : null,
+    },
+      el("time", { datetime: e.at, title: e.at }, clock(e.at)),
+      el("span", { class: "t-type" }, e.type),
+      el("span", { class: "t-msg" }, e.message));
   }
 
   // -- operator actions -------------------------------------------------------------
@@ -799,6 +865,131 @@
     renderOutbox();
     scheduleRun(email.workflowId, 0);
   }
+
+  // -- rendering: webhook deliveries ---------------------------------------------------
+
+  function userLabel(userId, runId) {
+    const user = state.users.get(userId);
+    if (user && user.email) return user.email;
+    const run = state.runs.get(runId);
+    return (run && run.email) || userId || "unknown user";
+  }
+
+  function renderDeliveries() {
+    const card = $("#webhooks-card");
+    card.hidden = !state.deliveriesSeen;
+    if (!state.deliveriesSeen) return;
+    const all = [...state.deliveries.values()].sort(byNewest);
+    const counts = { "": all.length };
+    for (const d of all) counts[d.status] = (counts[d.status] || 0) + 1;
+    for (const button of document.querySelectorAll("#delivery-filters button")) {
+      $(".n", button).textContent = String(counts[button.dataset.filter] || 0);
+    }
+    $("#deliveries-count").textContent = `(${all.length})`;
+    const shown = all.filter((d) => !state.deliveryFilter || d.status === state.deliveryFilter);
+    const list = $("#deliveries");
+    const active = document.activeElement;
+    const focusKey = active && list.contains(active) ? active.dataset.focus : null;
+    list.replaceChildren(...shown.map(deliveryItem));
+    const empty = $("#deliveries-empty");
+    empty.hidden = shown.length > 0;
+    empty.textContent = state.deliveryFilter ? `No ${state.deliveryFilter} deliveries.` : "No deliveries yet.";
+    $("#deliveries-more").hidden = !state.deliveryCursor;
+    if (focusKey) {
+      // The same control again; else (a Send again that is gone) its delivery.
+      const again = [focusKey, focusKey.replace(/^redeliver-/, "delivery-")]
+        .map((key) => list.querySelector(`[data-focus="${CSS.escape(key)}"]`))
+        .find((node) => node && !node.disabled);
+      // Gone from this filter (sent again from "Failed"): to the filter, not to the page's start.
+      (again || $("#delivery-filters [aria-pressed=true]")).focus({ preventScroll: true });
+    }
+  }
+
+  function deliveryItem(d) {
+    const attempts = d.attempts || [];
+    const last = attempts[attempts.length - 1];
+    const headId = `dlv-${d.id}`;
+    const message = state.deliveryMessages.get(d.id);
+    const when = [];
+    if (d.status === "pending") {
+      if (d.nextAttemptAt) {
+        when.push(el("span", { class: "dl-next", "data-role": "next-attempt", title: `next attempt at ${clock(d.nextAttemptAt, true)}` },
+          "next attempt ", timeEl(d.nextAttemptAt, "until")));
+      } else {
+        // Not scheduled yet: in order per user, it waits for that user's earlier events to this URL.
+        when.push(el("span", { class: "dl-next" }, attempts.length ? "attempt under way" : "queued behind this user's earlier events"));
+      }
+    } else if (last) {
+      when.push(el("span", {}, d.status === "delivered" ? "delivered " : "given up ", timeEl(last.at, "ago")));
+    }
+    const resent = (d.resent || []).at(-1);
+    const meta = [
+      el("span", { class: "dl-url" }, "to ", el("code", {}, d.url)),
+      el("span", { class: "dl-attempts", "data-role": "attempts", "data-attempts": attempts.length }, plural(attempts.length, "attempt")),
+      ...when,
+      resent ? el("span", { class: "dl-resent" }, `sent again by ${resent.by} `, timeEl(resent.at, "ago")) : null,
+    ].filter(Boolean);
+    const lastError = [...attempts].reverse().find((a) => a.error);
+    const button = canAct() && d.status === "failed" ? el("button", {
+      type: "button", class: "action a-redeliver", "data-action": "redeliver", "data-focus": `redeliver-${d.id}`,
+      // Busy: aria-disabled, not disabled, so the keyboard focus stays on it.
+      "aria-disabled": state.resending.has(d.id) ? "true" : null,
+      "aria-describedby": headId, onclick: (event) => sendAgain(d, event.currentTarget),
+    }, "Send again") : null;
+    return el("li", {
+      class: `delivery dl-${d.status}`, "data-delivery-id": d.id, "data-status": d.status, "data-type": d.type,
+      "data-url": d.url, "data-workflow-id": d.workflowId, "data-focus": `delivery-${d.id}`, tabindex: "-1",
+      "aria-labelledby": headId,
+    },
+      el("div", { class: "dl-head", id: headId },
+        el("span", { class: "badge dl-type" }, d.type),
+        el("span", { class: "dl-user" }, el("span", { class: "visually-hidden" }, "for "), userLabel(d.userId, d.workflowId)),
+        el("span", { class: `badge b-${d.status}`, "data-role": "delivery-status" }, d.status)),
+      el("div", { class: "dl-meta" }, ...meta.flatMap((part, i) => (i ? [" · ", part] : [part]))),
+      lastError ? el("div", { class: `dl-error${d.status === "delivered" ? " dl-error-old" : ""}`, "data-role": "last-error",
+        title: `attempt ${attempts.indexOf(lastError) + 1} at ${clock(lastError.at, true)}` },
+        d.status === "delivered" ? "earlier error: " : "last error: ", lastError.error) : null,
+      button ? el("div", { class: "dl-act" }, button) : null,
+      message ? el("p", { class: `dl-msg ${message.kind}`, "data-role": "delivery-msg" }, message.text) : null);
+  }
+
+  function tellDelivery(d, message) {
+    state.deliveryMessages.set(d.id, message);
+    $("#deliveries-live").textContent = `${d.type} to ${d.url}: ${message.text}`;
+    renderSoon("deliveries");
+  }
+
+  async function sendAgain(d, button) {
+    if (button.getAttribute("aria-disabled") === "true") return;
+    button.setAttribute("aria-disabled", "true");
+    // Before the request: its outcome may come on the event stream before the answer does.
+    state.resending.set(d.id, deliveryVersion(d));
+    tellDelivery(d, { text: "Sending again…", kind: "busy" });
+    const answer = await api(`/api/webhooks/deliveries/${encodeURIComponent(d.id)}/retry`, { method: "POST" });
+    if (answer.ok) {
+      if (state.resending.has(d.id)) tellDelivery(d, { text: "Sent again: one more attempt, with the same webhook-id.", kind: "busy" });
+      putDelivery(answer.body, false);
+    } else {
+      state.resending.delete(d.id);
+      tellDelivery(d, { text: `${answer.status ? `${answer.status}: ` : ""}${answer.message}`, kind: "error" });
+      button.removeAttribute("aria-disabled");
+      if (answer.status === 403) whoami();
+      loadDeliveries(false);  // the truth, e.g. after a 409
+    }
+  }
+
+  for (const button of document.querySelectorAll("#delivery-filters button")) {
+    button.addEventListener("click", () => {
+      state.deliveryFilter = button.dataset.filter;
+      for (const other of document.querySelectorAll("#delivery-filters button")) {
+        other.setAttribute("aria-pressed", String(other === button));
+      }
+      state.deliveryCursor = null;
+      renderDeliveries();
+      loadDeliveries(false);  // older deliveries of this status than the ones loaded
+    });
+  }
+  $("#deliveries-more").addEventListener("click", () => loadDeliveries(true));
 
   // -- rendering: users ----------------------------------------------------------------
 
