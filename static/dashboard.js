@@ -48,6 +48,7 @@
     deliveryCursor: null,
     deliveryMessages: new Map(), // id -> {text, kind}
     resending: new Map(),   // id -> its version when an operator here sent it again: the outcome is told
+    confirmingRetryAll: false,
   };
   const cards = new Map();  // id -> <article>
 
@@ -538,6 +539,7 @@
       ? `No ${state.filter.toLowerCase()} runs.`
       : "No runs yet: sign someone up.";
     $("#runs-more").hidden = !state.nextCursor;
+    renderBulk(counts.FAILED || 0);
   }
 
   function cardFor(id) {
@@ -794,6 +796,67 @@
       "Sending a new link…", "A new link is on its way; the old one no longer works.");
     if (answer.ok) scheduleOutbox();
   }
+
+  // -- retry every failed run: a button, then a confirmation in the page ----------------
+
+  function renderBulk(failed) {
+    const offered = canAct() && failed > 0;
+    if (!offered) state.confirmingRetryAll = false;
+    const bulk = $("#bulk");
+    const active = document.activeElement;
+    const hadFocus = active && bulk.contains(active);
+    bulk.hidden = !offered;
+    const known = !state.nextCursor || state.filter === "FAILED";  // every run is loaded: the count is all
+    $("#retry-failed").hidden = state.confirmingRetryAll;
+    $("#retry-failed-note").hidden = state.confirmingRetryAll;
+    $("#retry-failed-note").textContent = known ? `${plural(failed, "run")} failed` : "";
+    $("#retry-failed-confirm").hidden = !state.confirmingRetryAll;
+    $("#retry-failed-q").textContent = known
+      ? `Retry ${failed === 1 ? "the failed run" : `all ${failed} failed runs`}, each from the step it failed at?`
+      : "Retry every failed run, each from the step it failed at?";
+    if (hadFocus && active.closest("[hidden]")) $("#bulk-msg").focus({ preventScroll: true });
+  }
+
+  function bulkMessage(text, kind) {
+    const node = $("#bulk-msg");
+    node.textContent = text;
+    node.className = `run-msg ${kind}`;
+  }
+
+  function confirmRetryAll(on) {
+    state.confirmingRetryAll = on;
+    renderList();
+    const target = on ? $("#retry-failed-yes") : $("#retry-failed");
+    if (!target.closest("[hidden]")) target.focus();
+  }
+
+  async function retryAllFailed() {
+    const yes = $("#retry-failed-yes"), no = $("#retry-failed-no");
+    yes.disabled = no.disabled = true;
+    bulkMessage("Retrying every failed run…", "busy");
+    const answer = await api("/api/workflows/failed/retry", { method: "POST" });
+    yes.disabled = no.disabled = false;
+    state.confirmingRetryAll = false;
+    if (answer.ok) {
+      const ids = answer.body.workflowIds || [];
+      const n = answer.body.retried;
+      bulkMessage(n ? `Retried ${plural(n, "failed run")}: each runs again from the step it failed at.`
+        : "No run was failed any more: nothing to retry.", "ok");
+      for (const id of ids) scheduleRun(id, 0);  // the truth, even if the event stream is down
+    } else {
+      bulkMessage(`${answer.status ? `${answer.status}: ` : ""}${answer.message}`, "error");
+      if (answer.status === 403) whoami();
+    }
+    renderList();
+    $("#bulk-msg").focus({ preventScroll: true });  // the buttons may be gone: the result has the focus
+  }
+
+  $("#retry-failed").addEventListener("click", () => { bulkMessage("", ""); confirmRetryAll(true); });
+  $("#retry-failed-no").addEventListener("click", () => confirmRetryAll(false));
+  $("#retry-failed-yes").addEventListener("click", retryAllFailed);
+  $("#retry-failed-confirm").addEventListener("keydown", (event) => {
+    if (event.key === "Escape") { event.preventDefault(); confirmRetryAll(false); }
+  });
 
   // -- rendering: outbox --------------------------------------------------------------
 
