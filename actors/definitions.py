@@ -16,10 +16,6 @@ from typing import Any
 
 from userflow.actors.workflow import Workflow
 
-#: The layout of a stored run document; raised when it changes, read by migrations of it.
-FORMAT = 1
-
-
 class UnknownDefinition(LookupError):
     """A run's workflow version this release neither ships nor migrates."""
 

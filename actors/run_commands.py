@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from userflow.actors.messages import Command, reject, resolve
-from userflow.actors.status import FINISHED, RunStatus, StepStatus
+from userflow.actors.run_model import Run
+from userflow.actors.status import FINISHED, RunStatus
 from userflow.actors.workflow import RETRY_TIMER, ActionRejected, Workflow
 from userflow.storage import StorageError
 
@@ -20,7 +21,7 @@ from userflow.storage import StorageError
 class CommandsMixin:
     """Part of :class:`~userflow.actors.run_actor.RunActor`; uses its run and recording."""
 
-    _run: dict[str, Any]
+    _run: Run
     _run_id: str
     _parts: Any
     _workflow: Workflow | None
@@ -31,7 +32,7 @@ class CommandsMixin:
             if message.name == "retry":
                 self._retry_failed(by)
             elif message.name == "resume":
-                if self._run["status"] == RunStatus.FAILED:
+                if self._run.status == RunStatus.FAILED:
                     self._retry_failed(by)
             elif message.name == "cancel":
                 self._cancel(by)
@@ -46,21 +47,16 @@ class CommandsMixin:
         resolve(message.reply, self._start_result(created=False))
 
     def _retry_failed(self, by: str) -> None:
-        run = self._run
-        if run["status"] != RunStatus.FAILED:
-            raise ActionRejected("conflict", f"only a FAILED run can be retried; this one is {run['status']}")
-        step = run["steps"][run["cursor"]]
-        self._reset(step)
-        run["status"] = RunStatus.RUNNING
-        run["error"] = None
-        self._log("operator-retry", f"retry requested by {by}: {step['name']} runs again with a fresh attempt budget", step["id"])
+        if self._run.status != RunStatus.FAILED:
+            raise ActionRejected("conflict", f"only a FAILED run can be retried; this one is {self._run.status}")
+        step = self._run.retry()
+        self._run.log("operator-retry", f"retry requested by {by}: {step['name']} runs again with a fresh attempt budget", step["id"])
         self._commit()
         self._advance_soon()
 
     def _cancel(self, by: str) -> None:
-        run = self._run
-        if run["status"] not in (RunStatus.RUNNING, RunStatus.WAITING):
-            raise ActionRejected("conflict", f"only a RUNNING or WAITING run can be cancelled; this one is {run['status']}")
+        if self._run.status not in (RunStatus.RUNNING, RunStatus.WAITING):
+            raise ActionRejected("conflict", f"only a RUNNING or WAITING run can be cancelled; this one is {self._run.status}")
         assert self._workflow is not None
         if self._workflow.on_cancel is not None:
             context = self._context("cancel", 1)
@@ -73,8 +69,8 @@ class CommandsMixin:
         spec = self._workflow.action(name)
         if spec is None:
             raise ActionRejected("unknown_action", f"this workflow has no action {name!r}")
-        if self._run["status"] in FINISHED:
-            raise ActionRejected("conflict", f"this run is {self._run['status']}")
+        if self._run.status in FINISHED:
+            raise ActionRejected("conflict", f"this run is {self._run.status}")
         context = self._context(name, 1)
         context.args = args
         self._call(spec.run, context)
@@ -86,23 +82,6 @@ class CommandsMixin:
             self._advance_soon()
 
     def _rewind(self, step_id: str) -> None:
-        run = self._run
-        index = next(i for i, step in enumerate(run["steps"]) if step["id"] == step_id)
-        if index > run["cursor"]:
-            raise ValueError(f"cannot rewind forward to {step_id}")
-        for step in run["steps"][index : run["cursor"] + 1]:
-            self._reset(step)
         self._drop_timer(RETRY_TIMER)
-        run["cursor"] = index
-        run["status"] = RunStatus.RUNNING
-        run["error"] = None
-        self._log("rewound", f"running again from {run['steps'][index]['name']}", step_id)
-
-    @staticmethod
-    def _reset(step: dict[str, Any]) -> None:
-        step["status"] = StepStatus.PENDING
-        step["attemptBase"] = len(step["attempts"])
-        step["output"] = None
-        step["startedAt"] = None  # its duration is the new run's of it, not since the first
-        step["finishedAt"] = None
-        step["retryAt"] = None
+        self._run.rewind(step_id)
+        self._run.log("rewound", f"running again from {self._run.step(step_id)['name']}", step_id)

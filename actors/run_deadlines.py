@@ -10,19 +10,20 @@ from __future__ import annotations
 from typing import Any
 
 from userflow.actors.retry import describe
+from userflow.actors.run_model import Run, StepRecord
 from userflow.actors.status import FINISHED, RunStatus, StepStatus
-from userflow.actors.timeutil import iso, iso_now, now
+from userflow.actors.timeutil import iso, now
 from userflow.actors.workflow import Deadline, Wait
 
 
 class DeadlinesMixin:
     """Part of :class:`~userflow.actors.run_actor.RunActor`; uses its run and recording."""
 
-    _run: dict[str, Any]
+    _run: Run
     _run_id: str
     _parts: Any
 
-    def _arm_deadlines(self, spec: Wait, step: dict[str, Any]) -> str:
+    def _arm_deadlines(self, spec: Wait, step: StepRecord) -> str:
         """Set the wait's deadlines once per run (a rewind does not move them)."""
         if step.get("deadlines") is not None:
             return ""
@@ -43,19 +44,19 @@ class DeadlinesMixin:
 
     def _deadline(self, wait: Wait, deadline: Deadline) -> None:
         run = self._run
-        del run["timers"][deadline.name]
-        step = next(s for s in run["steps"] if s["id"] == wait.id)
-        if run["status"] in FINISHED or step["status"] == StepStatus.COMPLETED:
+        del run.timers[deadline.name]
+        step = run.step(wait.id)
+        if run.status in FINISHED or step["status"] == StepStatus.COMPLETED:
             return
         if deadline.outcome is None and step["status"] != StepStatus.WAITING:
-            self._log("deadline", f"{wait.name}: {deadline.name} skipped, the run is not waiting", wait.id)
+            run.log("deadline", f"{wait.name}: {deadline.name} skipped, the run is not waiting", wait.id)
             self._commit()
             return
         if deadline.outcome is None and any(
-            d.outcome is not None and run["timers"].get(d.name, float("inf")) <= now() for d in wait.deadlines
+            d.outcome is not None and run.timers.get(d.name, float("inf")) <= now() for d in wait.deadlines
         ):
             # Both overdue (the server was down): a reminder for a link that ends now helps no one.
-            self._log("deadline", f"{wait.name}: {deadline.name} skipped, a later deadline has passed too", wait.id)
+            run.log("deadline", f"{wait.name}: {deadline.name} skipped, a later deadline has passed too", wait.id)
             self._commit()
             return
         tries = step.setdefault("deadlineTries", {})
@@ -69,21 +70,19 @@ class DeadlinesMixin:
                 if deadline.retry.should_retry(number, exc):
                     delay = deadline.retry.backoff(number)
                     self._set_timer(deadline.name, now() + delay)
-                    self._log("deadline-failed", f"{deadline.name} failed ({describe(exc)}); retrying in {delay:.1f} s", wait.id, number)
+                    run.log("deadline-failed", f"{deadline.name} failed ({describe(exc)}); retrying in {delay:.1f} s", wait.id, number)
                     self._commit()
                     return
-                self._log("deadline-failed", f"{deadline.name} failed ({describe(exc)}); given up", wait.id, number)
+                run.log("deadline-failed", f"{deadline.name} failed ({describe(exc)}); given up", wait.id, number)
                 if deadline.outcome is None:
                     self._commit()
                     return
             else:
                 self._keep(context)
-        self._log("deadline", f"{wait.name}: {deadline.name} deadline reached", wait.id)
+        run.log("deadline", f"{wait.name}: {deadline.name} deadline reached", wait.id)
         if deadline.outcome is not None:
             self._drop_deadlines(wait)
-            step["status"] = StepStatus.COMPLETED
-            step["output"] = {"deadline": deadline.name, "at": iso_now()}
-            step["finishedAt"] = step["output"]["at"]
+            run.end_wait(step, deadline.name)
             self._end(RunStatus.COMPLETED, deadline.outcome, f"run completed ({deadline.outcome})")
             return
         self._commit()
