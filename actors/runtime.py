@@ -76,9 +76,7 @@ class Runtime:
         reply.result(timeout=timeout)
         self._supervisor.stop(block=True, timeout=timeout)
         self._supervisor = None
-        close = getattr(self.parts.store, "close", None)
-        if close is not None:
-            close()  # a last checkpoint (the next start has no journal to replay), then the index saved
+        self.parts.store.close()  # the data dir: a last checkpoint (no journal to replay), then the index saved
 
     def _timer_fired(self, run_id: str, name: str, due: float) -> None:
         if self._supervisor is not None:

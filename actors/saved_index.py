@@ -24,7 +24,6 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any
 
 import orjson
 
@@ -61,27 +60,25 @@ def _line_id(line: memoryview) -> str:
 class SavedIndex:
     def __init__(self, parts: EngineParts, every: float = EVERY) -> None:
         self._parts = parts
-        self._store: Any = parts.store
+        self._cache = parts.store.index_cache()
         self._every = every
         self._last = time.monotonic()
         self._dirty = True  # files may differ from the last save until one is made here
         self._written: set[str] = set()  # runs whose file a checkpoint wrote since the last save
         self.fingerprint = code_fingerprint()
 
-    def usable(self) -> bool:
-        return all(hasattr(self._store, name) for name in ("read_index", "save_index", "stamps", "read_document"))
 
     # -- at a start ---------------------------------------------------------------
 
     def restore(self) -> list[str]:
         """Put every run the saved index is still right about into the index; their ids."""
-        if not self.usable():
+        if self._cache is None:
             return []
-        saved = self._store.read_index(self.fingerprint)
+        saved = self._cache.read_index(self.fingerprint)
         if saved is None:
             return []
         stamps, lines = saved
-        current = self._store.stamps()
+        current = self._cache.stamps()
         unchanged = {run_id for run_id, stamp in stamps.items() if current.get(run_id) == stamp}
         try:
             return self._parts.index.restore(lines, unchanged)
@@ -93,9 +90,8 @@ class SavedIndex:
 
     def attach(self) -> None:
         """Refresh after the store's checkpoints."""
-        hook = getattr(self._store, "after_checkpoint", None)
-        if hook is not None and self.usable():
-            hook(self.refresh)
+        if self._cache is not None:
+            self._cache.after_checkpoint(self.refresh)
 
     def refresh(self, final: bool = False, written: Iterable[str] = ()) -> None:
         """(Under the store's checkpoint lock.) Describe again the runs whose file changed.
@@ -112,7 +108,8 @@ class SavedIndex:
             return
         self._last = now
         started = time.perf_counter()
-        store = self._store
+        store = self._cache
+        assert store is not None
         current = store.stamps()
         saved = store.read_index(self.fingerprint)
         if saved is not None and saved[0] == current:
@@ -169,12 +166,12 @@ class SavedIndex:
         return stamps, keys, by_id
 
     def _describe(self, run_id: str) -> tuple[bytes, dict[str, list[str]], list[int]] | None:
-        found = self._store.read_document(run_id)
+        assert self._cache is not None
+        found = self._cache.read_document(run_id)
         if found is None:
             return None
-        document, stamp = found
+        run, stamp = found
         try:
-            run = orjson.loads(document)["run"]["1"]
             if run["id"] != run_id:
                 return None
             described = self._parts.index.line_for(run)

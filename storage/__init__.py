@@ -2,13 +2,15 @@
 
 from userflow.storage.atomic import CorruptFileError, StorageError
 from userflow.storage.datadir import DataDir, DataDirBusy
-from userflow.storage.runs import FileRunStore, RunHandle, RunStore, StoredRun, valid_run_id
+from userflow.storage.port import IndexCache, RunHandle, RunStore, StoredRun, valid_run_id
+from userflow.storage.runs import FileRunStore
 
 __all__ = [
     "CorruptFileError",
     "DataDir",
     "DataDirBusy",
     "FileRunStore",
+    "IndexCache",
     "RunHandle",
     "RunStore",
     "StorageError",

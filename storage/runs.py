@@ -25,64 +25,23 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping
-from typing import Any, NamedTuple, Protocol
+from typing import Any
 
 import orjson
 from tinydb import TinyDB
 
+from userflow.storage import codec
 from userflow.storage.atomic import AtomicJSONStorage, CorruptFileError, StorageError, read_json, sync_filesystem, write_atomic
 from userflow.storage.journal import Journal, records
+from userflow.storage.port import IndexCache, StoredRun, valid_run_id
 
 log = logging.getLogger(__name__)
 
-_RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _SUFFIX = ".json"
 _INDEX = "index.snapshot"
-
-
-class StoredRun(NamedTuple):
-    """A run as persisted: its snapshot and its timeline, oldest entry first."""
-
-    run: dict[str, Any]
-    timeline: list[dict[str, Any]]
-
-
-class RunHandle(Protocol):
-    """Write access to one run, held by the one actor that owns the run."""
-
-    def load(self) -> StoredRun | None: ...
-
-    def commit(self, run: dict[str, Any], new_entries: list[dict[str, Any]]) -> None:
-        """Durably store the snapshot and append the timeline entries, all or nothing."""
-        ...
-
-
-class RunStore(Protocol):
-    def open(self, run_id: str) -> RunHandle: ...
-
-    def read(self, run_id: str) -> StoredRun | None: ...
-
-    def scan(self, skip: Container[str] = ()) -> Iterator[dict[str, Any]]: ...
-
-    def save_index(self, lines: Iterable[bytes], fingerprint: str, stamps: Mapping[str, list[int]]) -> None:
-        """Keep the engine's index until it is saved again (a cache: losing it costs a scan)."""
-        ...
-
-    def read_index(self, fingerprint: str) -> tuple[dict[str, list[int]], Iterator[memoryview]] | None:
-        """The saved index: each run file's stamp when it was saved, and its lines."""
-        ...
-
-    def stamps(self) -> dict[str, list[int]]: ...
-
-    def read_document(self, run_id: str) -> tuple[bytes, list[int]] | None: ...
-
-
-def valid_run_id(run_id: str) -> bool:
-    return bool(_RUN_ID.fullmatch(run_id))  # not match: "$" also matches before a final newline
 
 
 class RunFile:
@@ -102,11 +61,11 @@ class RunFile:
         self._version = 0
         to_sink = (lambda document: sink(self._version, document)) if sink is not None else None
         self._db = TinyDB(path, storage=AtomicJSONStorage, sink=to_sink, source=source)
-        self._runs = self._db.table("run", cache_size=0)
-        self._timeline = self._db.table("timeline", cache_size=0)
+        self._runs = self._db.table(codec.RUN_TABLE, cache_size=0)
+        self._timeline = self._db.table(codec.TIMELINE_TABLE, cache_size=0)
 
     def load(self) -> StoredRun | None:
-        run = self._runs.get(doc_id=1)
+        run = self._runs.get(doc_id=int(codec.RUN_DOC))
         if run is None:
             return None
         entries = sorted(self._timeline.all(), key=lambda doc: doc.doc_id)
@@ -118,12 +77,7 @@ class RunFile:
         # cost more than the whole journal append.
         storage: AtomicJSONStorage = self._db.storage  # type: ignore[assignment]
         self._version = int(run.get("version", 0))
-        data = storage.read() or {}
-        data["run"] = {"1": run}
-        timeline = data.setdefault("timeline", {})
-        for entry in new_entries:
-            timeline[str(entry["seq"])] = entry
-        storage.write(data)
+        storage.write(codec.committed(storage.read(), run, new_entries))
 
 
 def _stamp(stat: os.stat_result) -> list[int]:
@@ -137,16 +91,6 @@ def _lines(data: memoryview, start: int) -> Iterator[memoryview]:
         end = raw.index(b"\n", start)
         yield data[start:end]
         start = end + 1
-
-
-def _run_of(data: Any, path: str) -> dict[str, Any]:
-    try:
-        run = data["run"]["1"]
-    except (KeyError, TypeError) as exc:
-        raise CorruptFileError(f"{path}: no run snapshot") from exc
-    if not isinstance(run, dict) or not isinstance(run.get("id"), str):
-        raise CorruptFileError(f"{path}: malformed run snapshot")
-    return run
 
 
 class FileRunStore:
@@ -288,7 +232,7 @@ class FileRunStore:
 
     def _file_version(self, run_id: str) -> int:
         try:
-            return int(_run_of(read_json(self._path(run_id)), run_id)["version"])
+            return int(codec.run_of(read_json(self._path(run_id)), run_id)["version"])
         except (CorruptFileError, OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
             return -1
 
@@ -306,7 +250,7 @@ class FileRunStore:
                 continue
             path = os.path.join(self._dir, name)
             try:
-                run = _run_of(read_json(path), path)
+                run = codec.run_of(read_json(path), path)
                 if run["id"] + _SUFFIX != name:
                     raise CorruptFileError(f"{path}: holds run {run['id']!r}")
             except (CorruptFileError, UnicodeDecodeError) as exc:
@@ -336,12 +280,17 @@ class FileRunStore:
                     stamps[name[:cut]] = _stamp(stat)
         return stamps
 
-    def read_document(self, run_id: str) -> tuple[bytes, list[int]] | None:
-        """A run file's content and the stamp of that very file (one open)."""
+    def index_cache(self) -> IndexCache:
+        return self
+
+    def read_document(self, run_id: str) -> tuple[dict[str, Any], list[int]] | None:
+        """A run file's snapshot and the stamp of that very file (one open); None if
+        it is missing or unreadable (the next start reads it, and says why)."""
         try:
             with open(self._path(run_id), "rb") as handle:
-                return handle.read(), _stamp(os.fstat(handle.fileno()))
-        except (FileNotFoundError, ValueError):
+                raw, stamp = handle.read(), _stamp(os.fstat(handle.fileno()))
+            return codec.run_of(orjson.loads(raw), run_id), stamp
+        except (FileNotFoundError, ValueError, CorruptFileError):
             return None
 
     def save_index(self, lines: Iterable[bytes], fingerprint: str, stamps: Mapping[str, list[int]]) -> None:

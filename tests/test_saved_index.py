@@ -166,8 +166,11 @@ def test_a_run_store_keeps_its_saved_index_with_the_stamps_given(tmp_path) -> No
     store.close()
     stamps = store.stamps()
     assert sorted(stamps) == ["run_0", "run_1", "run_2"]
-    document, stamp = store.read_document("run_1")
-    assert orjson.loads(document)["run"]["1"]["id"] == "run_1" and stamp == stamps["run_1"]
+    found = store.read_document("run_1")
+    assert found is not None
+    run, stamp = found
+    assert run["id"] == "run_1" and stamp == stamps["run_1"]
+    assert store.index_cache() is store
     store.save_index([orjson.dumps(["line", n]) for n in range(3)], "code-1", stamps)
     assert (tmp_path / "index.snapshot").stat().st_mode & 0o777 == 0o600
 
