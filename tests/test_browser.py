@@ -33,6 +33,8 @@ from tests.browser_support import (
     wait_same_snapshot,
 )
 from tests.server import Server
+from tests.smtp_server import SmtpServer
+from tests.webhook_receiver import Receiver, new_secret
 
 _reason = missing()
 if _reason:
@@ -84,8 +86,8 @@ def servers() -> Iterator[list[Server]]:
 def start_server(tmp_path: Path, servers: list[Server]) -> Callable[..., Server]:
     """A server with no operator account: its operator surface answers loopback clients only."""
 
-    def start(*args: str) -> Server:
-        server = Server(str(tmp_path / f"data{len(servers)}"), *args).start()
+    def start(*args: str, env: dict[str, str] | None = None) -> Server:
+        server = Server(str(tmp_path / f"data{len(servers)}"), *args, env=env).start()
         servers.append(server)
         return server
 
@@ -114,10 +116,10 @@ class Site:
 def start_site(tmp_path: Path, servers: list[Server]) -> Callable[..., Site]:
     """A server started with the given accounts ({name: role}), made by the CLI beforehand."""
 
-    def start(accounts: dict[str, str], *args: str) -> Site:
+    def start(accounts: dict[str, str], *args: str, env: dict[str, str] | None = None) -> Site:
         data_dir = str(tmp_path / f"data{len(servers)}")
         tokens = {name: add_operator(data_dir, name, role) for name, role in accounts.items()}
-        server = Server(data_dir, *args).start()
+        server = Server(data_dir, *args, env=env).start()
         servers.append(server)
         return Site(server, data_dir, tokens)
 
@@ -714,3 +716,218 @@ def test_expired_session_is_sent_to_signin(start_site: Callable[..., Site], cont
     page = sign_in(context, site, "alice")
     expect(page).to_have_url(f"{site.url}/signin?reason=ended", timeout=8_000)
     expect(page.locator("#signin-notice")).to_contain_text("Your session has ended")
+
+
+# -- 6. webhook deliveries, and retrying every failed run ----------------------------------------
+
+
+def webhook_args(*urls: str, schedule: str = "1,1") -> list[str]:
+    """Flags for a server that POSTs every event to ``urls``: a short retry schedule, a short timeout."""
+    flags = [item for url in urls for item in ("--webhook-url", url)]
+    return [*flags, "--webhook-retry-schedule", schedule, "--webhook-timeout", "1"]
+
+
+def record_delivery_states(page: Page) -> None:
+    """Remember every (url, status) the deliveries panel ever shows, with a next attempt time or not."""
+    page.evaluate(
+        """() => {
+          window.__uf_deliveries = new Set();
+          const note = () => document.querySelectorAll('#deliveries li.delivery').forEach(
+            d => window.__uf_deliveries.add(d.dataset.url + ' ' + d.dataset.status + (d.querySelector('[data-role=next-attempt]') ? ' next-attempt' : '')));
+          note();
+          new MutationObserver(note).observe(document.querySelector('#deliveries'), {subtree: true, childList: true});
+        }"""
+    )
+
+
+def delivery_states(page: Page) -> set[str]:
+    return set(page.evaluate("() => [...window.__uf_deliveries]"))
+
+
+def test_deliveries_show_live_and_an_operator_sends_a_failed_one_again(
+    start_site: Callable[..., Site], context: BrowserContext
+) -> None:
+    secret = new_secret()
+    with Receiver(secret) as good, Receiver(secret) as bad:
+        bad.answer = lambda n: 500
+        site = start_site({"alice": "operator"}, "--email-failure-rate", "0", *webhook_args(good.url, bad.url),
+                          env={"USERFLOW_WEBHOOK_SECRET": secret})  # fmt: skip
+        page = sign_in(context, site, "alice")
+        marker = mark(page)
+        panel = page.locator("#webhooks-card")
+        expect(panel).to_be_hidden()  # nothing delivered yet: nothing to show
+        record_delivery_states(page)
+
+        # One signup: user.created goes to both URLs; one answers 204, the other 500 three times.
+        email = "hana@example.com"
+        api_signup(site.server, "Hana Hook", email)
+        expect(panel).to_be_visible()
+        delivered = page.locator(f'#deliveries li.delivery[data-url="{good.url}"]')
+        failed = page.locator(f'#deliveries li.delivery[data-url="{bad.url}"]')
+        expect(delivered).to_have_attribute("data-status", "delivered")
+        expect(delivered.locator(".dl-type")).to_have_text("user.created")
+        expect(delivered.locator(".dl-user")).to_have_text(f"for {email}")
+        expect(delivered.locator(".dl-url")).to_have_text(f"to {good.url}")
+        expect(delivered.locator("[data-role=attempts]")).to_have_text("1 attempt")
+        expect(delivered.locator("[data-role=last-error]")).to_have_count(0)
+        expect(failed).to_have_attribute("data-status", "failed", timeout=15_000)
+        expect(failed.locator(".dl-user")).to_have_text(f"for {email}")
+        expect(failed.locator("[data-role=attempts]")).to_have_text("3 attempts")
+        expect(failed.locator("[data-role=last-error]")).to_have_text("last error: HTTP 500")
+        expect(failed.locator("[data-role=delivery-status]")).to_have_text("failed")
+        # Meanwhile it was pending, with the time of its next attempt.
+        assert f"{bad.url} pending next-attempt" in delivery_states(page)
+        expect(page.locator("#deliveries li.delivery")).to_have_count(2)
+        expect(page.locator("#deliveries-count")).to_have_text("(2)")
+
+        # The run's timeline has the deliveries' attempts among its own entries (from its detail).
+        card = run_card(page, email)
+        card.locator("details.timeline summary").click()
+        timeline = card.locator(".timeline-list")
+        expect(timeline.locator("li.t-webhook-failed")).to_have_text(
+            re.compile(rf"webhook-failed\s*webhook user.created to {re.escape(bad.url)}: failed: HTTP 500; given up$")
+        )
+        expect(timeline.locator("li.t-webhook-retrying")).to_have_count(2)
+        expect(timeline.locator("li.t-webhook-delivered")).to_have_count(1)
+        expect(timeline.locator("li.t-webhook-delivered")).to_contain_text(f"webhook user.created to {good.url}: delivered (HTTP 204,")
+        expect(timeline.locator("li.t-waiting")).to_be_visible()
+
+        # The status filter.
+        only_failed = page.get_by_role("button", name=re.compile("^Failed deliveries"))
+        expect(only_failed.locator(".n")).to_have_text("1")
+        only_failed.click()
+        expect(only_failed).to_have_attribute("aria-pressed", "true")
+        expect(page.locator("#deliveries li.delivery")).to_have_count(1)
+        expect(failed).to_be_visible()
+        page.get_by_role("button", name=re.compile("^Pending deliveries")).click()
+        expect(page.locator("#deliveries li.delivery")).to_have_count(0)
+        expect(page.locator("#deliveries-empty")).to_have_text("No pending deliveries.")
+        page.get_by_role("button", name=re.compile("^All deliveries")).click()
+        expect(page.locator("#deliveries li.delivery")).to_have_count(2)
+
+        # The receiver is back: Send again delivers, with the same webhook-id, and says so.
+        bad.answer = lambda n: 204
+        expect(delivered.get_by_role("button", name="Send again")).to_have_count(0)
+        failed.get_by_role("button", name="Send again").click()
+        expect(failed).to_have_attribute("data-status", "delivered")
+        expect(failed.locator("[data-role=delivery-msg]")).to_have_text("Sent again and delivered (HTTP 204).")
+        expect(failed.locator("[data-role=attempts]")).to_have_text("4 attempts")
+        expect(failed.locator(".dl-meta")).to_contain_text("sent again by alice")
+        expect(failed.locator("[data-role=last-error]")).to_have_text("earlier error: HTTP 500")
+        expect(failed.get_by_role("button", name="Send again")).to_have_count(0)
+        expect(failed).to_be_focused()  # the button went; the keyboard stays on its delivery
+        expect(page.locator("#deliveries-live")).to_have_text(f"user.created to {bad.url}: Sent again and delivered (HTTP 204).")
+        got = bad.wait_until(lambda rs: any(r.answered == 204 for r in rs))
+        assert [r.answered for r in got] == [500, 500, 500, 204]
+        assert len({r.id for r in got}) == 1 and all(r.verified[secret] for r in got)
+        listed = site.get("/api/webhooks/deliveries", as_="alice")["deliveries"]
+        assert sorted(d["status"] for d in listed) == ["delivered", "delivered"]
+
+        # The timeline, still open, has the resend and its delivery (the attempt that gave up is now one of three).
+        expect(timeline.locator("li.t-webhook-resent")).to_contain_text(f"webhook user.created to {bad.url}: sent again by alice")
+        expect(timeline.locator("li.t-webhook-delivered")).to_have_count(2)
+        expect(timeline.locator("li.t-webhook-retrying")).to_have_count(3)
+        expect(timeline.locator("li.t-webhook")).to_have_count(6)
+        expect(timeline).to_be_visible()
+        assert_not_reloaded(page, marker)
+
+
+def test_viewer_sees_deliveries_and_is_offered_no_send_again(start_site: Callable[..., Site], context: BrowserContext) -> None:
+    secret = new_secret()
+    with Receiver(secret) as bad:
+        bad.answer = lambda n: 500
+        site = start_site({"vera": "viewer"}, "--email-failure-rate", "0", *webhook_args(bad.url, schedule="0.2"),
+                          env={"USERFLOW_WEBHOOK_SECRET": secret})  # fmt: skip
+        page = sign_in(context, site, "vera")
+        expect(page.locator("#read-only")).to_contain_text("sending webhooks again")
+        email = "val@example.com"
+        api_signup(site.server, "Val View", email)
+        item = page.locator("#deliveries li.delivery")
+        expect(item).to_have_attribute("data-status", "failed")
+        expect(item.locator(".dl-user")).to_have_text(f"for {email}")
+        expect(item.locator("[data-role=attempts]")).to_have_text("2 attempts")
+        expect(item.locator("[data-role=last-error]")).to_have_text("last error: HTTP 500")
+        expect(page.locator("#webhooks-card .hint").first).to_have_text(
+            "Every lifecycle event is POSTed, signed, to each webhook URL, and tried again on the retry schedule before it is given up as failed.",
+            use_inner_text=True,
+        )
+        assert page.get_by_role("button", name="Send again").count() == 0
+        assert page.locator("#deliveries button, [data-action]").count() == 0
+
+        # Forced from the page with the viewer's cookie: 403, and it stays failed.
+        delivery_id = item.get_attribute("data-delivery-id")
+        answer = page.evaluate(
+            "async (path) => { const r = await fetch(path, {method: 'POST'}); return {status: r.status, body: await r.json()}; }",
+            f"/api/webhooks/deliveries/{delivery_id}/retry",
+        )
+        assert (answer["status"], answer["body"]["error"]["code"]) == (403, "forbidden"), answer
+        assert [d["status"] for d in site.get("/api/webhooks/deliveries", as_="vera")["deliveries"]] == ["failed"]
+        assert len(bad.received) == 2
+        expect(item).to_have_attribute("data-status", "failed")
+
+
+REFUSAL = "451 4.3.0 mail system temporarily unavailable"
+
+
+def test_retry_all_failed_asks_first_then_resumes_every_failed_run(
+    start_site: Callable[..., Site], context: BrowserContext
+) -> None:
+    with SmtpServer() as smtp:
+        outage = {"on": False}
+        smtp.handler.reply = lambda envelope: REFUSAL if outage["on"] else None
+        site = start_site({"alice": "operator"}, "--smtp-url", smtp.url, "--email-retry-for", "2", "--email-max-backoff", "0.5")
+        page = sign_in(context, site, "alice")
+        marker = mark(page)
+        bulk, confirm, message = page.locator("#bulk"), page.locator("#retry-failed-confirm"), page.locator("#bulk-msg")
+        expect(page.locator("#webhooks-card")).to_be_hidden()  # no webhook URL: no deliveries panel
+
+        # One run gets its email; then the mail server refuses everything and two runs fail.
+        waiting = "wes@example.com"
+        api_signup(site.server, "Wes Waiting", waiting)
+        expect(run_card(page, waiting)).to_have_attribute("data-status", "WAITING")
+        expect(bulk).to_be_hidden()
+        outage["on"] = True
+        unlucky = ["una@example.com", "ulf@example.com"]
+        for n, email in enumerate(unlucky):
+            api_signup(site.server, f"Unlucky {n}", email)
+        for email in unlucky:
+            card = run_card(page, email)
+            expect(card).to_have_attribute("data-status", "FAILED", timeout=20_000)
+            expect(card.locator("[data-role=run-error]")).to_contain_text("451")
+        expect(bulk).to_be_visible()
+        expect(page.locator("#retry-failed-note")).to_have_text("2 runs failed")
+
+        # The first click only asks; Escape and "Keep them" leave the runs as they are.
+        retry_all = page.get_by_role("button", name="Retry all failed")
+        retry_all.click()
+        expect(confirm).to_be_visible()
+        expect(confirm).to_contain_text("Retry all 2 failed runs, each from the step it failed at?")
+        expect(page.get_by_role("button", name="Yes, retry them")).to_be_focused()
+        page.keyboard.press("Escape")
+        expect(confirm).to_be_hidden()
+        expect(retry_all).to_be_focused()
+        retry_all.click()
+        page.get_by_role("button", name="Keep them").click()
+        expect(confirm).to_be_hidden()
+        expect(retry_all).to_be_visible()
+        assert [w["status"] for w in site.get("/api/workflows", as_="alice")["workflows"]] == ["FAILED", "FAILED", "WAITING"]
+
+        # The outage is over: retry them all, with the keyboard.
+        outage["on"] = False
+        retry_all.focus()
+        page.keyboard.press("Enter")
+        expect(page.get_by_role("button", name="Yes, retry them")).to_be_focused()
+        page.keyboard.press("Enter")
+        expect(message).to_have_text("Retried 2 failed runs: each runs again from the step it failed at.")
+        expect(message).to_be_focused()
+        for email in unlucky:
+            card = run_card(page, email)
+            expect(card).to_have_attribute("data-status", "WAITING", timeout=20_000)
+            expect(step(card, EMAIL_STEP)).to_have_attribute("data-status", "COMPLETED")
+            expect(card.locator(".timeline-list li.t-operator-retry")).to_contain_text(
+                "retry requested by alice (retry of every failed run)"
+            )
+        expect(bulk).to_be_hidden()  # no failed run left
+        expect(run_card(page, waiting).locator(".timeline-list li.t-operator-retry")).to_have_count(0)
+        assert len(smtp.handler.wait_for(3)) == 3
+        assert_not_reloaded(page, marker)
