@@ -141,6 +141,8 @@ class Webhooks:
         self._loop = loop
         self._signers = [check_secret(secret) for secret in settings.secrets]
         self._deliveries: dict[str, Delivery] = {}
+        self._order: list[str] = []  # delivery ids as they were made: the listing reads it backwards
+        self._position: dict[str, int] = {}
         self._by_run: dict[str, list[Delivery]] = {}
         self._lanes: dict[tuple[str, str], deque[Delivery]] = {}
         self._due: list[tuple[float, int, str]] = []  # (when, tiebreak, delivery id) of lane heads
@@ -272,17 +274,18 @@ class Webhooks:
         return list(self._by_run.get(run_id, ()))
 
     def page(self, status: str | None, limit: int, before: str | None) -> tuple[list[Delivery], str | None]:
-        """Newest first (by event time, then id), strictly older than ``before``."""
-        ordered = sorted(self._deliveries.values(), key=lambda d: (d.created_at, d.id), reverse=True)
-        if before is not None:
-            anchor = self._deliveries.get(before)
-            if anchor is None:
-                return [], None
-            key = (anchor.created_at, anchor.id)
-            ordered = [d for d in ordered if (d.created_at, d.id) < key]
-        chosen = [d for d in ordered if status is None or d.status == status]
-        page = chosen[:limit]
-        return page, page[-1].id if len(chosen) > limit else None
+        """Newest first, strictly older than ``before``; walks back only as far as the page needs."""
+        end = len(self._order) if before is None else self._position.get(before)
+        if end is None:
+            return [], None
+        chosen: list[Delivery] = []
+        for index in range(end - 1, -1, -1):
+            delivery = self._deliveries[self._order[index]]
+            if status is None or delivery.status == status:
+                if len(chosen) == limit:
+                    return chosen, chosen[-1].id
+                chosen.append(delivery)
+        return chosen, None
 
     def counts(self) -> dict[str, int]:
         counts = {PENDING: 0, DELIVERED: 0, FAILED: 0}
@@ -309,6 +312,9 @@ class Webhooks:
     def _remember(self, delivery: Delivery) -> None:
         known = self._deliveries.get(delivery.id)
         self._deliveries[delivery.id] = delivery
+        if delivery.id not in self._position:
+            self._position[delivery.id] = len(self._order)
+            self._order.append(delivery.id)
         runs = self._by_run.setdefault(delivery.run_id, [])
         if known is not None:
             runs.remove(known)

@@ -152,6 +152,13 @@ def test_a_failing_receiver_gets_the_schedule_then_failed_and_an_operator_retry_
         server.wait_for("/api/webhooks/deliveries?status=delivered", lambda b: any(d["id"] == mine["id"] for d in b["deliveries"]))
         assert server.request("POST", f"/api/webhooks/deliveries/{mine['id']}/retry")[0] == 409
         assert server.request("POST", "/api/webhooks/deliveries/dlv_nope_1_1/retry")[0] == 404
+        everything = server.get("/api/webhooks/deliveries?limit=200")["deliveries"]
+        paged, cursor = [], ""
+        while cursor is not None:
+            page = server.get(f"/api/webhooks/deliveries?limit=2{'&cursor=' + cursor if cursor else ''}")
+            paged += page["deliveries"]
+            cursor = page["nextCursor"]
+        assert [d["id"] for d in paged] == [d["id"] for d in everything] and len(paged) == 6
         timeline = server.get(f"/api/workflows/{accepted['workflowId']}")["timeline"]
         assert any(e["type"] == "webhook-resent" and "by local operator" in e["message"] for e in timeline)
         assert any(e["type"] == "webhook-failed" for e in timeline)

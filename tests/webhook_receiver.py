@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import random
@@ -61,6 +62,10 @@ class Receiver:
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
         self._loop.run_until_complete(self._main())
+        leftover = asyncio.all_tasks(self._loop)
+        for task in leftover:
+            task.cancel()
+        self._loop.run_until_complete(asyncio.gather(*leftover, return_exceptions=True))
 
     async def _main(self) -> None:
         self._stop = asyncio.Event()
@@ -95,7 +100,9 @@ class Receiver:
             )
             self.changed.notify_all()
         if answer == "timeout":
-            await asyncio.sleep(self.hang)  # a receiver that does not answer in time
+            # A receiver that does not answer in time (until it is stopped).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.hang)
             return web.Response(status=204)
         if answer == "redirect":
             return web.Response(status=302, headers={"Location": self.url + "?moved"})
