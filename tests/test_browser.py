@@ -870,12 +870,13 @@ REFUSAL = "451 4.3.0 mail system temporarily unavailable"
 
 
 def test_retry_all_failed_asks_first_then_resumes_every_failed_run(
-    start_site: Callable[..., Site], context: BrowserContext
+    start_site: Callable[..., Site], context: BrowserContext, browser: Browser
 ) -> None:
     with SmtpServer() as smtp:
         outage = {"on": False}
         smtp.handler.reply = lambda envelope: REFUSAL if outage["on"] else None
-        site = start_site({"alice": "operator"}, "--smtp-url", smtp.url, "--email-retry-for", "2", "--email-max-backoff", "0.5")
+        site = start_site({"alice": "operator", "vera": "viewer"}, "--smtp-url", smtp.url, "--email-retry-for", "2",
+                          "--email-max-backoff", "0.5")  # fmt: skip
         page = sign_in(context, site, "alice")
         marker = mark(page)
         bulk, confirm, message = page.locator("#bulk"), page.locator("#retry-failed-confirm"), page.locator("#bulk-msg")
@@ -896,6 +897,16 @@ def test_retry_all_failed_asks_first_then_resumes_every_failed_run(
             expect(card.locator("[data-role=run-error]")).to_contain_text("451")
         expect(bulk).to_be_visible()
         expect(page.locator("#retry-failed-note")).to_have_text("2 runs failed")
+
+        # A viewer sees the same failed runs, and no Retry all failed.
+        viewer_context = browser.new_context(viewport=LAPTOP)
+        try:
+            viewer = sign_in(viewer_context, site, "vera")
+            expect(viewer.locator('#runs article.run[data-status="FAILED"]')).to_have_count(2)
+            expect(viewer.locator("#bulk")).to_be_hidden()
+            assert viewer.get_by_role("button", name=re.compile("Retry")).count() == 0
+        finally:
+            viewer_context.close()
 
         # The first click only asks; Escape and "Keep them" leave the runs as they are.
         retry_all = page.get_by_role("button", name="Retry all failed")
