@@ -358,7 +358,12 @@ def document(roles: Mapping[tuple[str, str], str]) -> dict[str, Any]:
                 ],
                 "responses": {
                     "200": _json(
-                        _obj(["deliveries", "nextCursor"], deliveries={"type": "array", "items": _ref("Delivery")}, nextCursor=_NSTR),
+                        _obj(
+                            ["deliveries", "nextCursor", "configured"],
+                            deliveries={"type": "array", "items": _ref("Delivery")},
+                            nextCursor=_NSTR,
+                            configured={"type": "boolean", "description": "whether the server has a webhook URL at all"},
+                        ),
                         "one page",
                     ),
                     **_errors(400, 503),

@@ -124,14 +124,19 @@ def workflow_detail(stored: StoredRun, summary: dict[str, Any], deliveries: list
 
 def webhook_timeline(deliveries: list[Delivery]) -> list[dict[str, Any]]:
     """Each attempt of the run's deliveries as a timeline entry (they are not the run's
-    own records: another writer keeps them)."""
+    own records: another writer keeps them). An attempt after which the delivery was
+    given up stays marked so, even when an operator sent it again later."""
     entries = []
     for delivery in deliveries:
+        resends = [r["at"] for r in delivery.resent]
         for number, attempt in enumerate(delivery.attempts, 1):
-            last = number == len(delivery.attempts)
+            later = delivery.attempts[number]["at"] if number < len(delivery.attempts) else None
+            gave_up = (later is None and delivery.status == FAILED) or any(
+                attempt["at"] <= at and (later is None or at <= later) for at in resends
+            )
             if attempt["error"] is None:
                 kind, outcome = "webhook-delivered", f"delivered (HTTP {attempt['status']}, {attempt['durationMs']:.0f} ms)"
-            elif last and delivery.status == FAILED:
+            elif gave_up:
                 kind, outcome = "webhook-failed", f"failed: {attempt['error']}; given up"
             else:
                 kind, outcome = "webhook-retrying", f"attempt failed: {attempt['error']}"

@@ -74,9 +74,9 @@ async def list_deliveries(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid_cursor", "cursor: pass back the nextCursor of the previous page")
     webhooks = request.app.get(WEBHOOKS)
     if webhooks is None:
-        return json_response({"deliveries": [], "nextCursor": None})
+        return json_response({"deliveries": [], "nextCursor": None, "configured": False})
     page, next_cursor = webhooks.page(raw.lower() if raw else None, int(limit_text), cursor)
-    return json_response({"deliveries": [d.view() for d in page], "nextCursor": next_cursor})
+    return json_response({"deliveries": [d.view() for d in page], "nextCursor": next_cursor, "configured": True})
 
 
 async def retry_delivery(request: web.Request) -> web.Response:

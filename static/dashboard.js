@@ -896,7 +896,7 @@
         : el("span", { class: `mail-state${verified ? " verified" : ""}` }, verified ? "Verified ✓" : "not verified yet");
       let note = null;
       if (!verified && replaced) note = "replaced by a newer link";
-      else if (!verified && closed) note = `run ${run.status.toLowerCase()}`;
+      else if (!verified && closed) note = run.outcome === "expired" ? "link expired" : `run ${run.status.toLowerCase()}`;
       return el("li", { class: "mail", "data-to": email.to, "data-kind": email.kind, "data-workflow-id": email.workflowId },
         el("div", { class: "mail-head" },
           el("span", { class: `badge k-${email.kind}` }, email.kind),

@@ -942,3 +942,11 @@ def test_retry_all_failed_asks_first_then_resumes_every_failed_run(
         expect(run_card(page, waiting).locator(".timeline-list li.t-operator-retry")).to_have_count(0)
         assert len(smtp.handler.wait_for(3)) == 3
         assert_not_reloaded(page, marker)
+
+
+def test_an_expired_runs_email_says_its_link_expired(start_server: Callable[..., Server], context: BrowserContext) -> None:
+    server = start_server("--email-failure-rate", "0", "--verify-ttl", "1", "--reminder-after", "0")
+    run_id = api_signup(server, "Exa Pired", "expired@example.com")
+    server.wait_for(f"/api/workflows/{run_id}", lambda d: d["outcome"] == "expired")
+    page = open_dashboard(context, server.url)
+    expect(page.locator('#outbox li.mail[data-to="expired@example.com"] .mail-note')).to_have_text("link expired")
