@@ -3,11 +3,15 @@
     python -m tests.perf.loadgen --runs 2000 --concurrency 64          # closed loop
     python -m tests.perf.loadgen --rate 1000 --duration 5              # open loop
     python -m tests.perf.loadgen --repeat 3                            # and the medians of 3
+    python -m tests.perf.loadgen --smtp --repeat 3                     # the same, email sent over SMTP
 
 By default it starts its own server (outbox mode, no injected failures, no
 rate limits) on a fresh data dir and reports the server's RSS; ``--url``
 points it at a running one instead. Each run is verified as soon as its
-email exists. It prints one JSON object: accepted signups/s, signup latency
+email exists: in outbox mode the link is read from ``/api/outbox``; with
+``--smtp`` the load generator runs an SMTP server (aiosmtpd, on its own event
+loop), hands the started server ``--smtp-url``, and takes each link from the
+message it receives. It prints one JSON object: accepted signups/s, signup latency
 p50/p99, signup-to-completed p50/p99, completed runs/s, errors, server RSS.
 
 The closed loop keeps ``concurrency`` users in flight, each going through
@@ -20,6 +24,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import email
+import email.policy
 import json
 import os
 import re
@@ -31,6 +37,41 @@ import time
 from typing import Any
 
 import aiohttp
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+LINK = re.compile(r"/verify\?token=([A-Za-z0-9_-]{43})")
+
+
+class Mailbox:
+    """The SMTP server's handler: each received message's link, by run id."""
+
+    def __init__(self) -> None:
+        self.tokens: dict[str, str] = {}
+        self.connections = 0
+        self.messages = 0
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802 - aiosmtpd's hook
+        message = email.message_from_bytes(envelope.original_content or b"", policy=email.policy.compat32)
+        run_id = (message["Message-ID"] or "<?").strip("<>").split(".", 1)[0]
+        text = next((p for p in message.walk() if p.get_content_type() == "text/plain"), None)
+        found = LINK.search((text.get_payload(decode=True) or b"").decode("utf-8", "replace")) if text else None
+        if found is None:
+            return "550 5.6.0 no verification link in this message"
+        self.tokens[run_id] = found.group(1)
+        self.messages += 1
+        return "250 2.0.0 Ok"
+
+
+class CountingSMTP(SMTP):
+    """aiosmtpd's server, counting connections (to show how many the server opens)."""
+
+    def __init__(self, mailbox: Mailbox) -> None:
+        super().__init__(mailbox, hostname="loadgen.localhost")  # a fixed name: no DNS look-up per connection
+        self.mailbox = mailbox
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.mailbox.connections += 1
+        super().connection_made(transport)
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -41,9 +82,10 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 class Load:
-    def __init__(self, url: str, session: aiohttp.ClientSession) -> None:
+    def __init__(self, url: str, session: aiohttp.ClientSession, mailbox: Mailbox | None = None) -> None:
         self.url = url
         self.session = session
+        self.mailbox = mailbox
         self.signup_latency: list[float] = []
         self.lifecycle: list[float] = []
         self.started: dict[str, float] = {}
@@ -91,11 +133,17 @@ class Load:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
+    async def token(self, run_id: str) -> str:
+        """The link's token: from the received message (SMTP), else from the outbox."""
+        if self.mailbox is not None:
+            return self.mailbox.tokens.pop(run_id)  # received before the server told of the send
+        async with self.session.get(f"{self.url}/api/outbox", params={"workflowId": run_id}) as response:
+            emails = (await response.json())["emails"]
+        return str(emails[0]["link"].split("token=")[1])
+
     async def click(self, run_id: str) -> None:
         try:
-            async with self.session.get(f"{self.url}/api/outbox", params={"workflowId": run_id}) as response:
-                emails = (await response.json())["emails"]
-            token = emails[0]["link"].split("token=")[1]
+            token = await self.token(run_id)
             async with self.session.get(f"{self.url}/api/verify", params={"token": token}) as response:
                 if response.status != 200:
                     self.error(f"verify {response.status}")
@@ -193,12 +241,18 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     proc = None
     url = args.url
     data_dir = args.data_dir or tempfile.mkdtemp(prefix="userflow-load-")
+    mailbox = smtp_server = None
+    server_args = list(args.server_arg)
+    if args.smtp:
+        mailbox = Mailbox()
+        smtp_server = await asyncio.get_running_loop().create_server(lambda: CountingSMTP(mailbox), "127.0.0.1", 0)
+        server_args += ["--smtp-url", f"smtp://127.0.0.1:{smtp_server.sockets[0].getsockname()[1]}"]
     if url is None:
-        proc, url = start_server(data_dir, args.server_arg)
+        proc, url = start_server(data_dir, server_args)
     try:
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
-            load = Load(url.rstrip("/"), session)
+            load = Load(url.rstrip("/"), session, mailbox)
             ready = asyncio.Event()
             listener = asyncio.ensure_future(load.listen(ready))
             await ready.wait()
@@ -222,11 +276,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "completedRunsPerSecond": round(load.completed / elapsed, 1),
             "errors": load.errors,
             "serverRssMiB": rss_mib(proc.pid) if proc else None,
+            **({"smtpMessages": mailbox.messages, "smtpConnections": mailbox.connections} if mailbox else {}),
         }
     finally:
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=60)
+        if smtp_server is not None:
+            smtp_server.close()
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -239,6 +296,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=5.0, help="open loop: seconds of arrivals")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds a run may take to complete")
     parser.add_argument("--server-arg", action="append", default=[], help="extra flag for the started server")
+    parser.add_argument("--smtp", action="store_true", help="send email over SMTP to a server run here; links from the messages")
     parser.add_argument("--repeat", type=int, default=1, help="measure N times (a fresh server each) and add the medians")
     return parser.parse_args(argv)
 
@@ -250,6 +308,7 @@ def medians(results: list[dict[str, Any]]) -> dict[str, Any]:
 
     return {
         "medianOf": len(results),
+        "mode": "smtp" if "smtpMessages" in results[0] else "outbox",
         "completedRunsPerSecond": median_of(lambda r: r["completedRunsPerSecond"]),
         "acceptedSignupsPerSecond": median_of(lambda r: r["acceptedSignupsPerSecond"]),
         "signupMs": {q: median_of(lambda r, q=q: r["signupMs"][q]) for q in ("p50", "p99")},
