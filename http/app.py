@@ -15,6 +15,7 @@ from userflow.actors.signup import SIGNUP, SignupServices
 from userflow.actors.signup.email import Mailer, OutboxTransport
 from userflow.actors.signup.risk import HeuristicRisk
 from userflow.actors.signup.smtp import SmtpTransport
+from userflow.actors.signup.templates import EmailTemplates
 from userflow.actors.signup.tokens import TokenSigner
 from userflow.actors.signup.workflow import RiskChecker
 from userflow.http import api, auth, pages, signin
@@ -60,6 +61,9 @@ def risk_checker(settings: Settings) -> RiskChecker:
 
 
 def make_services(settings: Settings, data_dir: DataDir, public_url: str) -> SignupServices:
+    """The signup steps' integrations; raises ``TemplateError`` for an email template that
+    does not compile or render (each is tried with sample values here, at start)."""
+    templates = EmailTemplates(settings.product_name, settings.templates_dir)
     transport = OutboxTransport() if settings.outbox_mode else SmtpTransport(settings.smtp_url or "", settings.mail_from)
     return SignupServices(
         tokens=TokenSigner(data_dir.secret()),
@@ -68,6 +72,7 @@ def make_services(settings: Settings, data_dir: DataDir, public_url: str) -> Sig
         public_url=public_url,
         verify_ttl=settings.verify_ttl,
         reminder_after=settings.reminder_after,
+        templates=templates,
     )
 
 
