@@ -132,6 +132,7 @@ def build_app(settings: Settings, data_dir: DataDir, public_url: str, *, autosta
             await start_engine(app)
         yield
         await asyncio.to_thread(runtime.stop)
+        await asyncio.to_thread(app[SERVICES].mailer.close)  # SMTP connections kept open between sends
 
     async def close_streams(app: web.Application) -> None:
         if EVENTS in app:

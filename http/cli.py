@@ -21,6 +21,7 @@ import sys  # noqa: E402
 
 from aiohttp import web  # noqa: E402
 
+from userflow.actors.signup.smtp import SmtpSettingsError  # noqa: E402
 from userflow.actors.signup.templates import TemplateError  # noqa: E402
 from userflow.http import logs  # noqa: E402
 from userflow.http.app import build_app, start_engine  # noqa: E402
@@ -96,7 +97,7 @@ async def serve(settings: Settings, data_dir: DataDir, accounts: bool) -> None:
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     try:
         app = build_app(settings, data_dir, settings.base_url(port), autostart=False)
-    except TemplateError as exc:  # an email template that does not compile or render
+    except (TemplateError, SmtpSettingsError) as exc:  # an email template, or the sender address, unusable
         sock.close()
         raise StartupError(str(exc)) from None
     runner = Runner(app, handle_signals=False, shutdown_timeout=10, access_log=None)
