@@ -44,9 +44,14 @@ class _Idle:
     since: float
 
 
+QUIT_TIMEOUT = 2.0  # seconds to wait for QUIT's answer: a hung server must not hold up a shutdown
+
+
 def quit_quietly(connection: smtplib.SMTP) -> None:
     """QUIT, or at least close the socket: the server may be gone already."""
     try:
+        if connection.sock is not None:
+            connection.sock.settimeout(min(QUIT_TIMEOUT, connection.timeout))
         connection.quit()
     except (smtplib.SMTPException, OSError):
         connection.close()

@@ -281,7 +281,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if proc is not None:
             proc.terminate()
-            proc.wait(timeout=60)
+            # Waited for off the loop: the SMTP server on it answers the QUITs of the server's shutdown.
+            await asyncio.to_thread(proc.wait, 60)
         if smtp_server is not None:
             smtp_server.close()
 
