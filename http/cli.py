@@ -128,12 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         data_dir = open_data_dir(settings)
     except StartupError as exc:
+        logs.flush()
         print(f"userflow: {exc}", file=sys.stderr)
         return 2
     try:
         accounts = check_exposure(settings, data_dir)
         asyncio.run(serve(settings, data_dir, accounts))
     except StartupError as exc:
+        logs.flush()
         print(f"userflow: {exc}", file=sys.stderr)
         return 2
     finally:
