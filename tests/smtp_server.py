@@ -8,6 +8,7 @@ connections off: ``drop_open()`` closes every open one from the server's side,
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 from collections.abc import Callable
@@ -35,6 +36,7 @@ class Recorder:
         self.rsets = 0
         self.quits = 0
         self.drop_at_mail = 0  # close this many connections at their next MAIL command
+        self.hang_quit = False  # never answer QUIT, as a hung server would not
 
     async def handle_MAIL(self, server, session, envelope: Envelope, address: str, options: list[str]) -> str:  # noqa: N802
         if self.drop_at_mail > 0:
@@ -53,6 +55,8 @@ class Recorder:
     async def handle_QUIT(self, server, session, envelope: Envelope) -> str:  # noqa: N802
         with self.received:
             self.quits += 1
+        if self.hang_quit:
+            await asyncio.get_running_loop().create_future()  # until the server stops
         return "221 Bye"
 
     async def handle_DATA(self, server, session, envelope: Envelope) -> str:  # noqa: N802 - aiosmtpd's hook name

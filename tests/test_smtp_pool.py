@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -11,6 +12,7 @@ from tests.smtp_server import SmtpServer
 from userflow.actors.retry import PermanentError
 from userflow.actors.signup.email import Email, TransientEmailError
 from userflow.actors.signup.smtp import SmtpTransport
+from userflow.actors.signup.smtp_pool import QUIT_TIMEOUT
 
 
 def email(n: int, to: str = "ann@example.com") -> Email:
@@ -153,3 +155,13 @@ def test_a_unicode_local_part_without_smtputf8_fails_at_once_and_says_why(smtp: 
         transport.send(email(1, to="анна@example.com"))
     transport.send(email(2))
     assert len(smtp.handler.messages) == 1 and smtp.connections == 1
+
+
+def test_a_server_that_never_answers_quit_does_not_hold_up_shutdown(smtp: SmtpServer) -> None:
+    transport = SmtpTransport(smtp.url, "no-reply@example.com", timeout=60, idle_after=600)
+    transport.send(email(1))
+    smtp.handler.hang_quit = True
+    started = time.monotonic()
+    transport.close()
+    assert smtp.handler.quits == 1
+    assert time.monotonic() - started < QUIT_TIMEOUT + 5  # not the 60 s the connection may wait otherwise
