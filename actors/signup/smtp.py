@@ -70,7 +70,7 @@ class SmtpTransport:
     name = "smtp"
 
     def __init__(
-        self, url: str, mail_from: str, timeout: float = 15.0, *, pool_size: int = 8, idle_after: float = 10.0
+        self, url: str, mail_from: str, timeout: float = 15.0, *, pool_size: int = 16, idle_after: float = 10.0
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
