@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import re
 from collections.abc import Callable
+from enum import Enum
 from typing import Any
 
 from aiohttp import web
@@ -86,6 +88,50 @@ async def verify_token(request: web.Request, token: Any) -> dict[str, str]:
             raise ApiError(404, "unknown_token", "this verification link is not valid") from None
         raise ApiError(410, "link_expired", f"this verification link no longer works: {exc.message}") from None
     return {"workflowId": run_id, "status": "verified"}
+
+
+class LinkState(str, Enum):
+    """What a verification link can do now, as the page explains it (nothing is changed to tell)."""
+
+    MISSING = "missing"  # no token at all
+    MALFORMED = "malformed"  # not a token: cut short or altered
+    UNKNOWN = "unknown"  # well-formed, but no signup has it
+    VERIFIED = "verified"  # its user has confirmed already
+    REPLACED = "replaced"  # a newer email brought a newer link
+    EXPIRED = "expired"  # not used in time
+    CLOSED = "closed"  # the signup was cancelled or has ended otherwise
+    READY = "ready"  # pressing the button verifies
+
+
+def link_state(request: web.Request, token: Any, *, count: bool = True) -> LinkState:
+    """A read-only look at ``token``: from the index, as ``verify_token`` would find it.
+
+    A well-formed token counts against the verification rate limit (unless
+    ``count`` is False: a verification just counted it), like a verification:
+    otherwise the page would be a free oracle for guessed tokens. The answer
+    speaks of the link, never of the address it was sent to.
+    """
+    if not isinstance(token, str) or not token:
+        return LinkState.MISSING
+    if not well_formed(token):
+        return LinkState.MALFORMED
+    if count:
+        request.app[VERIFY_LIMIT].check(client_address(request))
+    index = request.app[RUNTIME].index
+    run_id = index.lookup("token", token_hash(token))
+    summary = index.get(run_id) if run_id else None
+    if summary is None:
+        return LinkState.UNKNOWN
+    user = summary["user"]
+    if user.get("verifiedAt") or user["status"] in ("ACTIVE", "FLAGGED"):
+        return LinkState.VERIFIED
+    if user["status"] == "EXPIRED":
+        return LinkState.EXPIRED
+    if user["status"] == "CANCELLED" or summary["status"] in (RunStatus.COMPLETED, RunStatus.CANCELLED):
+        return LinkState.CLOSED
+    # Tokens are derived from the run and the send number: the newest email's is the only live one.
+    newest = request.app[SERVICES].tokens.token(summary["id"], summary["sendNo"])
+    return LinkState.READY if hmac.compare_digest(newest, token) else LinkState.REPLACED
 
 
 async def verify_get(request: web.Request) -> web.Response:

@@ -17,6 +17,7 @@ from userflow.actors.signup import SIGNUP, SignupServices
 from userflow.actors.signup.email import Mailer, OutboxTransport
 from userflow.actors.signup.risk import HeuristicRisk
 from userflow.actors.signup.smtp import SmtpTransport
+from userflow.actors.signup.templates import EmailTemplates
 from userflow.actors.signup.tokens import TokenSigner
 from userflow.actors.signup.workflow import RiskChecker
 from userflow.http import api, auth, pages, signin, webhooks
@@ -63,6 +64,9 @@ def risk_checker(settings: Settings) -> RiskChecker:
 
 
 def make_services(settings: Settings, data_dir: DataDir, public_url: str) -> SignupServices:
+    """The signup steps' integrations; raises ``TemplateError`` for an email template that
+    does not compile or render (each is tried with sample values here, at start)."""
+    templates = EmailTemplates(settings.product_name, settings.templates_dir)
     transport = OutboxTransport() if settings.outbox_mode else SmtpTransport(settings.smtp_url or "", settings.mail_from)
     return SignupServices(
         tokens=TokenSigner(data_dir.secret()),
@@ -73,6 +77,7 @@ def make_services(settings: Settings, data_dir: DataDir, public_url: str) -> Sig
         reminder_after=settings.reminder_after,
         email_max_backoff=settings.email_max_backoff,
         email_retry_for=settings.email_retry_for,
+        templates=templates,
     )
 
 
@@ -135,6 +140,7 @@ def build_app(settings: Settings, data_dir: DataDir, public_url: str, *, autosta
         if WEBHOOKS in app:
             await app[WEBHOOKS].stop()
         await asyncio.to_thread(runtime.stop)
+        await asyncio.to_thread(app[SERVICES].mailer.close)  # SMTP connections kept open between sends
 
     async def close_streams(app: web.Application) -> None:
         if EVENTS in app:

@@ -21,6 +21,8 @@ import sys  # noqa: E402
 
 from aiohttp import web  # noqa: E402
 
+from userflow.actors.signup.smtp import SmtpSettingsError  # noqa: E402
+from userflow.actors.signup.templates import TemplateError  # noqa: E402
 from userflow.http import logs  # noqa: E402
 from userflow.http.app import build_app, start_engine  # noqa: E402
 from userflow.http.clients import is_loopback_host  # noqa: E402
@@ -93,7 +95,11 @@ async def serve(settings: Settings, data_dir: DataDir, accounts: bool) -> None:
     sock = _bind(settings.host, settings.port)
     port = sock.getsockname()[1]
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    app = build_app(settings, data_dir, settings.base_url(port), autostart=False)
+    try:
+        app = build_app(settings, data_dir, settings.base_url(port), autostart=False)
+    except (TemplateError, SmtpSettingsError) as exc:  # an email template, or the sender address, unusable
+        sock.close()
+        raise StartupError(str(exc)) from None
     runner = Runner(app, handle_signals=False, shutdown_timeout=10, access_log=None)
     try:
         try:
@@ -122,12 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         data_dir = open_data_dir(settings)
     except StartupError as exc:
+        logs.flush()
         print(f"userflow: {exc}", file=sys.stderr)
         return 2
     try:
         accounts = check_exposure(settings, data_dir)
         asyncio.run(serve(settings, data_dir, accounts))
     except StartupError as exc:
+        logs.flush()
         print(f"userflow: {exc}", file=sys.stderr)
         return 2
     finally:

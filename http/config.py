@@ -17,6 +17,8 @@ class Settings:
     public_url: str | None = None
     smtp_url: str | None = None
     mail_from: str = "userflow <no-reply@userflow.localhost>"
+    product_name: str = "userflow"  # the name the emails give the product
+    templates_dir: str | None = None  # Jinja2 email templates replacing the built-in ones
     email_failure_rate: float | None = None
     verify_ttl: float = 86400.0
     reminder_after: float = 3600.0
@@ -122,6 +124,13 @@ def _level(text: str) -> str:
     if text.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise argparse.ArgumentTypeError(f"{text!r} is not DEBUG, INFO, WARNING or ERROR")
     return text.upper()
+
+
+def _product(text: str) -> str:
+    name = " ".join(text.split())
+    if not name or len(name) > 100 or any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in name):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a product name (1 to 100 printable characters)")
+    return name
 
 
 def _port(text: str) -> int:
@@ -239,6 +248,8 @@ def parser() -> argparse.ArgumentParser:
     option("--public-url", "USERFLOW_PUBLIC_URL", _url(("http", "https")), None, "base URL of links in emails and of the dashboard", "http://HOST:PORT")
     option("--smtp-url", "USERFLOW_SMTP_URL", _url(("smtp", "smtps")), None, "SMTP server (forms below)", "unset = outbox mode: emails kept in the data dir")
     option("--mail-from", "USERFLOW_MAIL_FROM", str, d.mail_from, "sender address of emails")
+    option("--product-name", "USERFLOW_PRODUCT_NAME", _product, d.product_name, "the product's name, as the emails give it")
+    option("--templates", "USERFLOW_TEMPLATES", str, None, "a directory of Jinja2 email templates replacing the built-in ones (KIND.subject.txt, KIND.txt, KIND.html)", "the built-in ones")
     option("--email-failure-rate", "USERFLOW_EMAIL_FAILURE_RATE", _fraction, None, "injected transient email failures, to watch retries", "0.2 in outbox mode, 0 with SMTP")
     option("--verify-ttl", "USERFLOW_VERIFY_TTL", _seconds, d.verify_ttl, "seconds a verification link stays valid")
     option("--reminder-after", "USERFLOW_REMINDER_AFTER", _seconds, d.reminder_after, "seconds before one reminder email, 0 = never")
@@ -309,6 +320,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         public_url=args.public_url,
         smtp_url=args.smtp_url,
         mail_from=args.mail_from,
+        product_name=args.product_name,
+        templates_dir=args.templates,
         email_failure_rate=args.email_failure_rate,
         verify_ttl=args.verify_ttl,
         reminder_after=args.reminder_after,

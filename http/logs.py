@@ -96,6 +96,14 @@ def configure(level: str = "INFO", json_lines: bool | None = None) -> None:
     quiet_bad_requests()
 
 
+def flush() -> None:
+    """Write out every record logged so far: before a line printed to standard error
+    directly, which must come after them (a start-up failure's reason is the last line)."""
+    if _listener is not None:
+        _listener.stop()  # drains the queue and waits for the writer
+        _listener.start()
+
+
 def quiet_bad_requests() -> None:
     server_log = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, QuietBadRequests) for f in server_log.filters):

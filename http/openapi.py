@@ -407,8 +407,13 @@ def document(roles: Mapping[tuple[str, str], str]) -> dict[str, Any]:
         "/verify": {
             "get": {
                 "summary": "Page with a button that confirms the email (GET alone verifies no one)",
+                "description": (
+                    "200 with the button for a link that can verify, or saying the address is already "
+                    "confirmed; otherwise a page that says what is wrong with the link and what to do: "
+                    "400 incomplete or damaged, 404 unknown, 410 replaced by a newer email, expired or closed"
+                ),
                 "parameters": [{"name": "token", "in": "query", "schema": _STR}],
-                "responses": {"200": {"description": "HTML page", "content": {"text/html": {}}}},
+                "responses": {str(c): {"description": "HTML page", "content": {"text/html": {}}} for c in (200, 400, 404, 410, 429, 503)},
             },
             "post": {
                 "summary": "The page's form submission",

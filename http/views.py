@@ -7,8 +7,9 @@ from datetime import datetime
 from typing import Any
 
 from userflow.actors.signup import SignupServices
-from userflow.actors.signup.email import verification_email
 from userflow.actors.webhooks import FAILED, Delivery
+from userflow.actors.signup.templates import expiry_text
+from userflow.actors.signup.workflow import stated_expiry
 from userflow.storage import StoredRun
 
 
@@ -151,9 +152,13 @@ def webhook_timeline(deliveries: list[Delivery]) -> list[dict[str, Any]]:
 def outbox_email(summary: dict[str, Any], email: dict[str, Any], services: SignupServices) -> dict[str, Any]:
     """An outbox entry; the link is derived again, the token was never stored."""
     link = services.link(summary["id"], email["sendNo"])
-    u = summary["user"]
-    body = verification_email(
-        run_id=summary["id"], kind=email["kind"], send_no=email["sendNo"], to=email["to"], name=u["name"], link=link
+    expires_at = stated_expiry(summary.get("linkExpiresAt"), summary["emails"], services.verify_ttl)
+    text = services.templates.text(  # the same words as the email, from the same templates
+        email["kind"],
+        name=summary["user"]["name"],
+        email=email["to"],
+        link=link,
+        expiresAt=expiry_text(datetime.fromisoformat(expires_at)),
     )
     return {
         "to": email["to"],
@@ -163,7 +168,7 @@ def outbox_email(summary: dict[str, Any], email: dict[str, Any], services: Signu
         "messageId": email["messageId"],
         "sentAt": email["sentAt"],
         "current": email["sendNo"] == summary["sendNo"] and summary["status"] not in ("COMPLETED", "CANCELLED"),
-        "text": body.text,
+        "text": text,
         "workflowId": summary["id"],
         "userId": summary["userId"],
     }

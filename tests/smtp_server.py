@@ -1,7 +1,14 @@
-"""A real SMTP server (aiosmtpd) on 127.0.0.1 that records what it accepts."""
+"""A real SMTP server (aiosmtpd) on 127.0.0.1 that records what it accepts.
+
+It also counts what a client does with its connections (opened, open now,
+RSET, QUIT), so tests can see connections being kept and closed, and can cut
+connections off: ``drop_open()`` closes every open one from the server's side,
+``handler.drop_at_mail`` closes the next N at their MAIL command.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 from collections.abc import Callable
@@ -9,7 +16,7 @@ from email import message_from_bytes
 from email.message import Message
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword
 
 
 def free_port() -> int:
@@ -26,6 +33,31 @@ class Recorder:
         self.envelopes: list[Envelope] = []
         self.reply: Callable[[Envelope], str | None] = lambda envelope: None
         self.received = threading.Condition()
+        self.rsets = 0
+        self.quits = 0
+        self.drop_at_mail = 0  # close this many connections at their next MAIL command
+        self.hang_quit = False  # never answer QUIT, as a hung server would not
+
+    async def handle_MAIL(self, server, session, envelope: Envelope, address: str, options: list[str]) -> str:  # noqa: N802
+        if self.drop_at_mail > 0:
+            self.drop_at_mail -= 1
+            server.transport.close()  # the client sees the connection end instead of a reply
+            return "421 4.4.2 closing"
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
+    async def handle_RSET(self, server, session, envelope: Envelope) -> str:  # noqa: N802
+        with self.received:
+            self.rsets += 1
+        return "250 OK"
+
+    async def handle_QUIT(self, server, session, envelope: Envelope) -> str:  # noqa: N802
+        with self.received:
+            self.quits += 1
+        if self.hang_quit:
+            await asyncio.get_running_loop().create_future()  # until the server stops
+        return "221 Bye"
 
     async def handle_DATA(self, server, session, envelope: Envelope) -> str:  # noqa: N802 - aiosmtpd's hook name
         refusal = self.reply(envelope)
@@ -44,11 +76,38 @@ class Recorder:
             return list(self.messages)
 
 
+class CountingSMTP(SMTP):
+    """aiosmtpd's protocol, telling its server when a connection opens and closes."""
+
+    def __init__(self, owner: SmtpServer, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.owner = owner
+
+    def connection_made(self, transport) -> None:
+        self.owner.opened(self, transport)
+        super().connection_made(transport)
+
+    def connection_lost(self, error) -> None:
+        super().connection_lost(error)
+        self.owner.closed(self)
+
+
+class CountingController(Controller):
+    def __init__(self, owner: SmtpServer, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.owner = owner
+
+    def factory(self) -> SMTP:
+        return CountingSMTP(self.owner, self.handler, **self.SMTP_kwargs)
+
+
 class SmtpServer:
-    def __init__(self, port: int | None = None, *, auth: tuple[str, str] | None = None) -> None:
+    def __init__(self, port: int | None = None, *, auth: tuple[str, str] | None = None, smtputf8: bool = False) -> None:
         self.handler = Recorder()
         self.port = port or free_port()
-        kwargs = {}
+        self.connections = 0  # opened so far
+        self._open: dict[SMTP, object] = {}  # protocol -> transport, open now
+        kwargs: dict[str, object] = {"enable_SMTPUTF8": smtputf8}
         if auth:
             expected = (auth[0].encode(), auth[1].encode())
 
@@ -56,11 +115,45 @@ class SmtpServer:
                 ok = isinstance(data, LoginPassword) and (data.login, data.password) == expected
                 return AuthResult(success=ok, handled=False)  # handled=False: aiosmtpd answers 535
 
-            kwargs = {"authenticator": authenticator, "auth_require_tls": False, "auth_required": True}
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port, **kwargs)
+            kwargs.update({"authenticator": authenticator, "auth_require_tls": False, "auth_required": True})
+        self.controller = CountingController(self, self.handler, hostname="127.0.0.1", port=self.port, **kwargs)
+
+    def opened(self, protocol: SMTP, transport: object) -> None:
+        with self.handler.received:
+            self.connections += 1
+            self._open[protocol] = transport
+            self.handler.received.notify_all()
+
+    def closed(self, protocol: SMTP) -> None:
+        with self.handler.received:
+            self._open.pop(protocol, None)
+            self.handler.received.notify_all()
+
+    @property
+    def open_connections(self) -> int:
+        with self.handler.received:
+            return len(self._open)
+
+    def wait_open(self, count: int, timeout: float = 15.0) -> None:
+        """Until exactly ``count`` connections are open (closes are seen as they happen)."""
+        with self.handler.received:
+            if not self.handler.received.wait_for(lambda: len(self._open) == count, timeout):
+                raise TimeoutError(f"expected {count} open connections, have {len(self._open)}")
+
+    def drop_open(self) -> None:
+        """Close every open connection from the server's side, as a server restarting would."""
+        loop = self.controller.loop
+        with self.handler.received:
+            transports = list(self._open.values())
+        for transport in transports:
+            loop.call_soon_threadsafe(transport.close)  # type: ignore[attr-defined]
+        self.wait_open(0)
 
     def __enter__(self) -> SmtpServer:
         self.controller.start()
+        self.wait_open(0)  # start() checks the server with a connection of its own: not a client's
+        with self.handler.received:
+            self.connections = 0
         return self
 
     def __exit__(self, *exc: object) -> None:

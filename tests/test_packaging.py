@@ -70,3 +70,6 @@ def test_a_built_wheel_carries_the_dashboard_and_every_module(tmp_path) -> None:
         shipped = {n.rsplit("/", 1)[1] for n in names if n.startswith(f"userflow/{package}/") and n.count("/") == 2}
         assert source <= shipped, source - shipped
     assert "userflow/http/__init__.py" not in names  # never shadows the standard library's http
+    templates = {p.name for p in (root / "actors" / "signup" / "templates").iterdir()}
+    assert {"verification.html", "reminder.txt", "resend.subject.txt", "_layout.html"} <= templates
+    assert {f"userflow/actors/signup/templates/{name}" for name in templates} <= names  # the built-in email templates

@@ -111,3 +111,24 @@ async def test_wrong_smtp_password_is_a_permanent_failure(start_app):
         detail = await wait_run(client, run_id, "FAILED", timeout=20)
         assert "535" in email_step(detail)["attempts"][-1]["error"]
         assert not smtp.handler.messages
+
+
+async def test_signups_share_one_kept_connection_closed_at_shutdown(make_client):
+    with SmtpServer() as smtp:
+        client = await make_client(smtp_url=smtp.url)
+        for n in range(4):
+            await signup_run(client, f"user{n}@example.com")
+            await asyncio.to_thread(smtp.handler.wait_for, n + 1)
+        assert smtp.connections == 1
+        assert smtp.open_connections == 1
+        await client.close()  # the server stops: its kept connection is closed with QUIT
+        await asyncio.to_thread(smtp.wait_open, 0)
+        assert smtp.handler.quits == 1
+
+
+def test_an_unusable_sender_address_refuses_to_start(tmp_path):
+    from tests.test_exposure import userflow
+
+    done = userflow("serve", "--port", "0", "--data-dir", str(tmp_path), "--smtp-url", "smtp://127.0.0.1:25", "--mail-from", "nobody")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.splitlines()[-1].startswith("userflow: --mail-from 'nobody'"), done.stderr

@@ -9,16 +9,18 @@ the same Message-ID, so the receiving side can tell it is the same message.
 
 In outbox mode the transport only keeps the email: the ``sent`` record in the
 run's file is the mailbox, listed by ``GET /api/outbox``. The token is not
-stored: the link is derived again from the run id and send number.
+stored: the link is derived again from the run id and send number, and the
+words again from the templates.
 """
 
 from __future__ import annotations
 
-import html
 import random
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
+from userflow.actors.signup.templates import EmailTemplates, expiry_text
 from userflow.actors.timeutil import iso_now
 from userflow.actors.workflow import StepContext
 from userflow.storage.faults import crash_point
@@ -46,6 +48,10 @@ class Transport(Protocol):
         """Deliver ``email``; return the receiving side's receipt, or raise."""
         ...
 
+    def close(self) -> None:
+        """Let go of connections kept open between sends (at shutdown)."""
+        ...
+
 
 class OutboxTransport:
     """Outbox mode: the email is kept in the data dir, nothing leaves the machine."""
@@ -55,27 +61,23 @@ class OutboxTransport:
     def send(self, email: Email) -> str:
         return "kept in outbox"
 
+    def close(self) -> None:
+        return None
+
 
 def message_id(run_id: str, kind: str, send_no: int) -> str:
     return f"<{run_id}.{kind}.{send_no}@userflow>"
 
 
-def verification_email(*, run_id: str, kind: str, send_no: int, to: str, name: str, link: str) -> Email:
-    subject = "Confirm your email address" if kind != "reminder" else "Reminder: confirm your email address"
-    text = (
-        f"Hi {name},\n\n"
-        "Please confirm your email address by opening this link:\n\n"
-        f"{link}\n\n"
-        "If you did not sign up, ignore this email and nothing will happen.\n"
+def verification_email(
+    templates: EmailTemplates, *, run_id: str, kind: str, send_no: int, to: str, name: str, link: str, expires_at: str
+) -> Email:
+    """One email of ``kind`` (verification, reminder, resend), its words from ``templates``;
+    ``expires_at`` (ISO 8601) is when its link stops working."""
+    rendered = templates.render(
+        kind, name=name, email=to, link=link, expiresAt=expiry_text(datetime.fromisoformat(expires_at))
     )
-    safe_name, safe_link = html.escape(name), html.escape(link, quote=True)
-    body = (
-        f"<p>Hi {safe_name},</p>"
-        "<p>Please confirm your email address:</p>"
-        f'<p><a href="{safe_link}">Confirm my email address</a></p>'
-        "<p>If you did not sign up, ignore this email and nothing will happen.</p>"
-    )
-    return Email(message_id(run_id, kind, send_no), kind, to, subject, text, body, link)
+    return Email(message_id(run_id, kind, send_no), kind, to, rendered.subject, rendered.text, rendered.html, link)
 
 
 class Mailer:
@@ -91,6 +93,9 @@ class Mailer:
     @property
     def outbox_mode(self) -> bool:
         return isinstance(self.transport, OutboxTransport)
+
+    def close(self) -> None:
+        self.transport.close()
 
     def deliver(self, ctx: StepContext, email: Email, send_no: int) -> dict[str, Any]:
         outbox: list[dict[str, Any]] = ctx.state.setdefault("emails", [])

@@ -10,16 +10,18 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 from userflow.actors.retry import RetryPolicy
 from userflow.actors.signup.email import Mailer, verification_email
 from userflow.actors.signup.risk import Verdict, assess
+from userflow.actors.signup.templates import EmailTemplates, builtin
 from userflow.actors.signup.tokens import TokenSigner, token_hash
 from userflow.actors.status import RunStatus
-from userflow.actors.timeutil import iso_now, now
+from userflow.actors.timeutil import iso, iso_now, now
 from userflow.actors.workflow import Action, ActionRejected, Deadline, SignalRejected, Step, StepContext, Wait, Workflow
 
 NAME = "user-signup"
@@ -56,9 +58,24 @@ class SignupServices:
     max_resends: int = 5
     email_max_backoff: float = 300.0
     email_retry_for: float = 21600.0
+    templates: EmailTemplates = field(default_factory=builtin)
 
     def link(self, run_id: str, send_no: int) -> str:
         return f"{self.public_url}/verify?token={self.tokens.token(run_id, send_no)}"
+
+
+def stated_expiry(stated: str | None, emails: Iterable[Mapping[str, Any]], verify_ttl: float) -> str:
+    """When a run's emails say its link stops working (ISO 8601).
+
+    ``stated`` is what the first email said (``linkExpiresAt``); a run from
+    before that was kept has it from its first email's send time, as the
+    first email would have put it.
+    """
+    if stated:
+        return stated
+    first = next((e for e in emails if e.get("kind") == "verification" and e.get("sentAt")), None)
+    start = datetime.fromisoformat(first["sentAt"]).timestamp() if first else now()
+    return iso(start + verify_ttl)
 
 
 # -- the steps ------------------------------------------------------------------------
@@ -92,16 +109,33 @@ def send_verification_email(ctx: StepContext) -> dict[str, Any]:
     return _send(ctx, "verification" if send_no == 1 else "resend", send_no)
 
 
+def _link_expiry(ctx: StepContext, kind: str) -> str:
+    """The expiry every email of the run states, the same in all of them.
+
+    The run expires ``verify_ttl`` after its wait begins, which is just after
+    the first email is sent; so the first email states its own send time plus
+    ``verify_ttl`` (never later than the real deadline, and as close as can be
+    known before the wait), and the reminder and the resends, which cannot
+    move the deadline, repeat what it said.
+    """
+    services: SignupServices = ctx.services
+    if kind == "verification":
+        ctx.state["linkExpiresAt"] = iso(now() + services.verify_ttl)
+    return stated_expiry(ctx.state.get("linkExpiresAt"), ctx.state.get("emails", ()), services.verify_ttl)
+
+
 def _send(ctx: StepContext, kind: str, send_no: int) -> dict[str, Any]:
     services: SignupServices = ctx.services
     user = ctx.state["user"]  # always the stored address, whatever a request said
     email = verification_email(
+        services.templates,
         run_id=ctx.run_id,
         kind=kind,
         send_no=send_no,
         to=user["email"],
         name=user["name"],
         link=services.link(ctx.run_id, send_no),
+        expires_at=_link_expiry(ctx, kind),
     )
     return services.mailer.deliver(ctx, email, send_no)
 
@@ -284,7 +318,13 @@ def summary(run: Mapping[str, Any]) -> dict[str, Any]:
     # The user's id and workflow id are the summary's own: not kept twice (every
     # run's summary stays in memory, 100,000 waiting runs included).
     user = {key: value for key, value in user_of(run).items() if key not in ("id", "workflowId")}
-    return {"userId": run["input"]["userId"], "user": user, "emails": emails, "sendNo": run["state"].get("sendNo", 1)}
+    return {
+        "userId": run["input"]["userId"],
+        "user": user,
+        "emails": emails,
+        "sendNo": run["state"].get("sendNo", 1),
+        "linkExpiresAt": run["state"].get("linkExpiresAt"),  # what the emails say, for the outbox to say it again
+    }
 
 
 def keys(run: Mapping[str, Any]) -> dict[str, list[str]]:

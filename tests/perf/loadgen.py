@@ -4,11 +4,15 @@
     python -m tests.perf.loadgen --rate 1000 --duration 5              # open loop
     python -m tests.perf.loadgen --repeat 3                            # and the medians of 3
     python -m tests.perf.loadgen --webhook                             # with one webhook URL
+    python -m tests.perf.loadgen --smtp --repeat 3                     # the same, email sent over SMTP
 
 By default it starts its own server (outbox mode, no injected failures, no
 rate limits) on a fresh data dir and reports the server's RSS; ``--url``
 points it at a running one instead. Each run is verified as soon as its
-email exists. It prints one JSON object: accepted signups/s, signup latency
+email exists: in outbox mode the link is read from ``/api/outbox``; with
+``--smtp`` the load generator runs an SMTP server (aiosmtpd, on its own event
+loop), hands the started server ``--smtp-url``, and takes each link from the
+message it receives. It prints one JSON object: accepted signups/s, signup latency
 p50/p99, signup-to-completed p50/p99, completed runs/s, errors, server RSS.
 
 The closed loop keeps ``concurrency`` users in flight, each going through
@@ -20,7 +24,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import binascii
 import contextlib
+import email
+import email.policy
 import json
 import os
 import re
@@ -33,6 +40,50 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+LINK = re.compile(r"/verify\?token=([A-Za-z0-9_-]{43})")
+MESSAGE_ID = re.compile(rb"^Message-ID: <(wf_[A-Za-z0-9_-]+)\.", re.MULTILINE | re.IGNORECASE)
+
+
+class Mailbox:
+    """The SMTP server's handler: each received message's link, by run id."""
+
+    def __init__(self) -> None:
+        self.tokens: dict[str, str] = {}
+        self.connections = 0
+        self.messages = 0
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802 - aiosmtpd's hook
+        content = envelope.original_content or b""
+        run_id = MESSAGE_ID.search(content)
+        # The parts are quoted-printable: undone on the whole message, the link reads plainly
+        # (this process is the load, so it does not parse every message with the email package).
+        found = LINK.search(binascii.a2b_qp(content).decode("utf-8", "replace")) or self.parsed_link(content)
+        if run_id is None or found is None:
+            return "550 5.6.0 no Message-ID or no verification link in this message"
+        self.tokens[run_id.group(1).decode()] = found.group(1)
+        self.messages += 1
+        return "250 2.0.0 Ok"
+
+    @staticmethod
+    def parsed_link(content: bytes) -> re.Match[str] | None:
+        """The link from the text part, decoded by the standard library (base64, say)."""
+        message = email.message_from_bytes(content, policy=email.policy.compat32)
+        text = next((p for p in message.walk() if p.get_content_type() == "text/plain"), None)
+        return LINK.search((text.get_payload(decode=True) or b"").decode("utf-8", "replace")) if text else None
+
+
+class CountingSMTP(SMTP):
+    """aiosmtpd's server, counting connections (to show how many the server opens)."""
+
+    def __init__(self, mailbox: Mailbox) -> None:
+        super().__init__(mailbox, hostname="loadgen.localhost")  # a fixed name: no DNS look-up per connection
+        self.mailbox = mailbox
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.mailbox.connections += 1
+        super().connection_made(transport)
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -43,9 +94,10 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 class Load:
-    def __init__(self, url: str, session: aiohttp.ClientSession) -> None:
+    def __init__(self, url: str, session: aiohttp.ClientSession, mailbox: Mailbox | None = None) -> None:
         self.url = url
         self.session = session
+        self.mailbox = mailbox
         self.signup_latency: list[float] = []
         self.lifecycle: list[float] = []
         self.started: dict[str, float] = {}
@@ -93,11 +145,17 @@ class Load:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
+    async def token(self, run_id: str) -> str:
+        """The link's token: from the received message (SMTP), else from the outbox."""
+        if self.mailbox is not None:
+            return self.mailbox.tokens.pop(run_id)  # received before the server told of the send
+        async with self.session.get(f"{self.url}/api/outbox", params={"workflowId": run_id}) as response:
+            emails = (await response.json())["emails"]
+        return str(emails[0]["link"].split("token=")[1])
+
     async def click(self, run_id: str) -> None:
         try:
-            async with self.session.get(f"{self.url}/api/outbox", params={"workflowId": run_id}) as response:
-                emails = (await response.json())["emails"]
-            token = emails[0]["link"].split("token=")[1]
+            token = await self.token(run_id)
             async with self.session.get(f"{self.url}/api/verify", params={"token": token}) as response:
                 if response.status != 200:
                     self.error(f"verify {response.status}")
@@ -183,6 +241,14 @@ def start_server(data_dir: str, extra: list[str], env: dict[str, str] | None = N
     raise RuntimeError("the server did not start")
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time (user and system) the process has used so far."""
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return None
+
+
 def rss_mib(pid: int) -> float | None:
     with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as status:
         for line in status:
@@ -235,16 +301,23 @@ async def measure(args: argparse.Namespace, receiver: InstantReceiver | None) ->
     proc = None
     url = args.url
     data_dir = args.data_dir or tempfile.mkdtemp(prefix="userflow-load-")
+    mailbox = smtp_server = None
+    server_args = list(args.server_arg)
+    if args.smtp:
+        mailbox = Mailbox()
+        smtp_server = await asyncio.get_running_loop().create_server(lambda: CountingSMTP(mailbox), "127.0.0.1", 0)
+        server_args += ["--smtp-url", f"smtp://127.0.0.1:{smtp_server.sockets[0].getsockname()[1]}"]
     if url is None:
-        extra, env = list(args.server_arg), {}
+        extra, env = server_args, {}
         if receiver is not None:
             extra += ["--webhook-url", receiver.url]
             env["USERFLOW_WEBHOOK_SECRET"] = WEBHOOK_SECRET
         proc, url = start_server(data_dir, extra, env)
+    cpu_at_start = cpu_seconds(proc.pid) if proc else None
     try:
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
-            load = Load(url.rstrip("/"), session)
+            load = Load(url.rstrip("/"), session, mailbox)
             ready = asyncio.Event()
             listener = asyncio.ensure_future(load.listen(ready))
             await ready.wait()
@@ -257,6 +330,8 @@ async def measure(args: argparse.Namespace, receiver: InstantReceiver | None) ->
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
                 await listener
+        cpu_at_end = cpu_seconds(proc.pid) if proc else None
+        cpu_ms = (cpu_at_end - cpu_at_start) * 1000 if cpu_at_start is not None and cpu_at_end is not None else None
         return {
             **mode,
             "elapsedSeconds": round(elapsed, 2),
@@ -268,11 +343,16 @@ async def measure(args: argparse.Namespace, receiver: InstantReceiver | None) ->
             "completedRunsPerSecond": round(load.completed / elapsed, 1),
             "errors": load.errors,
             "serverRssMiB": rss_mib(proc.pid) if proc else None,
+            "serverCpuMsPerCompletedRun": round(cpu_ms / load.completed, 2) if cpu_ms and load.completed else None,
+            **({"smtpMessages": mailbox.messages, "smtpConnections": mailbox.connections} if mailbox else {}),
         }
     finally:
         if proc is not None:
             proc.terminate()
-            proc.wait(timeout=60)
+            # Waited for off the loop: the SMTP server on it answers the QUITs of the server's shutdown.
+            await asyncio.to_thread(proc.wait, 60)
+        if smtp_server is not None:
+            smtp_server.close()
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -285,6 +365,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=5.0, help="open loop: seconds of arrivals")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds a run may take to complete")
     parser.add_argument("--server-arg", action="append", default=[], help="extra flag for the started server")
+    parser.add_argument("--smtp", action="store_true", help="send email over SMTP to a server run here; links from the messages")
     parser.add_argument("--repeat", type=int, default=1, help="measure N times (a fresh server each) and add the medians")
     parser.add_argument("--webhook", action="store_true", help="give the server one webhook URL: a receiver here that answers 204 at once")
     return parser.parse_args(argv)
@@ -297,10 +378,12 @@ def medians(results: list[dict[str, Any]]) -> dict[str, Any]:
 
     return {
         "medianOf": len(results),
+        "mode": "smtp" if "smtpMessages" in results[0] else "outbox",
         "completedRunsPerSecond": median_of(lambda r: r["completedRunsPerSecond"]),
         "acceptedSignupsPerSecond": median_of(lambda r: r["acceptedSignupsPerSecond"]),
         "signupMs": {q: median_of(lambda r, q=q: r["signupMs"][q]) for q in ("p50", "p99")},
         "signupToCompletedMs": {q: median_of(lambda r, q=q: r["signupToCompletedMs"][q]) for q in ("p50", "p99")},
+        "serverCpuMsPerCompletedRun": median_of(lambda r: r["serverCpuMsPerCompletedRun"]),
         "errors": sum(sum(r["errors"].values()) for r in results),
     }
 
