@@ -104,6 +104,7 @@ async def serve(settings: Settings, data_dir: DataDir, accounts: bool) -> None:
             raise StartupError(f"cannot use data dir {data_dir.path}: {reason(exc)}") from None
         if not accounts:
             log.warning("no operator account: the dashboard and operator API answer only local clients (127.0.0.1, ::1)")
+        logs.flush()  # the start-up log is out before anyone is told the server listens
         print(f"userflow listening on http://{host}:{port}", flush=True)
         await stop.wait()
         log.info("stopping: finishing requests in flight, then the runs' current steps")
@@ -122,12 +123,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         data_dir = open_data_dir(settings)
     except StartupError as exc:
+        logs.flush()  # the reason is the last line
         print(f"userflow: {exc}", file=sys.stderr)
         return 2
     try:
         accounts = check_exposure(settings, data_dir)
         asyncio.run(serve(settings, data_dir, accounts))
     except StartupError as exc:
+        logs.flush()  # the reason is the last line
         print(f"userflow: {exc}", file=sys.stderr)
         return 2
     finally:

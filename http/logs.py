@@ -96,6 +96,15 @@ def configure(level: str = "INFO", json_lines: bool | None = None) -> None:
     quiet_bad_requests()
 
 
+def flush() -> None:
+    """Write out every record logged so far. The listener thread writes them when it
+    gets to them; a line printed straight after (the listening line, a start-up
+    failure's one line) must follow them, not overtake them."""
+    if _listener is not None:
+        _listener.stop()  # drains the queue and ends its thread
+        _listener.start()
+
+
 def quiet_bad_requests() -> None:
     server_log = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, QuietBadRequests) for f in server_log.filters):
