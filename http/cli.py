@@ -110,6 +110,7 @@ async def serve(settings: Settings, data_dir: DataDir, accounts: bool) -> None:
             raise StartupError(f"cannot use data dir {data_dir.path}: {reason(exc)}") from None
         if not accounts:
             log.warning("no operator account: the dashboard and operator API answer only local clients (127.0.0.1, ::1)")
+        logs.flush()  # the start-up log is out before anyone is told the server listens
         print(f"userflow listening on http://{host}:{port}", flush=True)
         await stop.wait()
         log.info("stopping: finishing requests in flight, then the runs' current steps")

@@ -1,8 +1,9 @@
-"""Fixtures shared by the HTTP API tests."""
+"""Fixtures shared by the tests: HTTP API clients, a PostgreSQL cluster and its databases."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from userflow.http.app import build_app
 from userflow.http.config import Settings
+from tests import postgres
 from tests.http_helpers import PUBLIC_URL, MakeClient
 from userflow.storage import DataDir
 
@@ -50,3 +52,30 @@ async def make_client(tmp_path: Path, aiohttp_client: Any) -> AsyncIterator[Make
 async def client(make_client: MakeClient) -> TestClient:
     """A client on an outbox-mode app with no injected email failures."""
     return await make_client()
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[postgres.Cluster]:
+    """One throwaway PostgreSQL cluster for the session, removed at its end whatever happened."""
+    reason = postgres.missing()
+    if reason:
+        if os.environ.get("CI"):  # CI installs PostgreSQL: a skip there would hide a broken setup
+            pytest.fail(f"PostgreSQL tests cannot run: {reason}", pytrace=False)
+        pytest.skip(f"PostgreSQL tests need a server: {reason}")
+    cluster = postgres.Cluster().create()
+    try:
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+@pytest.fixture
+def database_url(postgres_cluster: postgres.Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """The URL of a fresh, empty database of its own for this test; dropped after it."""
+    name = postgres_cluster.create_database(request.node.name)
+    try:
+        yield postgres_cluster.url(name)
+    finally:
+        if not postgres_cluster.running:  # a test that stopped the server and failed before starting it
+            postgres_cluster.start()
+        postgres_cluster.drop_database(name)

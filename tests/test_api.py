@@ -783,6 +783,8 @@ async def test_email_failures_are_retried_then_the_run_fails(make_client: Any) -
     assert user["status"] == "PENDING"
     assert (await (await client.get("/api/outbox")).json())["emails"] == []
     retries = [e for e in detail["timeline"] if e["step"] == "send-verification-email" and e["attempt"]]
+    # Every attempt is in the timeline. How many fit in the 2 s depends on the jittered
+    # backoffs and the machine's speed (4 or 5 here), so the count is not pinned.
     assert {e["attempt"] for e in retries} == set(range(1, len(attempts) + 1))
 
 

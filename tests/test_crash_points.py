@@ -136,7 +136,7 @@ def test_crash_during_a_checkpoint_loses_nothing_acknowledged(tmp_path):
         status, answer = doomed.request("POST", "/api/signup", {"email": "ann@example.com", "name": "Ann Lee"})
         assert status == 202  # durable in the journal
         assert doomed.wait_exit(30) == 137  # the first checkpoint dies before its rename
-        assert f"fault injected at crash:storage:before-rename" in "".join(doomed.stderr)
+        assert "fault injected at crash:storage:before-rename" in "".join(doomed.stderr)
         survivor.start()
         survivor.wait_for(f"/api/workflows/{answer['workflowId']}", lambda d: d["status"] == "WAITING")
         assert not list((tmp_path / "runs").glob("*.tmp")), "the torn temp file was not cleaned up"

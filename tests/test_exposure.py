@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import wait_until
 from tests.server import Server
 from tests.test_access import add_account, bearer, call
 
@@ -46,7 +47,8 @@ def test_with_no_account_a_direct_loopback_client_may_operate(open_server: Serve
     me = call(open_server, "GET", "/api/session")
     assert me.status == 200 and me.json()["via"] == "loopback" and me.json()["role"] == "operator"
     assert call(open_server, "GET", "/api/workflows").status == 200
-    assert any("answer only local clients" in line for line in open_server.stderr), "the start-up output says so"
+    # Written before the listening line; read from the pipe by another thread, so awaited.
+    wait_until(lambda: any("answer only local clients" in line for line in open_server.stderr), message="the start-up output says so")
 
 
 @pytest.mark.parametrize(

@@ -65,9 +65,9 @@ def test_a_built_wheel_carries_the_dashboard_and_every_module(tmp_path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for name in ("index.html", "dashboard.js", "dashboard.css"):
         assert f"userflow/static/{name}" in names
-    for package in ("actors", "http", "storage"):
-        source = {p.name for p in (root / package).glob("*.py")}
-        shipped = {n.rsplit("/", 1)[1] for n in names if n.startswith(f"userflow/{package}/") and n.count("/") == 2}
+    for package in ("actors", "http", "storage"):  # and their subpackages (actors/signup, storage/postgres)
+        source = {p.relative_to(root).as_posix() for p in (root / package).rglob("*.py")}
+        shipped = {n.removeprefix("userflow/") for n in names if n.startswith(f"userflow/{package}/") and n.endswith(".py")}
         assert source <= shipped, source - shipped
     assert "userflow/http/__init__.py" not in names  # never shadows the standard library's http
     templates = {p.name for p in (root / "actors" / "signup" / "templates").iterdir()}
