@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 IN_FLIGHT = 64  # attempts at once, all lanes together
+GATHER = 0.005  # seconds attempts' records wait for others to share their sync
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 
 
@@ -450,6 +451,9 @@ class _Saver:
     async def _run(self) -> None:
         while True:
             await self._ready.wait()
+            # A few milliseconds' gathering: many lanes' attempts end close together, and
+            # one sync for all of them leaves the disk to the runs' own commits.
+            await asyncio.sleep(GATHER)
             self._ready.clear()
             batch, self._batch = self._batch, []
             if not batch:

@@ -43,11 +43,18 @@ def attach(app: web.Application, settings: Settings, data_dir: str, runtime: Run
         asyncio.get_running_loop(),
     )
     runtime.index.subscribe(webhooks.on_commit)
-    webhooks.subscribe(lambda delivery, attempt: hub.publish([("delivery", delivery.view())]))
+    webhooks.subscribe(lambda delivery, attempt: _publish(hub, delivery, attempt))
     webhooks.subscribe(metrics.observe_delivery)
     webhooks.subscribe(_log)
     metrics.add_delivery_gauge(webhooks.counts)
     app[WEBHOOKS] = webhooks
+
+
+def _publish(hub: EventHub, delivery: Delivery, attempt: dict[str, Any] | None) -> None:
+    """A delivery's attempts and an operator's retry of it; not its creation, which its
+    first attempt follows at once (half the frames for every watching dashboard)."""
+    if attempt is not None or delivery.manual:
+        hub.publish([("delivery", delivery.view())])
 
 
 def _log(delivery: Delivery, attempt: dict[str, Any] | None) -> None:

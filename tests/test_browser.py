@@ -823,10 +823,11 @@ def test_deliveries_show_live_and_an_operator_sends_a_failed_one_again(
         listed = site.get("/api/webhooks/deliveries", as_="alice")["deliveries"]
         assert sorted(d["status"] for d in listed) == ["delivered", "delivered"]
 
-        # The timeline, still open, has the resend and its delivery (the attempt that gave up is now one of three).
+        # The timeline, still open, has the resend and its delivery; the attempt that gave up stays marked so.
         expect(timeline.locator("li.t-webhook-resent")).to_contain_text(f"webhook user.created to {bad.url}: sent again by alice")
         expect(timeline.locator("li.t-webhook-delivered")).to_have_count(2)
-        expect(timeline.locator("li.t-webhook-retrying")).to_have_count(3)
+        expect(timeline.locator("li.t-webhook-retrying")).to_have_count(2)
+        expect(timeline.locator("li.t-webhook-failed")).to_have_count(1)
         expect(timeline.locator("li.t-webhook")).to_have_count(6)
         expect(timeline).to_be_visible()
         assert_not_reloaded(page, marker)
