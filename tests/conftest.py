@@ -79,3 +79,18 @@ def database_url(postgres_cluster: postgres.Cluster, request: pytest.FixtureRequ
         if not postgres_cluster.running:  # a test that stopped the server and failed before starting it
             postgres_cluster.start()
         postgres_cluster.drop_database(name)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One Chromium for a test module (the browser tests skip themselves where it is missing)."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser_support import launch
+
+    with sync_playwright() as p:
+        chromium = launch(p)
+        try:
+            yield chromium
+        finally:
+            chromium.close()

@@ -22,7 +22,6 @@ from tests.browser_support import (
     PHONE,
     add_operator,
     call,
-    launch,
     missing,
     open_dashboard,
     other_site,
@@ -42,22 +41,12 @@ if _reason:
         raise RuntimeError(f"browser tests need Chromium and Playwright: {_reason}")
     pytest.skip(f"browser tests need Chromium and Playwright: {_reason}", allow_module_level=True)
 
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright  # noqa: E402
+from playwright.sync_api import Browser, BrowserContext, Page, expect  # noqa: E402
 
 expect.set_options(timeout=10_000)
 
 EMAIL_STEP = "send-verification-email"
 HOSTILE_NAME = '<img src=x onerror="window.__pwned=1"> Ann & <b>Lee</b>'
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        chromium = launch(p)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @pytest.fixture

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import email
 import os
-from collections.abc import Iterator
 from email import policy
 from pathlib import Path
 
 import pytest
 
-from tests.browser_support import launch, missing
+from tests.browser_support import missing
 from tests.email_screenshot import html_part, make_email_screenshot
 from tests.server import Server
 from tests.smtp_server import SmtpServer
@@ -28,19 +27,9 @@ if _reason:
         raise RuntimeError(f"browser tests need Chromium and Playwright: {_reason}")
     pytest.skip(f"browser tests need Chromium and Playwright: {_reason}", allow_module_level=True)
 
-from playwright.sync_api import Browser, expect, sync_playwright  # noqa: E402
+from playwright.sync_api import Browser, expect  # noqa: E402
 
 HOSTILE = "<img src=x onerror=alert(1)>"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        chromium = launch(p)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 def test_the_verification_email_shows_product_and_name_and_its_button_verifies(browser: Browser, tmp_path: Path) -> None:
