@@ -124,12 +124,12 @@ class Runtimes:
         self.gates: list[Gate] = []
 
     async def __call__(
-        self, workflows: Any, *, path: str | None = None, max_live: int = 256, services: Any = None
+        self, workflows: Any, *, path: str | None = None, max_live: int = 256, services: Any = None, store: Any = None
     ) -> Runtime:
         from userflow.storage import FileRunStore
 
         runtime = Runtime(
-            FileRunStore(str(path or self.default_path)),
+            store or FileRunStore(str(path or self.default_path)),
             workflows,
             services,
             max_live=max_live,

@@ -1,0 +1,171 @@
+"""Runs in PostgreSQL: the :class:`~userflow.storage.port.RunStore` of a database.
+
+A run is one row of ``runs`` (its document as jsonb, and the columns queries
+filter on) and its timeline rows. Commits are grouped as the data dir's
+journal groups them: actor threads hand their commits to one committer
+thread, which writes every commit waiting for it in one transaction and
+releases them together, so a commit costs a share of one round trip and one
+WAL flush instead of one each. A commit returns only once its transaction
+has committed: what the engine acknowledges is in the database.
+
+A document never goes back: an upsert of an older version than the stored
+one changes nothing, so a commit retried after its transaction's fate was
+unknown (the connection dropped) is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Container, Iterator
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from userflow.storage.atomic import StorageError
+from userflow.storage.port import IndexCache, StoredRun
+
+log = logging.getLogger(__name__)
+
+_UPSERT_RUN = """
+INSERT INTO runs (id, workflow, definition, format, status, document, version, next_wake_at, created_at, updated_at)
+VALUES (%(id)s, %(workflow)s, %(definition)s, %(format)s, %(status)s, %(document)s, %(version)s, %(wake)s, %(created)s, %(updated)s)
+ON CONFLICT (id) DO UPDATE SET
+    status = excluded.status, document = excluded.document, version = excluded.version,
+    definition = excluded.definition, format = excluded.format,
+    next_wake_at = excluded.next_wake_at, updated_at = excluded.updated_at
+WHERE runs.version < excluded.version
+"""
+_INSERT_ENTRY = "INSERT INTO timeline (run_id, seq, entry) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING"
+SCAN_BATCH = 1000
+
+
+class _Commit:
+    __slots__ = ("run", "entries", "done", "error")
+
+    def __init__(self, run: dict[str, Any], entries: list[dict[str, Any]]) -> None:
+        self.run, self.entries = run, entries
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+
+def _time(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def _row(run: dict[str, Any]) -> dict[str, Any]:
+    timers = run.get("timers") or {}
+    return {
+        "id": run["id"],
+        "workflow": run["workflow"],
+        "definition": int(run.get("definition", 1)),
+        "format": int(run.get("format", 1)),
+        "status": run["status"],
+        "document": Jsonb(run),
+        "version": int(run["version"]),
+        "wake": datetime.fromtimestamp(min(timers.values()), tz=timezone.utc) if timers else None,
+        "created": _time(run["createdAt"]),
+        "updated": _time(run["updatedAt"]),
+    }
+
+
+class PgRunHandle:
+    def __init__(self, store: PgRunStore, run_id: str) -> None:
+        self._store = store
+        self._run_id = run_id
+
+    def load(self) -> StoredRun | None:
+        return self._store.read(self._run_id)
+
+    def commit(self, run: dict[str, Any], new_entries: list[dict[str, Any]]) -> None:
+        self._store.commit(run, new_entries)
+
+
+class PgRunStore:
+    def __init__(self, pool: ConnectionPool) -> None:
+        self._pool = pool
+        self._queue: list[_Commit] = []
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._committer = threading.Thread(target=self._commit_loop, name="userflow-pg-commit", daemon=True)
+        self._committer.start()
+
+    # -- the port ---------------------------------------------------------------------
+
+    def open(self, run_id: str) -> PgRunHandle:
+        return PgRunHandle(self, run_id)
+
+    def read(self, run_id: str) -> StoredRun | None:
+        with self._pool.connection() as connection:
+            row = connection.execute("SELECT document FROM runs WHERE id = %s", (run_id,)).fetchone()
+            if row is None:
+                return None
+            entries = connection.execute("SELECT entry FROM timeline WHERE run_id = %s ORDER BY seq", (run_id,)).fetchall()
+        return StoredRun(row[0], [entry for (entry,) in entries])
+
+    def scan(self, skip: Container[str] = ()) -> Iterator[dict[str, Any]]:
+        """Every run's document, in id order, a batch at a time (keyset paging: no long transaction)."""
+        after = ""
+        while True:
+            with self._pool.connection() as connection:
+                rows = connection.execute(
+                    "SELECT id, document FROM runs WHERE id > %s ORDER BY id LIMIT %s", (after, SCAN_BATCH)
+                ).fetchall()
+            if not rows:
+                return
+            for run_id, document in rows:
+                if run_id not in skip:
+                    yield document
+            after = rows[-1][0]
+
+    def index_cache(self) -> IndexCache | None:
+        return None  # the database answers from its tables; nothing to keep between starts
+
+    def close(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+        self._committer.join(timeout=10)
+
+    # -- group commit -------------------------------------------------------------------
+
+    def commit(self, run: dict[str, Any], entries: list[dict[str, Any]]) -> None:
+        """Return once the run's document and entries are committed; StorageError if not."""
+        # The actor goes on changing its run after this returns: the committer gets a copy.
+        item = _Commit(orjson.loads(orjson.dumps(run)), list(entries))
+        with self._cond:
+            if self._stopped:
+                raise StorageError(5, "the run store is closed")
+            self._queue.append(item)
+            self._cond.notify()
+        item.done.wait()
+        if item.error is not None:
+            raise item.error
+
+    def _commit_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopped:
+                    self._cond.wait()
+                batch, self._queue = self._queue, []
+                if not batch and self._stopped:
+                    return
+            self._write(batch)
+
+    def _write(self, batch: list[_Commit]) -> None:
+        try:
+            with self._pool.connection() as connection, connection.transaction(), connection.cursor() as cursor:
+                cursor.executemany(_UPSERT_RUN, [_row(item.run) for item in batch])
+                entries = [(item.run["id"], entry["seq"], Jsonb(entry)) for item in batch for entry in item.entries]
+                if entries:
+                    cursor.executemany(_INSERT_ENTRY, entries)
+        except Exception as exc:  # noqa: BLE001 - every waiter learns of it
+            log.error("run commit failed (%d runs): %s", len(batch), exc)
+            error = StorageError(5, f"could not persist to the database: {' '.join(str(exc).split())}")
+            for item in batch:
+                item.error = error
+        for item in batch:
+            item.done.set()
