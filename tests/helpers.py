@@ -116,20 +116,35 @@ class Gate:
 
 
 class Runtimes:
-    """Starts Runtimes for one test and stops them all (gates opened first) at teardown."""
+    """Starts Runtimes for one test and stops them all (gates opened first) at teardown.
 
-    def __init__(self, default_path: str) -> None:
+    Each runtime gets a store of the test's backend: the data dir at ``default_path``
+    (or ``path``), or, given ``database_url``, that PostgreSQL database."""
+
+    def __init__(self, default_path: str, database_url: str | None = None) -> None:
         self.default_path = default_path
+        self.database_url = database_url
         self.made: list[Runtime] = []
         self.gates: list[Gate] = []
+        self._pools: list[Any] = []
+
+    def store(self, path: str | None = None) -> Any:
+        """A new store on the test's storage, e.g. to plant a run before a start."""
+        if self.database_url is None:
+            from userflow.storage import FileRunStore
+
+            return FileRunStore(str(path or self.default_path))
+        from userflow.storage.postgres import open_pool
+        from userflow.storage.postgres.runs import PgRunStore
+
+        self._pools.append(open_pool(self.database_url, timeout=5))
+        return PgRunStore(self._pools[-1])
 
     async def __call__(
         self, workflows: Any, *, path: str | None = None, max_live: int = 256, services: Any = None, store: Any = None
     ) -> Runtime:
-        from userflow.storage import FileRunStore
-
         runtime = Runtime(
-            store or FileRunStore(str(path or self.default_path)),
+            store or self.store(path),
             workflows,
             services,
             max_live=max_live,
@@ -153,4 +168,6 @@ class Runtimes:
             await asyncio.to_thread(runtime.stop)
         leftovers = pykka.ActorRegistry.get_by_class(Supervisor) + live_run_actors()
         pykka.ActorRegistry.stop_all()
+        for pool in self._pools:
+            pool.close()
         assert not leftovers, f"actors left running: {leftovers}"

@@ -26,10 +26,20 @@ def noop(ctx: StepContext) -> dict[str, Any]:
     return {"step": ctx.step_id}
 
 
-@pytest.fixture
-async def engine(tmp_path):
-    """Start Runtimes on tmp_path (or another dir); all are stopped, and gates opened, at teardown."""
-    runtimes = Runtimes(str(tmp_path))
+@pytest.fixture(params=["files", "postgres"])
+async def engine(request, tmp_path):
+    """Start Runtimes on tmp_path (or another dir), or on a fresh PostgreSQL database:
+    every test here runs on both stores. All are stopped, and gates opened, at teardown."""
+    database_url = None
+    if request.param == "postgres":
+        import psycopg
+
+        from userflow.storage.postgres import migrate
+
+        database_url = request.getfixturevalue("database_url")
+        with psycopg.connect(database_url, autocommit=True) as connection:
+            migrate(connection)
+    runtimes = Runtimes(str(tmp_path), database_url)
     yield runtimes
     await runtimes.close()
 
@@ -529,7 +539,7 @@ async def test_backoff_that_expired_during_downtime_fires_at_once(engine, tmp_pa
     step["attempts"] = [{"number": 1, "startedAt": iso_now(), "finishedAt": iso_now(), "error": "RuntimeError: x"}]
     run["timers"] = {RETRY_TIMER: time.time() - 3600}
     run["version"] = 1
-    FileRunStore(str(tmp_path)).open("wf_late").commit(run, [])
+    engine.store().open("wf_late").commit(run, [])
 
     runtime = await engine([workflow])
     assert runtime.report.timers == 1 and runtime.report.resume == []
@@ -560,7 +570,7 @@ async def test_interrupted_attempt_is_marked_and_run_again(engine, tmp_path) -> 
         {"seq": 1, "at": started, "type": "run-started", "step": None, "attempt": None, "message": "run started"},
         {"seq": 2, "at": started, "type": "attempt-started", "step": "effect", "attempt": 1, "message": "attempt 1"},
     ]
-    FileRunStore(str(tmp_path)).open(run_id).commit(run, entries)
+    engine.store().open(run_id).commit(run, entries)
 
     runtime = await engine([workflow])
     assert runtime.report.resume == [run_id]
@@ -583,11 +593,11 @@ async def test_unknown_workflow_files_are_left_alone(engine, tmp_path) -> None:
     stranger = Workflow("stranger", (Step("a", "A", noop),))
     run = new_run(stranger, "wf_stranger", {})
     run["version"] = 1
-    FileRunStore(str(tmp_path)).open("wf_stranger").commit(run, [])
+    engine.store().open("wf_stranger").commit(run, [])
     runtime = await engine([known])
     assert runtime.report.runs == 0
     assert runtime.index.get("wf_stranger") is None
-    assert (tmp_path / "runs" / "wf_stranger.json").exists()
+    assert await runtime.read("wf_stranger") is not None, "left as it was"
 
 
 # -- shutdown ----------------------------------------------------------------------------------
