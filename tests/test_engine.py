@@ -679,7 +679,6 @@ async def test_a_run_whose_actor_keeps_failing_is_reactivated_with_growing_delay
 async def test_a_step_output_that_cannot_be_stored_fails_the_run_instead_of_looping(tmp_path):
     from userflow.actors.runtime import Runtime
     from userflow.actors.workflow import Step, Workflow
-    from userflow.storage import FileRunStore
 
     workflow = Workflow("bad-output", (Step("make-set", "Make a set", lambda ctx: {1, 2}),))
     runtime = Runtime(FileRunStore(str(tmp_path)), [workflow], loop=asyncio.get_running_loop())
