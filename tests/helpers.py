@@ -171,3 +171,18 @@ class Runtimes:
         for pool in self._pools:
             pool.close()
         assert not leftovers, f"actors left running: {leftovers}"
+
+
+def runtimes_on(backend: str, request: Any, path: str) -> Runtimes:
+    """Runtimes on the data dir at ``path``, or on a fresh PostgreSQL database (``backend``
+    "postgres", from the test's ``database_url`` fixture, its schema applied)."""
+    if backend != "postgres":
+        return Runtimes(path)
+    import psycopg
+
+    from userflow.storage.postgres import migrate
+
+    database_url = request.getfixturevalue("database_url")
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        migrate(connection)
+    return Runtimes(path, database_url)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import Runtimes, wait_for_status, wait_idle
+from tests.helpers import runtimes_on, Runtimes, wait_for_status, wait_idle
 from userflow.actors.definitions import Definitions
 from userflow.actors.workflow import Migration, Step, StepContext, Wait, Workflow
 
@@ -41,9 +41,9 @@ def insert_x(run: dict[str, Any]) -> None:
 V2_MIGRATING = Workflow(V2.name, V2.steps, version=2, migrations=(Migration(1, insert_x),))
 
 
-@pytest.fixture
-async def engine(tmp_path):
-    runtimes = Runtimes(str(tmp_path))
+@pytest.fixture(params=["files", "postgres"])
+async def engine(request, tmp_path):
+    runtimes = runtimes_on(request.param, request, str(tmp_path))
     RAN.clear()
     yield runtimes
     await runtimes.close()

@@ -10,7 +10,7 @@ from typing import Any
 import pykka
 import pytest
 
-from tests.helpers import Runtimes, async_wait_until, entries_of, epoch, live_run_actors, wait_for_status, wait_idle
+from tests.helpers import runtimes_on, async_wait_until, entries_of, epoch, live_run_actors, wait_for_status, wait_idle
 from userflow.actors.retry import PermanentError, RetryPolicy
 from userflow.actors.run_actor import INTERRUPTED, RETRY_TIMER, new_run
 from userflow.actors.runtime import Runtime
@@ -30,16 +30,7 @@ def noop(ctx: StepContext) -> dict[str, Any]:
 async def engine(request, tmp_path):
     """Start Runtimes on tmp_path (or another dir), or on a fresh PostgreSQL database:
     every test here runs on both stores. All are stopped, and gates opened, at teardown."""
-    database_url = None
-    if request.param == "postgres":
-        import psycopg
-
-        from userflow.storage.postgres import migrate
-
-        database_url = request.getfixturevalue("database_url")
-        with psycopg.connect(database_url, autocommit=True) as connection:
-            migrate(connection)
-    runtimes = Runtimes(str(tmp_path), database_url)
+    runtimes = runtimes_on(request.param, request, str(tmp_path))
     yield runtimes
     await runtimes.close()
 
