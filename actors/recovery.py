@@ -23,7 +23,7 @@ import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from userflow.actors.run_actor import EngineParts
+from userflow.actors.parts import EngineParts
 from userflow.actors.saved_index import SavedIndex
 from userflow.actors.status import RunStatus
 from userflow.actors.workflow import RETRY_TIMER

@@ -12,8 +12,9 @@ recorded. Work is split into ``Advance`` messages the actor sends itself, so a
 signal delivered mid-run is handled between two attempts, not after the run.
 
 What each move does to the run is ``run_model``'s; deadlines of waits live in
-``run_deadlines``, operator commands in ``run_commands``; this module holds
-the life cycle, the mailbox, the cursor loop and the commit.
+``run_deadlines``, signals and timers from outside in ``run_signals``,
+operator commands in ``run_commands``; this module holds the life cycle, the
+mailbox, the cursor loop and the commit.
 """
 
 from __future__ import annotations
@@ -22,15 +23,10 @@ import asyncio
 import copy
 import logging
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-import orjson
 import pykka
 
-from userflow.actors.definitions import Definitions
-from userflow.actors.index import RunIndex
 from userflow.actors.messages import (
     ROUTED,
     ActorFailed,
@@ -39,7 +35,6 @@ from userflow.actors.messages import (
     Bounce,
     Command,
     Deliver,
-    Delivered,
     Idle,
     StartResult,
     Stopped,
@@ -48,47 +43,23 @@ from userflow.actors.messages import (
     resolve,
 )
 from userflow.actors.retry import PermanentError, describe
-from userflow.actors.run_model import INTERRUPTED, Attempt, Run, StepRecord
-from userflow.actors.status import FINISHED, RunStatus, StepStatus
+from userflow.actors.parts import EngineParts
+from userflow.actors.run_model import INTERRUPTED, Attempt, Run, StepRecord, storable
+from userflow.actors.status import RunStatus, StepStatus
 from userflow.actors.run_commands import CommandsMixin
 from userflow.actors.run_deadlines import DeadlinesMixin
-from userflow.actors.timers import TimerQueue
+from userflow.actors.run_signals import SignalsMixin
 from userflow.actors.timeutil import epoch, iso, now
-from userflow.actors.workflow import RETRY_TIMER, SignalRejected, Step, StepContext, Wait, Workflow
-from userflow.storage import RunHandle, RunStore, StorageError
+from userflow.actors.workflow import RETRY_TIMER, Step, StepContext, Wait, Workflow
+from userflow.storage import RunHandle, StorageError
 from userflow.storage.faults import crash_point
 
 log = logging.getLogger(__name__)
 
-__all__ = ["INTERRUPTED", "RETRY_TIMER", "EngineParts", "RunActor", "new_run"]
+__all__ = ["INTERRUPTED", "RETRY_TIMER", "RunActor"]
 
 
-@dataclass
-class EngineParts:
-    """What every actor of the engine shares."""
-
-    store: RunStore
-    index: RunIndex
-    timers: TimerQueue
-    workflows: Definitions
-    services: Any = None
-    loop: asyncio.AbstractEventLoop | None = None
-
-
-def storable(*values: Any) -> None:
-    """Refuse what cannot be stored as JSON: a bug that retrying cannot fix."""
-    try:
-        orjson.dumps(values)
-    except TypeError as exc:
-        raise PermanentError(f"the step produced a value that cannot be stored: {exc}") from None
-
-
-def new_run(workflow: Workflow, run_id: str, input: dict[str, Any]) -> dict[str, Any]:
-    """The document of a run that has not started its first step."""
-    return Run.new(run_id, workflow, input).document
-
-
-class RunActor(DeadlinesMixin, CommandsMixin, pykka.ThreadingActor):
+class RunActor(SignalsMixin, DeadlinesMixin, CommandsMixin, pykka.ThreadingActor):
     use_daemon_thread = True  # a stuck step must not keep a stopping server alive
 
     def __init__(
@@ -412,66 +383,6 @@ class RunActor(DeadlinesMixin, CommandsMixin, pykka.ThreadingActor):
         self._run.end(status, outcome)
         self._run.log("run-completed" if status == RunStatus.COMPLETED else "run-cancelled", message)
         self._commit()
-
-    # -- messages from outside -------------------------------------------------
-
-    def _deliver(self, message: Deliver) -> None:
-        run = self._run
-        assert self._workflow is not None
-        spec = self._workflow.wait_for(message.signal)
-        try:
-            if spec is None:
-                raise SignalRejected("unknown_signal", f"this workflow does not wait for {message.signal!r}")
-            if self._has_signal(spec, message.payload):
-                resolve(message.reply, Delivered(self._run_id, duplicate=True))
-                return
-            if run.status in FINISHED:
-                raise SignalRejected("closed", f"the run has ended ({run.document.get('outcome') or run.status.lower()})")
-            spec.accept(run.document, message.payload)
-        except SignalRejected as exc:
-            reject(message.reply, exc)
-            return
-        run.record_signal(message.signal, message.payload)
-        run.log("signal-received", f"signal {message.signal} received", spec.id)
-        step = run.current()
-        resume = run.status == RunStatus.WAITING and step is not None and step["id"] == spec.id
-        if resume:
-            # The wait ends in the very commit that records the signal: once the answer
-            # says so, no cancel, deadline or resend can come between them.
-            assert step is not None
-            run.wake()
-            self._wait(spec, step)
-        try:
-            self._commit()
-        except StorageError as exc:
-            reject(message.reply, exc)
-            raise
-        crash_point("signal", "after-commit")  # durable, not yet answered
-        resolve(message.reply, Delivered(self._run_id, duplicate=False))
-        if resume:
-            self._advance_soon()
-
-    def _has_signal(self, spec: Wait, payload: Mapping[str, Any]) -> bool:
-        run = self._run
-        if any(s["name"] == spec.signal and s["payload"] == payload for s in run.document["signals"]):
-            return True
-        step = run.step(spec.id)
-        return step["status"] == StepStatus.COMPLETED and bool(step["output"] and step["output"].get("payload") == payload)
-
-    def _timer(self, message: TimerFired) -> None:
-        if self._run.timers.get(message.name) != message.due:
-            return  # replaced or already handled: a stale wake-up
-        if message.name == RETRY_TIMER:
-            self._advance_soon()
-            return
-        assert self._workflow is not None
-        found = self._workflow.deadline(message.name)
-        if found is None:
-            log.warning("run %s: timer %r belongs to no deadline; dropped", self._run_id, message.name)
-            del self._run.timers[message.name]
-            self._commit()
-            return
-        self._deadline(*found)
 
     # -- the commit ---------------------------------------------------------------
 

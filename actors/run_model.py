@@ -20,6 +20,9 @@ from __future__ import annotations
 
 from typing import Any, NotRequired, TypedDict
 
+import orjson
+
+from userflow.actors.retry import PermanentError
 from userflow.actors.status import FINISHED, RunStatus, StepStatus
 from userflow.actors.timeutil import iso_now
 
@@ -55,6 +58,19 @@ class Signal(TypedDict):
     name: str
     payload: dict[str, Any]
     receivedAt: str
+
+
+def new_run(workflow: Any, run_id: str, input: dict[str, Any]) -> dict[str, Any]:
+    """The document of a run that has not started its first step."""
+    return Run.new(run_id, workflow, input).document
+
+
+def storable(*values: Any) -> None:
+    """Refuse what cannot be stored as JSON: a bug that retrying cannot fix."""
+    try:
+        orjson.dumps(values)
+    except TypeError as exc:
+        raise PermanentError(f"the step produced a value that cannot be stored: {exc}") from None
 
 
 class IllegalMove(RuntimeError):

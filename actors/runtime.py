@@ -18,7 +18,8 @@ import pykka
 from userflow.actors.index import RunIndex
 from userflow.actors.messages import Command, Deliver, Delivered, Recover, Shutdown, StartResult, StartRun, TimerFired
 from userflow.actors.recovery import RecoveryReport
-from userflow.actors.run_actor import EngineParts, RunActor
+from userflow.actors.parts import EngineParts
+from userflow.actors.run_actor import RunActor
 from userflow.actors.saved_index import EVERY as INDEX_EVERY
 from userflow.actors.saved_index import SavedIndex
 from userflow.actors.supervisor import Supervisor

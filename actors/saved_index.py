@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator
 
 import orjson
 
-from userflow.actors.run_actor import EngineParts
+from userflow.actors.parts import EngineParts
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,9 @@ from userflow.actors.messages import (
     reject,
     resolve,
 )
-from userflow.actors.run_actor import EngineParts, RunActor, new_run
+from userflow.actors.parts import EngineParts
+from userflow.actors.run_actor import RunActor
+from userflow.actors.run_model import new_run
 from userflow.actors.timeutil import now
 
 log = logging.getLogger(__name__)

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from urllib.parse import urlsplit
 
+from userflow.actors.delivery import DEFAULT_SCHEDULE
+
 
 @dataclass
 class Settings:
@@ -41,7 +43,7 @@ class Settings:
     webhook_urls: tuple[str, ...] = ()
     webhook_secrets: tuple[str, ...] = ()  # USERFLOW_WEBHOOK_SECRET, space-separated (never a flag)
     webhook_timeout: float = 15.0
-    webhook_schedule: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+    webhook_schedule: tuple[float, ...] = DEFAULT_SCHEDULE
 
     @property
     def outbox_mode(self) -> bool:
@@ -263,7 +265,7 @@ def parser() -> argparse.ArgumentParser:
     option("--cors-origin", "USERFLOW_CORS_ORIGINS", _origin, (), "an origin whose pages may call signup and verify from a browser; repeatable", "none", repeat=True)
     option("--webhook-url", "USERFLOW_WEBHOOK_URLS", _url(("http", "https")), (), "a URL every lifecycle event is POSTed to, signed with USERFLOW_WEBHOOK_SECRET; repeatable", "none", repeat=True)
     option("--webhook-timeout", "USERFLOW_WEBHOOK_TIMEOUT", _some_seconds, d.webhook_timeout, "seconds a webhook receiver has to answer")
-    option("--webhook-retry-schedule", "USERFLOW_WEBHOOK_RETRY_SCHEDULE", _schedule, d.webhook_schedule, "seconds before each new attempt of a failed webhook delivery, comma-separated; then it is failed", "5,300,1800,7200,18000,36000,36000")
+    option("--webhook-retry-schedule", "USERFLOW_WEBHOOK_RETRY_SCHEDULE", _schedule, d.webhook_schedule, "seconds before each new attempt of a failed webhook delivery, comma-separated; then it is failed", ",".join(f"{d:g}" for d in DEFAULT_SCHEDULE))
     option("--log-level", "USERFLOW_LOG_LEVEL", _level, d.log_level, "DEBUG, INFO, WARNING or ERROR")
     option("--max-live-actors", "USERFLOW_MAX_LIVE_ACTORS", _count, d.max_live_actors, "cap on run actors alive at once")
     option("--index-save-every", "USERFLOW_INDEX_SAVE_EVERY", _seconds, d.index_save_every, "seconds between saves of the index (a start after a crash reads the runs changed since)")
@@ -299,7 +301,7 @@ def _gemini_timeout() -> float:
 
 
 def _webhook_secrets(needed: bool) -> tuple[str, ...]:
-    from userflow.actors.webhooks import check_secret
+    from userflow.actors.delivery import check_secret
 
     secrets = tuple((_env("USERFLOW_WEBHOOK_SECRET") or "").split())
     if needed and not secrets:

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from userflow.actors.signup import SignupServices
-from userflow.actors.webhooks import FAILED, Delivery
+from userflow.actors.delivery import FAILED, Delivery
 from userflow.actors.signup.templates import expiry_text
 from userflow.actors.signup.workflow import stated_expiry
 from userflow.storage import StoredRun

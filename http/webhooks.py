@@ -16,7 +16,8 @@ from typing import Any
 from aiohttp import web
 
 from userflow.actors.runtime import Runtime
-from userflow.actors.webhooks import DELIVERED, FAILED, PENDING, Delivery, WebhookSettings, Webhooks
+from userflow.actors.delivery import DELIVERED, FAILED, PENDING, Delivery, WebhookSettings
+from userflow.actors.webhooks import Webhooks
 from userflow.http.auth import PRINCIPAL
 from userflow.http.config import Settings
 from userflow.http.errors import ApiError, json_response

@@ -12,7 +12,8 @@ import pytest
 
 from tests.helpers import runtimes_on, async_wait_until, entries_of, epoch, live_run_actors, wait_for_status, wait_idle
 from userflow.actors.retry import PermanentError, RetryPolicy
-from userflow.actors.run_actor import INTERRUPTED, RETRY_TIMER, new_run
+from userflow.actors.run_actor import INTERRUPTED, RETRY_TIMER
+from userflow.actors.run_model import new_run
 from userflow.actors.runtime import Runtime
 from userflow.actors.supervisor import DuplicateRun, ShuttingDown, Supervisor
 from userflow.actors.timeutil import iso_now

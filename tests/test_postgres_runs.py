@@ -14,7 +14,7 @@ import pytest
 
 from tests import postgres
 from tests.helpers import Runtimes, wait_for_status, wait_idle
-from userflow.actors.run_actor import new_run
+from userflow.actors.run_model import new_run
 from userflow.actors.workflow import Step, StepContext, Wait, Workflow
 from userflow.storage import StorageError
 from userflow.storage.postgres import migrate, open_pool

@@ -1,0 +1,23 @@
+"""What every actor of the engine shares: the store, the index, the timers, the
+workflow definitions, the integrations (services) and the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from userflow.actors.definitions import Definitions
+from userflow.actors.index import RunIndex
+from userflow.actors.timers import TimerQueue
+from userflow.storage import RunStore
+
+
+@dataclass
+class EngineParts:
+    store: RunStore
+    index: RunIndex
+    timers: TimerQueue
+    workflows: Definitions
+    services: Any = None
+    loop: asyncio.AbstractEventLoop | None = None
