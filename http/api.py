@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import re
-from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
@@ -22,10 +21,19 @@ from userflow.http.errors import ApiError, json_response
 from userflow.http.auth import PRINCIPAL
 from userflow.http.keys import CLIENTS, RUNTIME, SERVICES, SIGNUP_LIMIT, VERIFY_LIMIT
 from userflow.http.webhooks import WEBHOOKS
-from userflow.http.validation import SignupBody, VerifyBody, json_object, normalise_email, normalise_name, parse
+from userflow.http.validation import (
+    SignupBody,
+    VerifyBody,
+    json_object,
+    normalise_email,
+    normalise_name,
+    parse,
+    query_cursor,
+    query_limit,
+)
 from userflow.storage import valid_run_id
 
-MAX_LIMIT = 200
+
 _OUTBOX_CURSOR = re.compile(r"[0-9T:.Z-]{10,40}\|<[A-Za-z0-9_.-]{1,100}@userflow>")
 USER_STATUSES = ("PENDING", "ACTIVE", "FLAGGED", "EXPIRED", "CANCELLED")
 
@@ -203,22 +211,6 @@ async def resend_verification(request: web.Request) -> web.Response:
 # -- reading ----------------------------------------------------------------------
 
 
-def _limit(request: web.Request, default: int = 50) -> int:
-    raw = request.query.get("limit")
-    if raw is None:
-        return default
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 3) or not 1 <= int(raw) <= MAX_LIMIT:
-        raise ApiError(400, "invalid_limit", f"limit: a whole number from 1 to {MAX_LIMIT}")
-    return int(raw)
-
-
-def _cursor(request: web.Request, valid: Callable[[str], object] = valid_run_id) -> str | None:
-    raw = request.query.get("cursor")
-    if raw is not None and not valid(raw):
-        raise ApiError(400, "invalid_cursor", "cursor: pass back the nextCursor of the previous page")
-    return raw
-
-
 def _choice(request: web.Request, name: str, allowed: tuple[str, ...]) -> str | None:
     raw = request.query.get(name)
     if raw is None or raw == "":
@@ -230,7 +222,7 @@ def _choice(request: web.Request, name: str, allowed: tuple[str, ...]) -> str | 
 
 async def list_workflows(request: web.Request) -> web.Response:
     status = _choice(request, "status", tuple(RunStatus))
-    limit, cursor = _limit(request), _cursor(request)
+    limit, cursor = query_limit(request), query_cursor(request, valid_run_id)
     where = (lambda s: s["status"] == status) if status else None
     items, next_cursor = request.app[RUNTIME].index.page(limit=limit, before=cursor, where=where)
     return json_response({"workflows": [views.workflow_summary(s) for s in items], "nextCursor": next_cursor})
@@ -251,7 +243,7 @@ async def get_workflow(request: web.Request) -> web.Response:
 
 async def list_users(request: web.Request) -> web.Response:
     status = _choice(request, "status", USER_STATUSES)
-    limit, cursor = _limit(request), _cursor(request)
+    limit, cursor = query_limit(request), query_cursor(request, valid_run_id)
     where = (lambda s: s["user"]["status"] == status) if status else None
     items, next_cursor = request.app[RUNTIME].index.page(limit=limit, before=cursor, where=where)
     return json_response({"users": [views.user(s) for s in items], "nextCursor": next_cursor})
@@ -272,8 +264,8 @@ async def outbox(request: web.Request) -> web.Response:
     services: SignupServices = request.app[SERVICES]
     if not services.mailer.outbox_mode:
         raise ApiError(404, "outbox_disabled", "emails are sent over SMTP; there is no outbox to show")
-    limit = _limit(request, default=100)
-    cursor = _cursor(request, _OUTBOX_CURSOR.fullmatch)
+    limit = query_limit(request, default=100)
+    cursor = query_cursor(request, _OUTBOX_CURSOR.fullmatch)
     index = request.app[RUNTIME].index
     run_id = request.query.get("workflowId")
     if run_id is not None:

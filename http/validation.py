@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+from collections.abc import Callable
 
 import orjson
 from aiohttp import web
@@ -19,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from userflow.http import lookalike
 from userflow.http.errors import ApiError
 
+MAX_LIMIT = 200  # items in one page of a listing
 MAX_EMAIL = 254
 MAX_NAME = 100
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -87,6 +89,24 @@ def _duplicate_key(raw: bytes) -> str | None:
     except RecursionError:
         raise ApiError(400, "invalid_json", "the body nests too deeply; send a flat JSON object") from None
     return None
+
+
+def query_limit(request: web.Request, default: int = 50) -> int:
+    """A listing's ``limit``: a whole number from 1 to MAX_LIMIT (400 otherwise)."""
+    raw = request.query.get("limit")
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 3) or not 1 <= int(raw) <= MAX_LIMIT:
+        raise ApiError(400, "invalid_limit", f"limit: a whole number from 1 to {MAX_LIMIT}")
+    return int(raw)
+
+
+def query_cursor(request: web.Request, valid: Callable[[str], object]) -> str | None:
+    """A listing's ``cursor``, which ``valid`` must accept (400 otherwise)."""
+    raw = request.query.get("cursor")
+    if raw is not None and not valid(raw):
+        raise ApiError(400, "invalid_cursor", "cursor: pass back the nextCursor of the previous page")
+    return raw
 
 
 def parse(model: type[BaseModel], data: dict[str, object]) -> BaseModel:

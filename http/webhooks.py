@@ -24,6 +24,7 @@ from userflow.http.errors import ApiError, json_response
 from userflow.http.events import EventHub
 from userflow.http.keys import CLIENTS
 from userflow.http.metrics import Metrics
+from userflow.http.validation import query_cursor, query_limit
 from userflow.storage.deliveries import DeliveryLog
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,6 @@ log = logging.getLogger(__name__)
 WEBHOOKS = web.AppKey("webhooks", Webhooks)
 _DELIVERY_ID = re.compile(r"dlv_[A-Za-z0-9]{1,64}_[0-9]{1,6}_[0-9]{1,3}")
 STATUSES = (PENDING, DELIVERED, FAILED)
-MAX_LIMIT = 200
 
 
 def attach(app: web.Application, settings: Settings, data_dir: str, runtime: Runtime, hub: EventHub, metrics: Metrics) -> None:
@@ -74,16 +74,12 @@ async def list_deliveries(request: web.Request) -> web.Response:
     raw = request.query.get("status") or None
     if raw is not None and raw.lower() not in STATUSES:
         raise ApiError(400, "invalid_status", f"status: one of {', '.join(STATUSES)}")
-    limit_text = request.query.get("limit", "50")
-    if not (limit_text.isascii() and limit_text.isdigit() and len(limit_text) <= 3) or not 1 <= int(limit_text) <= MAX_LIMIT:
-        raise ApiError(400, "invalid_limit", f"limit: a whole number from 1 to {MAX_LIMIT}")
-    cursor = request.query.get("cursor")
-    if cursor is not None and not _DELIVERY_ID.fullmatch(cursor):
-        raise ApiError(400, "invalid_cursor", "cursor: pass back the nextCursor of the previous page")
+    limit = query_limit(request)
+    cursor = query_cursor(request, _DELIVERY_ID.fullmatch)
     webhooks = request.app.get(WEBHOOKS)
     if webhooks is None:
         return json_response({"deliveries": [], "nextCursor": None, "configured": False})
-    page, next_cursor = webhooks.page(raw.lower() if raw else None, int(limit_text), cursor)
+    page, next_cursor = webhooks.page(raw.lower() if raw else None, limit, cursor)
     return json_response({"deliveries": [d.view() for d in page], "nextCursor": next_cursor, "configured": True})
 
 
