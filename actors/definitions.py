@@ -50,6 +50,12 @@ class Definitions(Mapping[str, Workflow]):
             raise UnknownDefinition(self.why_not(run))
         return found
 
+    def keys(self, run: Mapping[str, Any]) -> dict[str, list[str]]:
+        """The run's lookup keys, as the version it follows gives them (its workflow's
+        newest if that version is not shipped: a key still finds a run left as it is)."""
+        found = self._versions.get((run["workflow"], int(run.get("definition", 1))))
+        return (found or self._newest[run["workflow"]]).keys(run)
+
     def can_run(self, run: Mapping[str, Any]) -> bool:
         """Whether this release ships the run's version or migrates it."""
         version = int(run.get("definition", 1))

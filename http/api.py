@@ -19,7 +19,7 @@ from userflow.actors.workflow import ActionRejected, SignalRejected
 from userflow.http import views
 from userflow.http.errors import ApiError, json_response
 from userflow.http.auth import PRINCIPAL
-from userflow.http.keys import CLIENTS, RUNTIME, SERVICES, SIGNUP_LIMIT, VERIFY_LIMIT
+from userflow.http.keys import CLIENTS, RUNTIME, SERVICES, SIGNUP_LIMIT, STORES, VERIFY_LIMIT
 from userflow.http.webhooks import WEBHOOKS
 from userflow.http.validation import (
     SignupBody,
@@ -298,4 +298,6 @@ async def readyz(request: web.Request) -> web.Response:
     runtime = request.app.get(RUNTIME)
     if runtime is None or not runtime.ready:
         return json_response({"status": "starting"}, status=503, headers={"Retry-After": "1"})
+    if not request.app[STORES].available():
+        return json_response({"status": "storage_unavailable"}, status=503, headers={"Retry-After": "2"})
     return json_response({"status": "ready", "runs": len(runtime.index)})

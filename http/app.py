@@ -38,14 +38,14 @@ from userflow.http.keys import (
     SETTINGS,
     SIGNIN_LIMIT,
     SIGNUP_LIMIT,
+    STORES,
     VERIFY_LIMIT,
 )
 from userflow.http.logs import log_entries, quiet_bad_requests
 from userflow.http.metrics import Metrics
 from userflow.http.ratelimit import Rate, RateLimiter
 from userflow.http.openapi import ROLES, openapi
-from userflow.storage import DataDir, FileRunStore
-from userflow.storage.operators import OperatorFile
+from userflow.storage.stores import Stores
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +63,13 @@ def risk_checker(settings: Settings) -> RiskChecker:
     return GeminiRisk(settings.gemini_api_key, settings.gemini_model, settings.gemini_base_url, settings.gemini_timeout)
 
 
-def make_services(settings: Settings, data_dir: DataDir, public_url: str) -> SignupServices:
+def make_services(settings: Settings, stores: Stores, public_url: str) -> SignupServices:
     """The signup steps' integrations; raises ``TemplateError`` for an email template that
     does not compile or render (each is tried with sample values here, at start)."""
     templates = EmailTemplates(settings.product_name, settings.templates_dir)
     transport = OutboxTransport() if settings.outbox_mode else SmtpTransport(settings.smtp_url or "", settings.mail_from)
     return SignupServices(
-        tokens=TokenSigner(data_dir.secret()),
+        tokens=TokenSigner(stores.secret()),
         mailer=Mailer(transport, settings.failure_rate),
         risk=risk_checker(settings),
         public_url=public_url,
@@ -91,11 +91,11 @@ async def readiness_middleware(request: web.Request, handler):  # type: ignore[n
     return await handler(request)
 
 
-def build_app(settings: Settings, data_dir: DataDir, public_url: str, *, autostart: bool = True) -> web.Application:
+def build_app(settings: Settings, stores: Stores, public_url: str, *, autostart: bool = True) -> web.Application:
     """The application; with ``autostart`` the engine starts (and recovers) at app startup."""
     quiet_bad_requests()
     metrics = Metrics()
-    authenticator = Authenticator(OperatorFile(data_dir.path), settings.operator_token)
+    authenticator = Authenticator(stores.operators, settings.operator_token)
     clients = Clients(parse_networks(settings.trusted_proxies))
     access: dict[web.AbstractRoute, Access] = {}
     app = web.Application(
@@ -110,7 +110,8 @@ def build_app(settings: Settings, data_dir: DataDir, public_url: str, *, autosta
     )
     app[SETTINGS] = settings
     app[PUBLIC_URL] = public_url
-    app[SERVICES] = make_services(settings, data_dir, public_url)
+    app[STORES] = stores
+    app[SERVICES] = make_services(settings, stores, public_url)
     app[METRICS] = metrics
     app[AUTH] = authenticator
     app[CLIENTS] = clients
@@ -120,7 +121,7 @@ def build_app(settings: Settings, data_dir: DataDir, public_url: str, *, autosta
 
     async def engine(app: web.Application) -> AsyncIterator[None]:
         runtime = Runtime(
-            FileRunStore(data_dir.path),
+            stores.run_store(),
             [SIGNUP],
             app[SERVICES],
             max_live=settings.max_live_actors,
@@ -133,7 +134,7 @@ def build_app(settings: Settings, data_dir: DataDir, public_url: str, *, autosta
         runtime.index.subscribe(metrics.observe)
         runtime.index.subscribe(log_entries)
         metrics.add_gauges(runtime, lambda: hub.clients)
-        webhooks.attach(app, settings, data_dir.path, runtime, hub, metrics)
+        webhooks.attach(app, settings, stores, runtime, hub, metrics)
         if autostart:
             await start_engine(app)
         yield

@@ -28,7 +28,7 @@ from aiohttp import web
 from userflow.http.clients import Clients, host_of, is_loopback_host
 from userflow.http.errors import ApiError, Handler
 from userflow.storage import StorageError
-from userflow.storage.operators import Operators, OperatorFile, Role, Session, digest
+from userflow.storage.operators import Operators, OperatorStore, Role, Session, digest
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +62,9 @@ PRINCIPAL = web.RequestKey("principal", Principal)
 
 
 class Authenticator:
-    """Accounts and sessions as the data dir holds them, re-read when the file changes."""
+    """Accounts and sessions as the store holds them, re-read when they change."""
 
-    def __init__(self, store: OperatorFile, env_token: str | None = None) -> None:
+    def __init__(self, store: OperatorStore, env_token: str | None = None) -> None:
         self.store = store
         self._env_hash = digest(env_token) if env_token else None
         self._operators = Operators()

@@ -29,7 +29,7 @@ from userflow.http.clients import is_loopback_host  # noqa: E402
 from userflow.http.config import Settings, parser, settings_from  # noqa: E402
 from userflow.http.protocol import Runner  # noqa: E402
 from userflow.storage import DataDir, DataDirBusy, StorageError  # noqa: E402
-from userflow.storage.operators import OperatorFile  # noqa: E402
+from userflow.storage.stores import FileStores, Stores  # noqa: E402
 
 gc.enable()
 
@@ -69,23 +69,45 @@ def open_data_dir(settings: Settings) -> DataDir:
         raise StartupError(f"cannot use data dir {settings.data_dir}: {reason(exc)}") from None
 
 
-def check_exposure(settings: Settings, data_dir: DataDir) -> bool:
+def open_stores(settings: Settings) -> Stores:
+    """The database when a URL is given (connected, migrated, watched), else the data dir."""
+    if not settings.database_url:
+        return FileStores(open_data_dir(settings))
+    from userflow.actors.definitions import Definitions
+    from userflow.actors.signup import SIGNUP
+    from userflow.storage.postgres import DatabaseUnavailable, SchemaBusy, SchemaTooNew
+    from userflow.storage.postgres.stores import PgStores
+
+    try:
+        stores = PgStores.open(settings.database_url, Definitions([SIGNUP]).keys)
+    except (DatabaseUnavailable, SchemaTooNew, SchemaBusy) as exc:
+        raise StartupError(str(exc)) from None
+    try:
+        stores.watch()
+    except StorageError as exc:
+        stores.close()
+        raise StartupError(str(exc.strerror or exc)) from None
+    return stores
+
+
+def check_exposure(settings: Settings, stores: Stores) -> bool:
     """Whether operator accounts exist; refuse a non-loopback address without one."""
     try:
-        accounts = bool(OperatorFile(data_dir.path).load().accounts)
+        accounts = bool(stores.operators.load().accounts)
     except StorageError as exc:
         raise StartupError(f"cannot read the operator accounts: {exc.strerror or exc}") from None
     accounts = accounts or bool(settings.operator_token)
     if not accounts and not is_loopback_host(settings.host):
+        where = "--database-url \"$USERFLOW_DATABASE_URL\"" if settings.database_url else f"--data-dir {settings.data_dir}"
         raise StartupError(
             f"refusing to listen on {settings.host} with no operator account: anyone who reaches it could "
             f"read and act on every user. Add one with `userflow operators add NAME --role operator "
-            f"--data-dir {settings.data_dir}` (or set USERFLOW_OPERATOR_TOKEN), or listen on 127.0.0.1"
+            f"{where}` (or set USERFLOW_OPERATOR_TOKEN), or listen on 127.0.0.1"
         )
     return accounts
 
 
-async def serve(settings: Settings, data_dir: DataDir, accounts: bool) -> None:
+async def serve(settings: Settings, stores: Stores, accounts: bool) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -96,10 +118,10 @@ async def serve(settings: Settings, data_dir: DataDir, accounts: bool) -> None:
     port = sock.getsockname()[1]
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     try:
-        app = build_app(settings, data_dir, settings.base_url(port), autostart=False)
-    except (TemplateError, SmtpSettingsError) as exc:  # an email template, or the sender address, unusable
+        app = build_app(settings, stores, settings.base_url(port), autostart=False)
+    except (TemplateError, SmtpSettingsError, StorageError) as exc:  # a template, the sender address, the token key
         sock.close()
-        raise StartupError(str(exc)) from None
+        raise StartupError(getattr(exc, "strerror", None) or str(exc)) from None
     runner = Runner(app, handle_signals=False, shutdown_timeout=10, access_log=None)
     try:
         try:
@@ -107,7 +129,7 @@ async def serve(settings: Settings, data_dir: DataDir, accounts: bool) -> None:
             await web.SockSite(runner, sock).start()
             await start_engine(app)  # /healthz answers meanwhile; /readyz once this is done
         except (OSError, StorageError) as exc:
-            raise StartupError(f"cannot use data dir {data_dir.path}: {reason(exc)}") from None
+            raise StartupError(f"cannot use {stores.where}: {reason(exc)}") from None
         if not accounts:
             log.warning("no operator account: the dashboard and operator API answer only local clients (127.0.0.1, ::1)")
         logs.flush()  # the start-up log is out before anyone is told the server listens
@@ -127,20 +149,20 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_from(args)
     logs.configure(settings.log_level)
     try:
-        data_dir = open_data_dir(settings)
+        stores = open_stores(settings)
     except StartupError as exc:
         logs.flush()
         print(f"userflow: {exc}", file=sys.stderr)
         return 2
     try:
-        accounts = check_exposure(settings, data_dir)
-        asyncio.run(serve(settings, data_dir, accounts))
+        accounts = check_exposure(settings, stores)
+        asyncio.run(serve(settings, stores, accounts))
     except StartupError as exc:
         logs.flush()
         print(f"userflow: {exc}", file=sys.stderr)
         return 2
     finally:
-        data_dir.close()
+        stores.close()
     return 0
 
 

@@ -16,6 +16,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     data_dir: str = "./userflow-data"
+    database_url: str | None = None  # PostgreSQL instead of the data dir (USERFLOW_DATABASE_URL)
     public_url: str | None = None
     smtp_url: str | None = None
     mail_from: str = "userflow <no-reply@userflow.localhost>"
@@ -189,6 +190,16 @@ def _schedule(text: str) -> tuple[float, ...]:
     return delays
 
 
+def _database_url(text: str) -> str:
+    from userflow.storage.postgres.connect import DatabaseUnavailable, parse
+
+    try:
+        parse(text)
+    except DatabaseUnavailable as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def version() -> str:
     try:
         return metadata.version("userflow")
@@ -247,6 +258,7 @@ def parser() -> argparse.ArgumentParser:
     option("--host", "USERFLOW_HOST", str, d.host, "address to listen on; another than loopback needs an operator account")
     option("--port", "USERFLOW_PORT", _port, d.port, "port to listen on, 0 for a free one")
     option("--data-dir", "USERFLOW_DATA_DIR", str, d.data_dir, "where everything durable lives")
+    option("--database-url", "USERFLOW_DATABASE_URL", _database_url, None, "keep everything in this PostgreSQL database (14 or newer) instead of the data dir: postgresql://USER:PASSWORD@HOST:PORT/DATABASE; prefer the environment variable, which `ps` does not show", "unset = the data dir")
     option("--public-url", "USERFLOW_PUBLIC_URL", _url(("http", "https")), None, "base URL of links in emails and of the dashboard", "http://HOST:PORT")
     option("--smtp-url", "USERFLOW_SMTP_URL", _url(("smtp", "smtps")), None, "SMTP server (forms below)", "unset = outbox mode: emails kept in the data dir")
     option("--mail-from", "USERFLOW_MAIL_FROM", str, d.mail_from, "sender address of emails")
@@ -273,7 +285,7 @@ def parser() -> argparse.ArgumentParser:
     operators = commands.add_parser(
         "operators",
         help="operator accounts: add, list, remove",
-        description="Operator accounts of a data dir; changes apply to a running server within seconds.",
+        description="Operator accounts of a data dir or a database; changes apply to running servers within seconds.",
     )
     actions = operators.add_subparsers(dest="action", required=True, metavar="{add,list,remove}")
     data_dir = _env("USERFLOW_DATA_DIR") or d.data_dir
@@ -284,8 +296,10 @@ def parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help="one JSON document instead of a table")
     remove = actions.add_parser("remove", help="remove an account; its token and sessions stop working")
     remove.add_argument("name")
+    database_url = _env("USERFLOW_DATABASE_URL")
     for sub in (add, listing, remove):
         sub.add_argument("--data-dir", default=data_dir, help=f"the server's data dir (env USERFLOW_DATA_DIR; default {data_dir})")
+        sub.add_argument("--database-url", type=_database_url, default=database_url, help="the server's database, when it keeps everything in PostgreSQL (env USERFLOW_DATABASE_URL)")
     return main
 
 
@@ -319,6 +333,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         host=args.host,
         port=args.port,
         data_dir=args.data_dir,
+        database_url=args.database_url,
         public_url=args.public_url,
         smtp_url=args.smtp_url,
         mail_from=args.mail_from,

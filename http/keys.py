@@ -10,6 +10,7 @@ from userflow.http.config import Settings
 from userflow.http.events import EventHub
 from userflow.http.metrics import Metrics
 from userflow.http.ratelimit import RateLimiter
+from userflow.storage.stores import Stores
 
 SETTINGS = web.AppKey("settings", Settings)
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -22,3 +23,4 @@ SIGNIN_LIMIT = web.AppKey("signin_limit", RateLimiter)
 AUTH = web.AppKey("auth", Authenticator)
 CLIENTS = web.AppKey("clients", Clients)
 PUBLIC_URL = web.AppKey("public_url", str)
+STORES = web.AppKey("stores", Stores)

@@ -15,17 +15,37 @@ import time
 import orjson
 
 from userflow.storage import StorageError
-from userflow.storage.operators import AccountError, OperatorFile, Role
+from userflow.storage.operators import AccountError, OperatorFile, OperatorStore, Role
 
 
 def run(args: argparse.Namespace) -> int:
-    store = OperatorFile(os.path.abspath(args.data_dir))
+    if args.database_url:
+        return _on_database(args)
+    return _on(OperatorFile(os.path.abspath(args.data_dir)), args)
+
+
+def _on_database(args: argparse.Namespace) -> int:
+    from userflow.storage.postgres import DatabaseUnavailable, SchemaBusy, SchemaTooNew
+    from userflow.storage.postgres.stores import PgStores
+
+    try:
+        stores = PgStores.open(args.database_url, max_connections=2)
+    except (DatabaseUnavailable, SchemaTooNew, SchemaBusy) as exc:
+        print(f"userflow: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return _on(stores.operators, args)
+    finally:
+        stores.close()
+
+
+def _on(store: OperatorStore, args: argparse.Namespace) -> int:
     try:
         if args.action == "add":
             token = store.add(args.name, Role(args.role))
             print(token, flush=True)
             print(
-                f"added {args.name} ({args.role}) to {store.directory}; this token is shown once, keep it secret",
+                f"added {args.name} ({args.role}) to {store.where}; this token is shown once, keep it secret",
                 file=sys.stderr,
             )
         elif args.action == "remove":
@@ -37,12 +57,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"userflow: {exc}", file=sys.stderr)
         return 1
     except (StorageError, OSError) as exc:
-        print(f"userflow: cannot use the accounts of {store.directory}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"userflow: cannot use the accounts of {store.where}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     return 0
 
 
-def _list(store: OperatorFile, as_json: bool) -> None:
+def _list(store: OperatorStore, as_json: bool) -> None:
     operators = store.load()
     now = time.time()
     rows = [

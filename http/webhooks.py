@@ -25,7 +25,7 @@ from userflow.http.events import EventHub
 from userflow.http.keys import CLIENTS
 from userflow.http.metrics import Metrics
 from userflow.http.validation import query_cursor, query_limit
-from userflow.storage.deliveries import DeliveryLog
+from userflow.storage.stores import Stores
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +34,13 @@ _DELIVERY_ID = re.compile(r"dlv_[A-Za-z0-9]{1,64}_[0-9]{1,6}_[0-9]{1,3}")
 STATUSES = (PENDING, DELIVERED, FAILED)
 
 
-def attach(app: web.Application, settings: Settings, data_dir: str, runtime: Runtime, hub: EventHub, metrics: Metrics) -> None:
+def attach(app: web.Application, settings: Settings, stores: Stores, runtime: Runtime, hub: EventHub, metrics: Metrics) -> None:
     """Deliver the engine's events, when a webhook URL is configured."""
     if not settings.webhook_urls:
         return
     webhooks = Webhooks(
         WebhookSettings(settings.webhook_urls, settings.webhook_secrets, settings.webhook_timeout, settings.webhook_schedule),
-        DeliveryLog(data_dir),
+        stores.deliveries(),
         asyncio.get_running_loop(),
     )
     runtime.index.subscribe(webhooks.on_commit)

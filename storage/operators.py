@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
 import orjson
 
@@ -76,8 +77,34 @@ class Operators:
         return next((a for a in self.accounts if a.name == name), None)
 
 
+class OperatorStore(Protocol):
+    """Where accounts and sessions are kept: the data dir's file, or the database's tables."""
+
+    where: str  # for messages: the data dir, or the database (no password)
+
+    def stamp(self) -> object:
+        """Changes whenever the accounts or sessions change (cheap: asked every second)."""
+        ...
+
+    def load(self) -> Operators: ...
+
+    def add(self, name: str, role: Role) -> str: ...
+
+    def remove(self, name: str) -> int: ...
+
+    def open_session(self, name: str, ttl: float) -> tuple[str, Session]: ...
+
+    def end_session(self, id_hash: str) -> bool: ...
+
+
 def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_session(name: str, ttl: float) -> tuple[str, Session]:
+    """A session id (for the cookie, never kept) and the record kept of it."""
+    session_id = secrets.token_urlsafe(32)
+    return session_id, Session(digest(session_id), name, time.time() + ttl)
 
 
 def new_token() -> str:
@@ -98,6 +125,7 @@ class OperatorFile:
 
     def __init__(self, directory: str) -> None:
         self.directory = directory
+        self.where = directory
         self.path = os.path.join(directory, FILE)
 
     # -- reading (no lock) ------------------------------------------------------------
@@ -152,8 +180,7 @@ class OperatorFile:
 
     def open_session(self, name: str, ttl: float) -> tuple[str, Session]:
         """A new session for the account: its id (for the cookie, not kept) and its record."""
-        session_id = secrets.token_urlsafe(32)
-        session = Session(digest(session_id), name, time.time() + ttl)
+        session_id, session = new_session(name, ttl)
         with self._changing() as current:
             # No check that the account exists: the one from USERFLOW_OPERATOR_TOKEN is not
             # stored, and a session is honoured only while its account exists anyway.

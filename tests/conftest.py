@@ -13,39 +13,70 @@ from aiohttp.test_utils import TestClient
 from userflow.http.app import build_app
 from userflow.http.config import Settings
 from tests import postgres
+from tests.helpers import StoresAt
 from tests.http_helpers import PUBLIC_URL, MakeClient
-from userflow.storage import DataDir
+
+
+@pytest.fixture(params=["files", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """The store a test runs on: the data dir, or PostgreSQL (a database of the test's own)."""
+    return request.param
 
 
 @pytest.fixture
-async def make_client(tmp_path: Path, aiohttp_client: Any) -> AsyncIterator[MakeClient]:
-    """A factory of test clients, each on an app with its own fresh data dir.
+def stores_at(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[StoresAt]:
+    """Opens the test backend's stores by name (reopening is a restart); closes them at the end."""
+    if backend == "postgres":
+        cluster: postgres.Cluster = request.getfixturevalue("postgres_cluster")
+        made: list[str] = []
+
+        def make_database(name: str) -> str:
+            made.append(cluster.create_database(f"{request.node.name}_{name}"))
+            return cluster.url(made[-1])
+
+        opener = StoresAt(str(tmp_path), make_database)
+    else:
+        opener = StoresAt(str(tmp_path))
+    try:
+        yield opener
+    finally:
+        opener.close_all()
+        if backend == "postgres":
+            if not cluster.running:
+                cluster.start()
+            for name in made:
+                cluster.drop_database(name)
+
+
+@pytest.fixture
+async def make_client(stores_at: StoresAt, aiohttp_client: Any) -> AsyncIterator[MakeClient]:
+    """A factory of test clients, each on an app with fresh stores of the test's backend.
 
     Keyword arguments override the test defaults of ``Settings`` (no injected
-    email failures). Clients are closed, so engines stop, before data dirs close.
+    email failures). Clients are closed, so engines stop, before stores close.
     """
-    opened: list[tuple[TestClient, DataDir]] = []
+    opened: list[tuple[TestClient, Any]] = []
 
     async def make(**overrides: Any) -> TestClient:
-        path = tmp_path / f"data{len(opened)}"
-        fields: dict[str, Any] = {"data_dir": str(path), "email_failure_rate": 0.0}
+        name = f"data{len(opened)}"
+        fields: dict[str, Any] = {"data_dir": stores_at.path(name), "email_failure_rate": 0.0}
         fields.update(overrides)
         settings = Settings(**fields)
-        data_dir = DataDir(str(path)).open()
+        stores = stores_at.open(name)
         try:
-            client = await aiohttp_client(build_app(settings, data_dir, PUBLIC_URL))
+            client = await aiohttp_client(build_app(settings, stores, PUBLIC_URL))
         except BaseException:
-            data_dir.close()
+            stores_at.close(stores)
             raise
-        opened.append((client, data_dir))
+        opened.append((client, stores))
         return client
 
     yield make
-    for client, data_dir in reversed(opened):
+    for client, stores in reversed(opened):
         try:
             await client.close()
         finally:
-            data_dir.close()
+            stores_at.close(stores)
 
 
 @pytest.fixture

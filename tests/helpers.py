@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 import pykka
+import pytest
 
 from userflow.actors.run_actor import RunActor
 from userflow.actors.runtime import Runtime
@@ -186,3 +187,59 @@ def runtimes_on(backend: str, request: Any, path: str) -> Runtimes:
     with psycopg.connect(database_url, autocommit=True) as connection:
         migrate(connection)
     return Runtimes(path, database_url)
+
+
+#: For a test of the data dir itself (its files, its disk): not run on PostgreSQL.
+DATA_DIR_ONLY = pytest.mark.parametrize("backend", ["files"])
+
+
+class StoresAt:
+    """The stores of a test's backend, opened and reopened (a restart) by name, closed at teardown.
+
+    On the data dir, each name is a directory under ``root``; on PostgreSQL, a
+    database of its own, made on first use (``make_database``) and kept for the test."""
+
+    def __init__(self, root: str, make_database: Callable[[str], str] | None = None) -> None:
+        self.root = root
+        self._make_database = make_database
+        self._urls: dict[str, str] = {}
+        self._open: list[Any] = []
+
+    @property
+    def backend(self) -> str:
+        return "files" if self._make_database is None else "postgres"
+
+    def url(self, name: str = "data") -> str:
+        assert self._make_database is not None, "the data dir has no database URL"
+        if name not in self._urls:
+            self._urls[name] = self._make_database(name)
+        return self._urls[name]
+
+    def path(self, name: str = "data") -> str:
+        return os.path.join(self.root, name)
+
+    def open(self, name: str = "data") -> Any:
+        """Open the stores ``name`` (they must not be open already)."""
+        if self._make_database is None:
+            from userflow.storage import DataDir
+            from userflow.storage.stores import FileStores
+
+            stores: Any = FileStores(DataDir(self.path(name)).open())
+        else:
+            from userflow.actors.definitions import Definitions
+            from userflow.actors.signup import SIGNUP
+            from userflow.storage.postgres.stores import PgStores
+
+            stores = PgStores.open(self.url(name), Definitions([SIGNUP]).keys, max_connections=4)
+            stores.watch()
+        self._open.append(stores)
+        return stores
+
+    def close(self, stores: Any) -> None:
+        if stores in self._open:
+            self._open.remove(stores)
+            stores.close()
+
+    def close_all(self) -> None:
+        while self._open:
+            self._open.pop().close()

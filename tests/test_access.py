@@ -25,6 +25,7 @@ from userflow.http.app import build_app
 from userflow.http.auth import Access
 from userflow.http.config import Settings
 from userflow.storage import DataDir
+from userflow.storage.stores import FileStores
 
 FOREIGN = "https://evil.example"
 
@@ -128,7 +129,7 @@ def route_table(tmp: Path) -> list[tuple[str, str, Access]]:
     """(method, path, access) of every route the application registers."""
     data_dir = DataDir(str(tmp / "routes")).open()
     try:
-        app = build_app(Settings(data_dir=data_dir.path), data_dir, "http://127.0.0.1:1", autostart=False)
+        app = build_app(Settings(data_dir=data_dir.path), FileStores(data_dir), "http://127.0.0.1:1", autostart=False)
         from userflow.http.openapi import ROLES
 
         return sorted((method, path, Access(role)) for (method, path), role in app[ROLES].items())

@@ -7,6 +7,7 @@ import stat
 
 import pytest
 
+from tests.helpers import DATA_DIR_ONLY
 from tests.http_helpers import wait_run, waiting_signup
 from userflow.storage import faults
 
@@ -26,6 +27,7 @@ def full_disk():
     faults.arm("")
 
 
+@DATA_DIR_ONLY
 async def test_a_full_disk_answers_503_loses_nothing_accepted_and_recovers(client, full_disk, tmp_path):
     accepted, token_a = await waiting_signup(client, "ann@example.com", "Ann Lee")
     run_a = accepted["workflowId"]
@@ -53,6 +55,7 @@ async def test_a_full_disk_answers_503_loses_nothing_accepted_and_recovers(clien
     assert done["user"]["status"] == "ACTIVE"
 
 
+@DATA_DIR_ONLY
 async def test_everything_in_the_data_dir_is_owner_only(client, tmp_path):
     await waiting_signup(client, "ann@example.com", "Ann Lee")
     checked = 0

@@ -10,15 +10,13 @@ itself (a deadline plus a margin), never for a guessed pause.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 from userflow.http.app import build_app
 from userflow.http.config import Settings
-from userflow.storage import DataDir
 
-from tests.helpers import epoch
+from tests.helpers import StoresAt, epoch
 from tests.http_helpers import (
     PUBLIC_URL,
     MakeClient,
@@ -270,13 +268,13 @@ def test_expiry_that_passed_while_down_fires_at_once_after_restart(servers, tmp_
 # -- in process, across a restart ------------------------------------------------------------
 
 
-async def test_no_reminder_for_a_link_that_expired_while_the_server_was_down(tmp_path: Path, aiohttp_client: Any) -> None:
-    path = str(tmp_path / "data")
+async def test_no_reminder_for_a_link_that_expired_while_the_server_was_down(stores_at: StoresAt, aiohttp_client: Any) -> None:
+    path = stores_at.path()
     settings = Settings(data_dir=path, email_failure_rate=0.0, verify_ttl=1.5, reminder_after=0.7)
 
-    data_dir = DataDir(path).open()
+    stores = stores_at.open()
     try:
-        client = await aiohttp_client(build_app(settings, data_dir, PUBLIC_URL))
+        client = await aiohttp_client(build_app(settings, stores, PUBLIC_URL))
         try:
             accepted = await signup(client, "fay@example.com", "Fay Wray")
             run_id = accepted["workflowId"]
@@ -284,15 +282,15 @@ async def test_no_reminder_for_a_link_that_expired_while_the_server_was_down(tmp
         finally:
             await client.close()
     finally:
-        data_dir.close()
+        stores_at.close(stores)
     deadlines = step_of(waiting, "wait-for-verification")["deadlines"]
     assert set(deadlines) == {"reminder", "expiry"}
 
     await until_clock(epoch(deadlines["expiry"]) + 0.2)  # down until both deadlines have passed
 
-    data_dir = DataDir(path).open()
+    stores = stores_at.open()
     try:
-        client = await aiohttp_client(build_app(settings, data_dir, PUBLIC_URL))
+        client = await aiohttp_client(build_app(settings, stores, PUBLIC_URL))
         try:
             done = await wait_run(client, run_id, "COMPLETED")
             assert done["outcome"] == "expired"
@@ -302,4 +300,4 @@ async def test_no_reminder_for_a_link_that_expired_while_the_server_was_down(tmp
         finally:
             await client.close()
     finally:
-        data_dir.close()
+        stores_at.close(stores)

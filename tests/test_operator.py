@@ -9,7 +9,6 @@ the run itself names (a deadline plus a margin).
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,9 +16,8 @@ from aiohttp.test_utils import TestClient
 from userflow.http.app import build_app
 from userflow.http.config import Settings
 from userflow.http.keys import RUNTIME
-from userflow.storage import DataDir
 
-from tests.helpers import epoch
+from tests.helpers import StoresAt, epoch
 from tests.http_helpers import (
     PUBLIC_URL,
     MakeClient,
@@ -53,14 +51,14 @@ async def verify(client: TestClient, token: str) -> None:
 # -- retry ------------------------------------------------------------------------------------
 
 
-async def test_retry_resumes_a_failed_run_with_a_fresh_attempt_budget(tmp_path: Path, aiohttp_client: Any) -> None:
-    path = str(tmp_path / "data")
+async def test_retry_resumes_a_failed_run_with_a_fresh_attempt_budget(stores_at: StoresAt, aiohttp_client: Any) -> None:
+    path = stores_at.path()
 
     # 1. Every email attempt fails: the run is FAILED once --email-retry-for has passed, the error visible.
-    data_dir = DataDir(path).open()
+    stores = stores_at.open()
     try:
         settings = Settings(data_dir=path, email_failure_rate=1.0, email_retry_for=2.0, email_max_backoff=0.5)
-        client = await aiohttp_client(build_app(settings, data_dir, PUBLIC_URL))
+        client = await aiohttp_client(build_app(settings, stores, PUBLIC_URL))
         try:
             accepted = await signup(client, "ann@example.com")
             run_id = accepted["workflowId"]
@@ -68,7 +66,7 @@ async def test_retry_resumes_a_failed_run_with_a_fresh_attempt_budget(tmp_path: 
         finally:
             await client.close()  # the engine stops with the app
     finally:
-        data_dir.close()
+        stores_at.close(stores)
     email_step = step_of(failed, "send-verification-email")
     assert email_step["status"] == "FAILED"
     tries = len(email_step["attempts"])
@@ -79,9 +77,9 @@ async def test_retry_resumes_a_failed_run_with_a_fresh_attempt_budget(tmp_path: 
     assert failed["currentStep"] == "send-verification-email"
 
     # 2. The same data dir, emails working again: the operator retries.
-    data_dir = DataDir(path).open()
+    stores = stores_at.open()
     try:
-        client = await aiohttp_client(build_app(Settings(data_dir=path, email_failure_rate=0.0), data_dir, PUBLIC_URL))
+        client = await aiohttp_client(build_app(Settings(data_dir=path, email_failure_rate=0.0), stores, PUBLIC_URL))
         try:
             recovered = await wait_run(client, run_id, "FAILED")
             assert step_of(recovered, "send-verification-email")["attempts"] == email_step["attempts"]
@@ -121,7 +119,7 @@ async def test_retry_resumes_a_failed_run_with_a_fresh_attempt_budget(tmp_path: 
         finally:
             await client.close()
     finally:
-        data_dir.close()
+        stores_at.close(stores)
 
 
 # -- cancel -----------------------------------------------------------------------------------

@@ -8,6 +8,11 @@ releases them together, so a commit costs a share of one round trip and one
 WAL flush instead of one each. A commit returns only once its transaction
 has committed: what the engine acknowledges is in the database.
 
+Each commit also writes the run's lookup keys (its address, user id, token
+hashes), given by the workflow, so that the run holding a key can be found
+in the database; a key written once for a run is not written again while
+the run is active.
+
 A document never goes back: an upsert of an older version than the stored
 one changes nothing, so a commit retried after its transaction's fate was
 unknown (the connection dropped) is harmless.
@@ -17,16 +22,18 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Container, Iterator
+from collections.abc import Callable, Container, Iterator, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
 import orjson
+import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from userflow.storage.atomic import StorageError
 from userflow.storage.port import IndexCache, StoredRun
+from userflow.storage.postgres.connect import one_line
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +47,13 @@ ON CONFLICT (id) DO UPDATE SET
 WHERE runs.version < excluded.version
 """
 _INSERT_ENTRY = "INSERT INTO timeline (run_id, seq, entry) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING"
+# A key names one run at a time: a later run takes it over, as in the engine's index.
+_PUT_KEY = """
+INSERT INTO lookup_keys (kind, key, run_id) VALUES (%s, %s, %s)
+ON CONFLICT (kind, key) DO UPDATE SET run_id = excluded.run_id WHERE lookup_keys.run_id <> excluded.run_id
+"""
+_FINISHED = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
+KeysOf = Callable[[Mapping[str, Any]], dict[str, list[str]]]
 SCAN_BATCH = 1000
 
 
@@ -85,8 +99,10 @@ class PgRunHandle:
 
 
 class PgRunStore:
-    def __init__(self, pool: ConnectionPool) -> None:
+    def __init__(self, pool: ConnectionPool, keys: KeysOf | None = None) -> None:
         self._pool = pool
+        self._keys_of = keys
+        self._written_keys: dict[str, set[tuple[str, str]]] = {}  # per active run, touched by the committer only
         self._queue: list[_Commit] = []
         self._cond = threading.Condition()
         self._stopped = False
@@ -99,21 +115,36 @@ class PgRunStore:
         return PgRunHandle(self, run_id)
 
     def read(self, run_id: str) -> StoredRun | None:
-        with self._pool.connection() as connection:
-            row = connection.execute("SELECT document FROM runs WHERE id = %s", (run_id,)).fetchone()
-            if row is None:
-                return None
-            entries = connection.execute("SELECT entry FROM timeline WHERE run_id = %s ORDER BY seq", (run_id,)).fetchall()
+        try:
+            with self._pool.connection() as connection:
+                row = connection.execute("SELECT document FROM runs WHERE id = %s", (run_id,)).fetchone()
+                if row is None:
+                    return None
+                entries = connection.execute("SELECT entry FROM timeline WHERE run_id = %s ORDER BY seq", (run_id,)).fetchall()
+        except (psycopg.Error, OSError) as exc:
+            raise _unavailable("read from", exc) from None
         return StoredRun(row[0], [entry for (entry,) in entries])
+
+    def lookup(self, kind: str, key: str) -> str | None:
+        """The run holding a lookup key, as the database has it."""
+        try:
+            with self._pool.connection() as connection:
+                row = connection.execute("SELECT run_id FROM lookup_keys WHERE kind = %s AND key = %s", (kind, key)).fetchone()
+        except (psycopg.Error, OSError) as exc:
+            raise _unavailable("read from", exc) from None
+        return row[0] if row else None
 
     def scan(self, skip: Container[str] = ()) -> Iterator[dict[str, Any]]:
         """Every run's document, in id order, a batch at a time (keyset paging: no long transaction)."""
         after = ""
         while True:
-            with self._pool.connection() as connection:
-                rows = connection.execute(
-                    "SELECT id, document FROM runs WHERE id > %s ORDER BY id LIMIT %s", (after, SCAN_BATCH)
-                ).fetchall()
+            try:
+                with self._pool.connection() as connection:
+                    rows = connection.execute(
+                        "SELECT id, document FROM runs WHERE id > %s ORDER BY id LIMIT %s", (after, SCAN_BATCH)
+                    ).fetchall()
+            except (psycopg.Error, OSError) as exc:
+                raise _unavailable("read from", exc) from None
             if not rows:
                 return
             for run_id, document in rows:
@@ -162,10 +193,34 @@ class PgRunStore:
                 entries = [(item.run["id"], entry["seq"], Jsonb(entry)) for item in batch for entry in item.entries]
                 if entries:
                     cursor.executemany(_INSERT_ENTRY, entries)
+                keys = self._new_keys(batch)
+                if keys:
+                    cursor.executemany(_PUT_KEY, keys)
         except Exception as exc:  # noqa: BLE001 - every waiter learns of it
-            log.error("run commit failed (%d runs): %s", len(batch), exc)
-            error = StorageError(5, f"could not persist to the database: {' '.join(str(exc).split())}")
+            log.error("run commit failed (%d runs): %s", len(batch), one_line(exc))
+            error = _unavailable("persist to", exc)
             for item in batch:
                 item.error = error
+                self._written_keys.pop(item.run["id"], None)  # not known to be written: write them again
         for item in batch:
+            if item.run["status"] in _FINISHED:
+                self._written_keys.pop(item.run["id"], None)
             item.done.set()
+
+    def _new_keys(self, batch: list[_Commit]) -> list[tuple[str, str, str]]:
+        if self._keys_of is None:
+            return []
+        new: list[tuple[str, str, str]] = []
+        for item in batch:
+            run_id = item.run["id"]
+            written = self._written_keys.setdefault(run_id, set())
+            for kind, values in self._keys_of(item.run).items():
+                for value in values:
+                    if (kind, value) not in written:
+                        written.add((kind, value))
+                        new.append((kind, value, run_id))
+        return new
+
+
+def _unavailable(doing: str, exc: BaseException) -> StorageError:
+    return StorageError(5, f"could not {doing} the database: {one_line(exc)}")

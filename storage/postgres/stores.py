@@ -1,0 +1,111 @@
+"""The server's stores in one PostgreSQL database: runs, lookup keys, accounts,
+deliveries and the token key, over one pool of connections.
+
+Opening checks the database (reachable, new enough), applies the schema's
+migrations, and makes the token key if the database has none. Afterwards a
+thread asks the database for ``SELECT 1`` every second: ``available`` is
+what ``/readyz`` answers, and the log says once when the database goes away
+and once when it is back. Nothing waits on that thread: a request that
+needs the database while it is away gets its own error, a 503.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from userflow.storage.atomic import StorageError
+from userflow.storage.postgres.connect import APPLICATION_NAME, one_line, open_pool, parse, where
+from userflow.storage.postgres.deliveries import PgDeliveries
+from userflow.storage.postgres.operators import PgOperators
+from userflow.storage.postgres.runs import PgRunStore
+from userflow.storage.postgres.schema import migrate
+
+log = logging.getLogger(__name__)
+
+PROBE_EVERY = 1.0
+KeysOf = Callable[[Mapping[str, Any]], dict[str, list[str]]]
+
+
+class PgStores:
+    def __init__(self, pool: ConnectionPool, where: str, keys: KeysOf | None = None) -> None:
+        self.pool = pool
+        self.where = where
+        self.operators = PgOperators(pool, where)
+        self._keys = keys
+        self._available = True
+        self._stop = threading.Event()
+        self._probe: threading.Thread | None = None
+
+    @classmethod
+    def open(cls, url: str, keys: KeysOf | None = None, *, max_connections: int = 10) -> PgStores:
+        """Connect, migrate, and start watching; DatabaseUnavailable, SchemaTooNew or SchemaBusy if not."""
+        pool = open_pool(url, min_size=2, max_size=max_connections, timeout=5.0)
+        try:
+            with psycopg.connect(url, autocommit=True, application_name=APPLICATION_NAME) as connection:
+                applied = migrate(connection)
+        except BaseException:
+            pool.close()
+            raise
+        stores = cls(pool, where(parse(url)), keys)
+        if applied:
+            log.info("database schema migrated to version %d", applied[-1])
+        return stores
+
+    def run_store(self) -> PgRunStore:
+        return PgRunStore(self.pool, self._keys)
+
+    def deliveries(self) -> PgDeliveries:
+        return PgDeliveries(self.pool)
+
+    def secret(self) -> bytes:
+        # Nodes starting together each offer a key; the first committed is everyone's.
+        try:
+            with self.pool.connection() as connection:
+                connection.execute(
+                    "INSERT INTO secrets (name, value) VALUES ('tokens', %s) ON CONFLICT (name) DO NOTHING",
+                    (secrets.token_bytes(32),),
+                )
+                row = connection.execute("SELECT value FROM secrets WHERE name = 'tokens'").fetchone()
+        except (psycopg.Error, OSError) as exc:
+            raise StorageError(5, f"the token key cannot be read from the database: {one_line(exc)}") from None
+        assert row is not None
+        return bytes(row[0])
+
+    # -- watching -----------------------------------------------------------------------
+
+    def watch(self) -> None:
+        """Keep the accounts' copy fresh and the database's availability known (a server does this)."""
+        self.operators.watch()
+        self._probe = threading.Thread(target=self._watch, name="userflow-pg-probe", daemon=True)
+        self._probe.start()
+
+    def available(self) -> bool:
+        return self._available
+
+    def _watch(self) -> None:
+        while not self._stop.wait(PROBE_EVERY):
+            try:
+                with self.pool.connection(timeout=2.0) as connection:
+                    connection.execute("SELECT 1")
+                error = None
+            except Exception as exc:  # noqa: BLE001 - any failure means: not available
+                error = one_line(exc) or type(exc).__name__
+            if error is not None and self._available:
+                log.error("the database %s cannot be reached: %s; requests that need it answer 503", self.where, error)
+            elif error is None and not self._available:
+                log.info("the database %s is reachable again", self.where)
+            self._available = error is None
+
+    def close(self) -> None:
+        self._stop.set()
+        self.operators.close()
+        if self._probe is not None:
+            self._probe.join(timeout=5)
+        self.pool.close()

@@ -1,0 +1,63 @@
+"""Everything durable of one server, in one place: the data dir, or a PostgreSQL database.
+
+The server asks its :class:`Stores` for each kind of thing it keeps (runs,
+operator accounts, webhook deliveries, the key tokens are derived from) and
+never learns which backend answers. ``open_stores`` picks one from the
+settings: the database when a URL is given, else the data dir.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from userflow.storage.datadir import DataDir
+from userflow.storage.deliveries import DeliveryLog, DeliveryStore
+from userflow.storage.operators import OperatorFile, OperatorStore
+from userflow.storage.port import RunStore
+from userflow.storage.runs import FileRunStore
+
+
+class Stores(Protocol):
+    where: str  # for messages: the data dir's path, or the database's URL without its password
+    operators: OperatorStore
+
+    def run_store(self) -> RunStore:
+        """The store of runs (made once, at the engine's start; the engine closes it)."""
+        ...
+
+    def deliveries(self) -> DeliveryStore: ...
+
+    def secret(self) -> bytes:
+        """The key verification tokens are derived from: made once, then always the same."""
+        ...
+
+    def available(self) -> bool:
+        """Whether what needs the store can be served now (``/readyz``)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class FileStores:
+    """The data dir: runs in ``runs/`` and the journal, accounts in ``operators.json``,
+    deliveries in ``webhooks/``, the token key in ``secret.key``."""
+
+    def __init__(self, data_dir: DataDir) -> None:
+        self.data_dir = data_dir
+        self.where = data_dir.path
+        self.operators = OperatorFile(data_dir.path)
+
+    def run_store(self) -> FileRunStore:
+        return FileRunStore(self.data_dir.path)
+
+    def deliveries(self) -> DeliveryLog:
+        return DeliveryLog(self.data_dir.path)
+
+    def secret(self) -> bytes:
+        return self.data_dir.secret()
+
+    def available(self) -> bool:
+        return True  # a disk that fails fails each write, which answers 503 itself
+
+    def close(self) -> None:
+        self.data_dir.close()
