@@ -84,6 +84,7 @@ class RunActor(SignalsMixin, DeadlinesMixin, CommandsMixin, pykka.ThreadingActor
         self._due = False  # the cursor should move once the current message is handled
         self._closing = False
         self._unsaved = False  # a completed step waiting for the next commit
+        self._missing = False  # activated for a run the store does not have
 
     # -- life cycle -----------------------------------------------------------
 
@@ -99,6 +100,7 @@ class RunActor(SignalsMixin, DeadlinesMixin, CommandsMixin, pykka.ThreadingActor
             else:
                 stored = self._handle.load()
                 if stored is None:
+                    self._missing = True
                     raise StorageError(2, f"run {self._run_id} has no stored snapshot")
                 self._run = Run(stored.run)
                 self._workflow, moved_from = self._parts.workflows.migrate(stored.run)
@@ -155,7 +157,10 @@ class RunActor(SignalsMixin, DeadlinesMixin, CommandsMixin, pykka.ThreadingActor
 
     def _fail(self, reason: str) -> None:
         self._closing = True
-        self._tell_supervisor(ActorFailed(self._run_id, self.actor_urn, reason, self._run.document.get("version", 0) > 0))
+        # A stored run stays known when it could not be read (the store is away): it is
+        # activated again later. Only a run never committed, or not stored at all, is forgotten.
+        stored = self._run.document.get("version", 0) > 0 or (self._created is None and not self._missing)
+        self._tell_supervisor(ActorFailed(self._run_id, self.actor_urn, reason, stored))
         self._drain_inbox()
         self.stop()
 

@@ -76,14 +76,18 @@ def open_stores(settings: Settings) -> Stores:
     from userflow.actors.definitions import Definitions
     from userflow.actors.signup import SIGNUP
     from userflow.storage.postgres import DatabaseUnavailable, SchemaBusy, SchemaTooNew
-    from userflow.storage.postgres.stores import PgStores
+    from userflow.storage.postgres.stores import DatabaseBusy, PgStores
 
     try:
         stores = PgStores.open(settings.database_url, Definitions([SIGNUP]).keys)
     except (DatabaseUnavailable, SchemaTooNew, SchemaBusy) as exc:
         raise StartupError(str(exc)) from None
     try:
+        stores.claim()
         stores.watch()
+    except (DatabaseBusy, DatabaseUnavailable) as exc:
+        stores.close()
+        raise StartupError(str(exc)) from None
     except StorageError as exc:
         stores.close()
         raise StartupError(str(exc.strerror or exc)) from None

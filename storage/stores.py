@@ -18,7 +18,7 @@ from userflow.storage.runs import FileRunStore
 
 
 class Stores(Protocol):
-    where: str  # for messages: the data dir's path, or the database's URL without its password
+    where: str  # for messages: "data dir PATH", or "database URL" (the URL without its password)
     operators: OperatorStore
 
     def run_store(self) -> RunStore:
@@ -44,7 +44,7 @@ class FileStores:
 
     def __init__(self, data_dir: DataDir) -> None:
         self.data_dir = data_dir
-        self.where = data_dir.path
+        self.where = f"data dir {data_dir.path}"
         self.operators = OperatorFile(data_dir.path)
 
     def run_store(self) -> FileRunStore:

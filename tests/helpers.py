@@ -218,6 +218,16 @@ class StoresAt:
     def path(self, name: str = "data") -> str:
         return os.path.join(self.root, name)
 
+    def env(self, name: str = "data") -> dict[str, str]:
+        """The environment that points a server process at the stores ``name``."""
+        return {} if self._make_database is None else {"USERFLOW_DATABASE_URL": self.url(name)}
+
+    def server(self, *args: str, name: str = "data", env: dict[str, str] | None = None) -> Any:
+        """A server process (not started) on the stores ``name``."""
+        from tests.server import Server
+
+        return Server(self.path(name), *args, env={**self.env(name), **(env or {})})
+
     def open(self, name: str = "data") -> Any:
         """Open the stores ``name`` (they must not be open already)."""
         if self._make_database is None:
@@ -231,6 +241,7 @@ class StoresAt:
             from userflow.storage.postgres.stores import PgStores
 
             stores = PgStores.open(self.url(name), Definitions([SIGNUP]).keys, max_connections=4)
+            stores.claim()
             stores.watch()
         self._open.append(stores)
         return stores

@@ -1,7 +1,7 @@
 """A crash loop: signups and clicks keep coming while the server is killed again and again.
 
 At random moments the server gets SIGKILL and is started again on the same
-data dir. Whatever was answered 202 (a signup) or 200 (a click) must end as a
+data dir or database. Whatever was answered 202 (a signup) or 200 (a click) must end as a
 completed run. Bounded for CI; a longer soak by hand:
 
     USERFLOW_SOAK_KILLS=30 python -m pytest tests/test_crash_loop.py -s
@@ -67,12 +67,12 @@ class Traffic:
                         self.verified.add(email["workflowId"])
 
 
-def test_kill_9_at_random_moments_loses_nothing_promised(tmp_path):
+def test_kill_9_at_random_moments_loses_nothing_promised(stores_at):
     rng = random.Random(os.environ.get("USERFLOW_SOAK_SEED", "7"))
     # The index is saved often, so kills also land during and between its saves
     # and most restarts take runs from it.
     flags = ("--email-failure-rate", "0.2", "--index-save-every", "0.3")
-    server = Server(str(tmp_path), *flags).start()
+    server = stores_at.server(*flags).start()
     traffic = Traffic(server)
     threads = [threading.Thread(target=traffic.signups, args=(w,), daemon=True) for w in range(3)]
     threads.append(threading.Thread(target=traffic.clicks, daemon=True))
@@ -83,7 +83,7 @@ def test_kill_9_at_random_moments_loses_nothing_promised(tmp_path):
         for _ in range(KILLS):
             time.sleep(rng.uniform(0.4, 1.5))  # chaos timing: a random moment, not a synchronisation
             assert server.kill() == -9
-            server = Server(str(tmp_path), *flags).start()
+            server = stores_at.server(*flags).start()
             servers.append(server)
             traffic.server = server
         time.sleep(rng.uniform(0.4, 1.0))

@@ -3,7 +3,7 @@
 For each point a server starts with ``USERFLOW_FAULTS`` naming it, a user signs
 up (and verifies, for points after the wait), the process dies with status
 137 at that point, and a server without the fault on the same data dir must
-finish the run: user ACTIVE, one user, and exactly one verification email
+finish the run (on each store): user ACTIVE, one user, and exactly one verification email
 delivered to a real SMTP server -- two with the same Message-ID only when the
 crash fell between the SMTP server's acceptance and the record of it.
 """
@@ -53,12 +53,12 @@ def try_request(server: Server, method: str, path: str, body=None):
 
 
 @pytest.mark.parametrize("point,phase,expected_sends", POINTS, ids=[p[0] for p in POINTS])
-def test_crash_point(tmp_path, point, phase, expected_sends):
+def test_crash_point(stores_at, point, phase, expected_sends):
     scope, where = point.split(":")
     with SmtpServer() as smtp:
         flags = ("--smtp-url", smtp.url, "--email-failure-rate", "0")
-        doomed = Server(str(tmp_path), *flags, env={"USERFLOW_FAULTS": f"crash:{point}"})
-        survivor = Server(str(tmp_path), *flags)
+        doomed = stores_at.server(*flags, env={"USERFLOW_FAULTS": f"crash:{point}"})
+        survivor = stores_at.server(*flags)
         try:
             doomed.start()
             status, answer = try_request(doomed, "POST", "/api/signup", {"email": "ann@example.com", "name": "Ann Lee"})

@@ -180,11 +180,12 @@ FLAGS = ("--email-failure-rate", "0", "--verify-ttl", "4", "--reminder-after", "
 
 
 @pytest.fixture
-def servers():
+def servers(stores_at):
+    """Server processes on the test backend's stores (the data dir given, or the test's database)."""
     started: list[Server] = []
 
     def make(data_dir: Any, *args: str) -> Server:
-        server = Server(str(data_dir), *args)
+        server = Server(str(data_dir), *args, env=stores_at.env())
         started.append(server)
         return server.start()
 

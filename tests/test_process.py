@@ -11,17 +11,20 @@ import orjson
 import pytest
 
 from tests.helpers import wait_until
+from tests.helpers import DATA_DIR_ONLY
 from tests.server import Server
 
 pytestmark = pytest.mark.timeout(180)
 
 
 @pytest.fixture
-def servers():
+def servers(stores_at):
+    """Server processes on the test backend's stores (the data dir given, or the test's database)."""
     started: list[Server] = []
 
     def make(data_dir, *args, **kwargs) -> Server:
-        server = Server(str(data_dir), *args, **kwargs)
+        env = {**stores_at.env(), **kwargs.pop("env", {})}
+        server = Server(str(data_dir), *args, env=env, **kwargs)
         started.append(server)
         return server.start()
 
@@ -119,9 +122,9 @@ def test_accepted_signups_and_verifications_survive_an_immediate_kill(servers, t
     assert len(again.get("/api/users?limit=200")["users"]) == len(emails)
 
 
-def test_second_server_on_the_same_data_dir_refuses_to_start(servers, tmp_path):
+def test_second_server_on_the_same_store_refuses_to_start(servers, stores_at, tmp_path):
     servers(tmp_path)
-    rival = Server(str(tmp_path))
+    rival = Server(str(tmp_path), env=stores_at.env())
     with pytest.raises(RuntimeError) as excinfo:
         rival.start()
     assert rival.proc is not None and rival.proc.returncode == 2
@@ -140,6 +143,7 @@ def test_sigterm_stops_cleanly_and_the_run_resumes(servers, tmp_path):
     assert len(outbox_by_run(again)[run["workflowId"]]) == 1
 
 
+@DATA_DIR_ONLY
 def test_restarts_from_the_saved_index_and_a_kill_after_one_loses_nothing(servers, tmp_path):
     first = servers(tmp_path, "--email-failure-rate", "0")
     runs = [first.request("POST", "/api/signup", {"email": f"ix{n}@example.com", "name": "Ix"})[1] for n in range(5)]
@@ -168,6 +172,7 @@ def test_restarts_from_the_saved_index_and_a_kill_after_one_loses_nothing(server
     assert {s["status"] for s in (third.get(f"/api/workflows/{r['workflowId']}") for r in runs[1:])} == {"WAITING"}
 
 
+@DATA_DIR_ONLY
 def test_the_index_saved_while_running_makes_the_start_after_a_kill_read_no_file(servers, tmp_path):
     server = servers(tmp_path, "--email-failure-rate", "0", "--index-save-every", "0.2")
     runs = [server.request("POST", "/api/signup", {"email": f"kx{n}@example.com", "name": "Kx"})[1] for n in range(4)]

@@ -21,7 +21,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from userflow.storage.atomic import StorageError
-from userflow.storage.postgres.connect import APPLICATION_NAME, one_line, open_pool, parse, where
+from userflow.storage.postgres.connect import APPLICATION_NAME, DatabaseUnavailable, one_line, open_pool, parse, where
 from userflow.storage.postgres.deliveries import PgDeliveries
 from userflow.storage.postgres.operators import PgOperators
 from userflow.storage.postgres.runs import PgRunStore
@@ -30,6 +30,12 @@ from userflow.storage.postgres.schema import migrate
 log = logging.getLogger(__name__)
 
 PROBE_EVERY = 1.0
+#: The session-level advisory lock a server holds on its database ("uflow" + 1).
+SERVER_LOCK = 0x75666C6F78
+
+
+class DatabaseBusy(RuntimeError):
+    """Another userflow server uses this database; the message is one line."""
 KeysOf = Callable[[Mapping[str, Any]], dict[str, list[str]]]
 
 
@@ -42,6 +48,8 @@ class PgStores:
         self._available = True
         self._stop = threading.Event()
         self._probe: threading.Thread | None = None
+        self._url = ""
+        self._lock: psycopg.Connection | None = None
 
     @classmethod
     def open(cls, url: str, keys: KeysOf | None = None, *, max_connections: int = 10) -> PgStores:
@@ -53,7 +61,8 @@ class PgStores:
         except BaseException:
             pool.close()
             raise
-        stores = cls(pool, where(parse(url)), keys)
+        stores = cls(pool, f"database {where(parse(url))}", keys)
+        stores._url = url
         if applied:
             log.info("database schema migrated to version %d", applied[-1])
         return stores
@@ -80,6 +89,26 @@ class PgStores:
 
     # -- watching -----------------------------------------------------------------------
 
+    def claim(self) -> None:
+        """Hold the database for this server alone, as the data dir's lock holds a directory:
+        two servers executing the same runs would each send their emails. The lock
+        lives with a connection of its own; DatabaseBusy if another server holds it."""
+        try:
+            connection = psycopg.connect(self._url, autocommit=True, application_name=APPLICATION_NAME, connect_timeout=5)
+        except psycopg.Error as exc:
+            raise DatabaseUnavailable(f"cannot use the {self.where}: {one_line(exc)}") from None
+        taken = connection.execute("SELECT pg_try_advisory_lock(%s)", (SERVER_LOCK,)).fetchone()
+        if not (taken and taken[0]):
+            holder = connection.execute(
+                "SELECT a.client_addr, a.pid FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+                "WHERE l.locktype = 'advisory' AND l.objid = %s AND l.granted",
+                (SERVER_LOCK & 0xFFFFFFFF,),
+            ).fetchone()
+            connection.close()
+            by = f" (database process {holder[1]}, client {holder[0] or 'local'})" if holder else ""
+            raise DatabaseBusy(f"the {self.where} is in use by another userflow server{by}; stop it or use another database")
+        self._lock = connection
+
     def watch(self) -> None:
         """Keep the accounts' copy fresh and the database's availability known (a server does this)."""
         self.operators.watch()
@@ -97,11 +126,27 @@ class PgStores:
                 error = None
             except Exception as exc:  # noqa: BLE001 - any failure means: not available
                 error = one_line(exc) or type(exc).__name__
+            if error is None:
+                error = self._keep_claim()
             if error is not None and self._available:
-                log.error("the database %s cannot be reached: %s; requests that need it answer 503", self.where, error)
+                log.error("the %s cannot be reached: %s; requests that need it answer 503", self.where, error)
             elif error is None and not self._available:
-                log.info("the database %s is reachable again", self.where)
+                log.info("the %s is reachable again", self.where)
             self._available = error is None
+
+    def _keep_claim(self) -> str | None:
+        """A restart of the database ends the lock's connection: take the lock again."""
+        if self._lock is None or not self._lock.closed and not self._lock.broken:
+            return None
+        try:
+            self._lock.close()
+            self.claim()
+        except DatabaseBusy as exc:
+            log.critical("%s", exc)  # another server took over while the database restarted
+            return str(exc)
+        except DatabaseUnavailable as exc:
+            return str(exc)
+        return None
 
     def close(self) -> None:
         self._stop.set()
@@ -109,3 +154,5 @@ class PgStores:
         if self._probe is not None:
             self._probe.join(timeout=5)
         self.pool.close()
+        if self._lock is not None:
+            self._lock.close()
