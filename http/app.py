@@ -129,7 +129,7 @@ def build_app(settings: Settings, stores: Stores, public_url: str, *, autostart:
             loop=asyncio.get_running_loop(),
         )
         app[RUNTIME] = runtime
-        hub = app[EVENTS] = EventHub(asyncio.get_running_loop())
+        hub = app[EVENTS] = EventHub(asyncio.get_running_loop(), journal=await asyncio.to_thread(stores.event_journal))
         runtime.index.subscribe(hub.publish_run)
         runtime.index.subscribe(metrics.observe)
         runtime.index.subscribe(log_entries)
@@ -161,6 +161,7 @@ async def start_engine(app: web.Application) -> None:
     # Once ready, the modules and the recovered index move to the permanent
     # generation, where later collections no longer walk them.
     runtime = app[RUNTIME]
+    await app[EVENTS].load()  # before runs resume: a client resuming gets the frames before and after
     hooks = app.get(WEBHOOKS)
     if hooks is not None:
         await hooks.load()  # before runs resume and commit new events

@@ -3,9 +3,13 @@
 Run actors publish after each commit (from their threads) into one bounded
 ring of recent events; each SSE client only keeps a cursor into that ring,
 so a slow or vanished client costs no memory and cannot slow anyone down.
-Event ids are ``BOOT-SEQ``: a client reconnecting with ``Last-Event-ID``
+Event ids are ``STREAM-SEQ``: a client reconnecting with ``Last-Event-ID``
 gets exactly what it missed, or a ``reset`` event (reload everything) when
-the id is from an earlier server process or has left the ring.
+the id is from another stream or has left the ring. On the data dir a stream
+lasts one server process. With a journal (the database keeps the events)
+the stream is the database's: frames are numbered by the journal before any
+client sees them, the ring starts from the journal's newest frames, and an
+id stays valid across restarts.
 """
 
 from __future__ import annotations
@@ -14,14 +18,20 @@ import asyncio
 import collections
 import contextlib
 import itertools
+import logging
 import secrets
+import threading
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from userflow.http import views
+from userflow.storage.port import EventJournal
+
+log = logging.getLogger(__name__)
 
 RING = 20_000
 HEARTBEAT = 15.0
@@ -37,8 +47,12 @@ class EventHub:
     ring, so readers and writers of the ring never contend.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, capacity: int = RING) -> None:
-        self.boot = secrets.token_hex(4)
+    def __init__(self, loop: asyncio.AbstractEventLoop, capacity: int = RING, journal: EventJournal | None = None) -> None:
+        self.boot = journal.stream if journal is not None else secrets.token_hex(4)
+        self._journal = journal
+        # One writer: the journal numbers frames in the order they were published.
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="userflow-events") if journal is not None else None
+        self._closed = threading.Event()  # wakes a writer waiting to try the journal again
         self._loop = loop
         self._ring: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=capacity)
         self._inbox: collections.deque[list[tuple[str, Any]]] = collections.deque()
@@ -67,15 +81,48 @@ class EventHub:
 
     def _drain(self) -> None:
         self._scheduled = False  # before draining: a later publish schedules again
-        boot = self.boot.encode()
+        bodies = []
         while self._inbox:
             for kind, data in self._inbox.popleft():
-                self._seq += 1
-                self._ring.append(
-                    (self._seq, b"id: %s-%d\nevent: %s\ndata: %s\n\n" % (boot, self._seq, kind.encode(), orjson.dumps(data)))
-                )
+                bodies.append(b"event: %s\ndata: %s\n\n" % (kind.encode(), orjson.dumps(data)))
+        if not bodies:
+            return
+        if self._writer is not None:
+            self._writer.submit(self._keep, bodies)
+            return
+        self._add([(self._seq + n, body) for n, body in enumerate(bodies, 1)])
+
+    def _add(self, numbered: list[tuple[int, bytes]]) -> None:
+        boot = self.boot.encode()
+        for seq, body in numbered:
+            self._ring.append((seq, b"id: %s-%d\n%s" % (boot, seq, body)))
+        if numbered:
+            self._seq = numbered[-1][0]
         self._changed.set()
         self._changed = asyncio.Event()
+
+    def _keep(self, bodies: list[bytes]) -> None:
+        """The writer thread: the journal numbers the frames, then the loop shows them."""
+        assert self._journal is not None
+        delay = 0.1
+        while True:
+            try:
+                seqs = self._journal.append(bodies)
+                break
+            except Exception as exc:  # noqa: BLE001 - the store is away: the frames wait, in order
+                log.warning("events not stored yet, trying again in %.1f s: %s", delay, exc)
+                if self._closed.wait(delay):
+                    return
+                delay = min(delay * 2, 5.0)
+        try:
+            self._loop.call_soon_threadsafe(self._add, list(zip(seqs, bodies)))
+        except RuntimeError:  # the loop has closed: the server is gone
+            pass
+
+    async def load(self) -> None:
+        """Start the ring from the journal's newest frames: a client resumes across a restart."""
+        if self._journal is not None:
+            self._add(await asyncio.to_thread(self._journal.tail, self._ring.maxlen or RING))
 
     # -- reading (event loop) -----------------------------------------------------------
 
@@ -109,6 +156,9 @@ class EventHub:
         """Ask every stream to end (server shutdown): a stream would otherwise never finish."""
         self.closing = True
         self._changed.set()
+        self._closed.set()
+        if self._writer is not None:
+            self._writer.shutdown(wait=False)
 
     async def changed(self, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):

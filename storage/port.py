@@ -76,3 +76,17 @@ class RunStore(Protocol):
     def close(self) -> None:
         """Make everything committed durable where it belongs; stop background work."""
         ...
+
+
+class EventJournal(Protocol):
+    """Where the event stream (``/api/events``) is kept, numbered, so an id outlives a process."""
+
+    stream: str  # the ids' prefix, the same for every process using the journal
+
+    def append(self, frames: list[bytes]) -> list[int]:
+        """Keep the frames in order; their numbers, ascending (blocking)."""
+        ...
+
+    def tail(self, count: int) -> list[tuple[int, bytes]]:
+        """The newest ``count`` frames and their numbers, oldest first (blocking)."""
+        ...

@@ -13,7 +13,7 @@ from typing import Protocol
 from userflow.storage.datadir import DataDir
 from userflow.storage.deliveries import DeliveryLog, DeliveryStore
 from userflow.storage.operators import OperatorFile, OperatorStore
-from userflow.storage.port import RunStore
+from userflow.storage.port import EventJournal, RunStore
 from userflow.storage.runs import FileRunStore
 
 
@@ -26,6 +26,10 @@ class Stores(Protocol):
         ...
 
     def deliveries(self) -> DeliveryStore: ...
+
+    def event_journal(self) -> EventJournal | None:
+        """Where the event stream is kept so its ids outlive a process; None: in memory only."""
+        ...
 
     def secret(self) -> bytes:
         """The key verification tokens are derived from: made once, then always the same."""
@@ -52,6 +56,9 @@ class FileStores:
 
     def deliveries(self) -> DeliveryLog:
         return DeliveryLog(self.data_dir.path)
+
+    def event_journal(self) -> None:
+        return None  # one process per data dir: its stream lives and ends with it
 
     def secret(self) -> bytes:
         return self.data_dir.secret()

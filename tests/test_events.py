@@ -167,3 +167,36 @@ def test_json_log_lines_carry_run_step_and_attempt():
     line = json.loads(JsonFormatter().format(record))
     assert line["msg"] == "attempt 2 failed" and line["runId"] == "wf_1" and line["attempt"] == 2
     assert line["level"] == "info" and line["ts"].endswith("Z")
+
+
+async def test_an_id_resumes_across_a_restart_on_postgresql_and_resets_on_the_data_dir(stores_at, aiohttp_client):
+    from tests.http_helpers import PUBLIC_URL
+    from userflow.http.app import build_app
+    from userflow.http.config import Settings
+
+    settings = Settings(data_dir=stores_at.path(), email_failure_rate=0.0)
+    stores = stores_at.open()
+    client = await aiohttp_client(build_app(settings, stores, PUBLIC_URL))
+    reference = await open_stream(client)
+    run_a = await signup_run(client, "ann@example.com")
+    await reference.until(run_is("WAITING", run_a))
+    started = next(e for e in reference.events if e["event"] == "timeline" and e["data"]["type"] == "run-started")
+    await client.close()
+    stores_at.close(stores)
+
+    stores = stores_at.open()  # the server restarts on the same store
+    client = await aiohttp_client(build_app(settings, stores, PUBLIC_URL))
+    resumed = await open_stream(client, **{"Last-Event-ID": started["id"]})
+    if stores_at.backend == "files":
+        assert (await resumed.next())["event"] == "reset"  # a data dir's stream ends with its process
+        return
+    missed = reference.events[reference.events.index(started) + 1 :]
+    for _ in missed:
+        await resumed.next()
+    assert [(e["id"], e["data"]) for e in resumed.events] == [(e["id"], e["data"]) for e in missed]
+    run_b = await signup_run(client, "bob@example.com")
+    await resumed.until(run_is("WAITING", run_b))
+    numbers = [int(e["id"].rsplit("-", 1)[1]) for e in resumed.events]
+    assert numbers == sorted(set(numbers)), "ids go on rising across the restart"
+    assert all(e["event"] != "reset" for e in resumed.events)
+    await client.close()

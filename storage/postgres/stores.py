@@ -23,6 +23,7 @@ from psycopg_pool import ConnectionPool
 from userflow.storage.atomic import StorageError
 from userflow.storage.postgres.connect import APPLICATION_NAME, DatabaseUnavailable, one_line, open_pool, parse, where
 from userflow.storage.postgres.deliveries import PgDeliveries
+from userflow.storage.postgres.events import PgEventJournal
 from userflow.storage.postgres.operators import PgOperators
 from userflow.storage.postgres.runs import PgRunStore
 from userflow.storage.postgres.schema import migrate
@@ -72,6 +73,9 @@ class PgStores:
 
     def deliveries(self) -> PgDeliveries:
         return PgDeliveries(self.pool)
+
+    def event_journal(self) -> PgEventJournal:
+        return PgEventJournal(self.pool)
 
     def secret(self) -> bytes:
         # Nodes starting together each offer a key; the first committed is everyone's.
