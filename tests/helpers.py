@@ -222,6 +222,10 @@ class StoresAt:
         """The environment that points a server process at the stores ``name``."""
         return {} if self._make_database is None else {"USERFLOW_DATABASE_URL": self.url(name)}
 
+    def cli_args(self, name: str = "data") -> list[str]:
+        """How a command such as ``userflow operators`` is pointed at the stores ``name``."""
+        return ["--data-dir", self.path(name)] if self._make_database is None else ["--database-url", self.url(name)]
+
     def server(self, *args: str, name: str = "data", env: dict[str, str] | None = None) -> Any:
         """A server process (not started) on the stores ``name``."""
         from tests.server import Server

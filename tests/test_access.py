@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tests.helpers import StoresAt
 from tests.server import Server
 from userflow.http.app import build_app
 from userflow.http.auth import Access
@@ -80,17 +81,19 @@ def call(server: Server, method: str, path: str, headers: dict[str, str] | None 
         conn.close()
 
 
-def operators(data_dir: str, *args: str) -> subprocess.CompletedProcess[str]:
+def operators(target: str | list[str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``userflow operators ARGS`` on a data dir (a path) or a database (``["--database-url", URL]``)."""
+    where = ["--data-dir", target] if isinstance(target, str) else target
     return subprocess.run(
-        [sys.executable, "-m", "userflow.http.cli", "operators", *args, "--data-dir", data_dir],
+        [sys.executable, "-m", "userflow.http.cli", "operators", *args, *where],
         capture_output=True,
         text=True,
         timeout=30,
     )
 
 
-def add_account(data_dir: str, name: str, role: str) -> str:
-    done = operators(data_dir, "add", name, "--role", role)
+def add_account(target: str | list[str], name: str, role: str) -> str:
+    done = operators(target, "add", name, "--role", role)
     assert done.returncode == 0, done.stderr
     token = done.stdout.strip()
     assert done.stdout == token + "\n" and token.startswith("uft_") and len(token) > 40
@@ -254,10 +257,9 @@ def test_a_cookie_from_another_origin_cannot_act_but_the_same_origin_can(
     assert answer.status == 202, answer.body
 
 
-def test_operators_act_and_the_timeline_names_them(tmp_path: Path) -> None:
-    data_dir = str(tmp_path / "data")
-    token = add_account(data_dir, "alice", "operator")
-    server = Server(data_dir, "--email-failure-rate", "0").start()
+def test_operators_act_and_the_timeline_names_them(stores_at: StoresAt) -> None:
+    token = add_account(stores_at.cli_args(), "alice", "operator")
+    server = stores_at.server("--email-failure-rate", "0").start()
     try:
         server.token = token
         status, body = server.request("POST", "/api/signup", {"email": "bo@example.com", "name": "Bo Day"})
@@ -273,10 +275,9 @@ def test_operators_act_and_the_timeline_names_them(tmp_path: Path) -> None:
         server.stop()
 
 
-def test_an_expired_session_is_refused_everywhere(tmp_path: Path, routes: list[tuple[str, str, Access]]) -> None:
-    data_dir = str(tmp_path / "data")
-    token = add_account(data_dir, "alice", "operator")
-    server = Server(data_dir, "--session-ttl", "1").start()
+def test_an_expired_session_is_refused_everywhere(stores_at: StoresAt, routes: list[tuple[str, str, Access]]) -> None:
+    token = add_account(stores_at.cli_args(), "alice", "operator")
+    server = stores_at.server("--session-ttl", "1").start()
     try:
         cookie = sign_in(server, token)
         whoami = call(server, "GET", "/api/session", session(cookie))
@@ -351,10 +352,10 @@ def test_secure_cookies_when_the_public_url_is_https(tmp_path: Path) -> None:
 # -- accounts change while the server runs --------------------------------------------------
 
 
-def test_accounts_added_and_removed_while_serving_apply_within_seconds(tmp_path: Path) -> None:
-    data_dir = str(tmp_path / "data")
+def test_accounts_added_and_removed_while_serving_apply_within_seconds(stores_at: StoresAt) -> None:
+    data_dir = stores_at.cli_args()  # where `userflow operators` finds the accounts: the data dir or the database
     first = add_account(data_dir, "alice", "operator")
-    server = Server(data_dir).start()
+    server = stores_at.server().start()
     try:
         bob = add_account(data_dir, "bob", "viewer")
         until(lambda: call(server, "GET", "/api/workflows", bearer(bob)).status == 200, what="bob's token working")

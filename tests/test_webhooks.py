@@ -8,11 +8,11 @@ import string
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.helpers import StoresAt
 from tests.server import Server
 from tests.smtp_server import SmtpServer, free_port
 from tests.webhook_receiver import Receiver, Received, flaky, new_secret
@@ -20,9 +20,10 @@ from tests.webhook_receiver import Receiver, Received, flaky, new_secret
 TYPES = ("user.created", "user.verified", "user.active", "user.flagged", "user.expired", "user.cancelled", "workflow.failed")
 
 
-def start(root: Path, receiver_urls: list[str], secrets: str, *args: str) -> Server:
+def start(stores_at: StoresAt, name: str, receiver_urls: list[str], secrets: str, *args: str) -> Server:
+    """A server on the test backend's stores ``name`` (restarted on the same name, it finds its runs)."""
     flags = [item for url in receiver_urls for item in ("--webhook-url", url)]
-    return Server(str(root), "--email-failure-rate", "0", *flags, *args, env={"USERFLOW_WEBHOOK_SECRET": secrets}).start()
+    return stores_at.server("--email-failure-rate", "0", *flags, *args, name=name, env={"USERFLOW_WEBHOOK_SECRET": secrets}).start()
 
 
 def signup(server: Server, email: str, name: str = "Ann Lee") -> dict[str, Any]:
@@ -51,11 +52,11 @@ def receiver() -> Iterator[Receiver]:
 # -- what is sent ----------------------------------------------------------------------------
 
 
-def test_every_type_arrives_signed_with_each_secret_and_the_user_record(tmp_path: Path) -> None:
+def test_every_type_arrives_signed_with_each_secret_and_the_user_record(stores_at: StoresAt) -> None:
     first, second, stranger = new_secret(), new_secret(), new_secret()
     with Receiver(first, second, stranger) as hooks, SmtpServer() as smtp:
         smtp.handler.reply = lambda envelope: "550 5.1.1 no such user" if "bounce" in envelope.rcpt_tos[0] else None
-        server = start(tmp_path / "a", [hooks.url], f"{first} {second}", "--smtp-url", smtp.url)
+        server = start(stores_at, "a", [hooks.url], f"{first} {second}", "--smtp-url", smtp.url)
         try:
             ann = signup(server, "ann@example.com")
             flagged = signup(server, "x12345@mailinator.com", "12345")
@@ -105,7 +106,7 @@ def test_every_type_arrives_signed_with_each_secret_and_the_user_record(tmp_path
             server.stop()
     expiring = Receiver(first)
     with expiring:
-        server = start(tmp_path / "b", [expiring.url], first, "--verify-ttl", "1", "--reminder-after", "0")
+        server = start(stores_at, "b", [expiring.url], first, "--verify-ttl", "1", "--reminder-after", "0")
         try:
             late = signup(server, "late@example.com")
             got = expiring.wait_until(lambda rs: len(rs) >= 2)
@@ -118,14 +119,14 @@ def test_every_type_arrives_signed_with_each_secret_and_the_user_record(tmp_path
 # -- when the receiver fails --------------------------------------------------------------------
 
 
-def test_a_failing_receiver_gets_the_schedule_then_failed_and_an_operator_retry_delivers(tmp_path: Path, receiver: Receiver) -> None:
+def test_a_failing_receiver_gets_the_schedule_then_failed_and_an_operator_retry_delivers(stores_at: StoresAt, receiver: Receiver) -> None:
     secret = new_secret()
     receiver.secrets = (secret,)
     answers = {1: 500, 2: "redirect", 3: "timeout", 4: 503}  # every attempt of the first event fails
     receiver.answer = lambda n: answers.get(n, 204)
     receiver.hang = 5.0
     closed = f"http://127.0.0.1:{free_port()}/nobody-listens"
-    server = start(tmp_path, [receiver.url, closed], secret, "--webhook-retry-schedule", "0.2,0.3,0.4", "--webhook-timeout", "0.5")
+    server = start(stores_at, "data", [receiver.url, closed], secret, "--webhook-retry-schedule", "0.2,0.3,0.4", "--webhook-timeout", "0.5")
     try:
         accepted = signup(server, "ann@example.com")
         click(server, accepted["workflowId"])
@@ -181,14 +182,14 @@ def urlopen_text(url: str) -> str:
 # -- under crashes -----------------------------------------------------------------------------------
 
 
-def test_sigkill_at_random_moments_loses_no_event_and_keeps_each_users_order(tmp_path: Path) -> None:
+def test_sigkill_at_random_moments_loses_no_event_and_keeps_each_users_order(stores_at: StoresAt) -> None:
     secret = new_secret()
     rng = random.Random(11)
     names = iter(f"{a}{b}{c}" for a in string.ascii_lowercase for b in string.ascii_lowercase for c in "aeiou")
     with Receiver(secret) as hooks:
         hooks.answer = flaky(0.3)
         args = ("--webhook-retry-schedule", "0.05,0.1,0.2,0.3,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5", "--index-save-every", "0.3")
-        server = start(tmp_path, [hooks.url], secret, *args)
+        server = start(stores_at, "data", [hooks.url], secret, *args)
         users: dict[str, str] = {}  # user id -> run id
         try:
             for _ in range(4):
@@ -204,7 +205,7 @@ def test_sigkill_at_random_moments_loses_no_event_and_keeps_each_users_order(tmp
                     except (OSError, AssertionError, TimeoutError):
                         break  # the server is gone
                 killer.join()
-                server = start(tmp_path, [hooks.url], secret, *args)
+                server = start(stores_at, "data", [hooks.url], secret, *args)
             while len(users) < 110:
                 accepted = signup(server, f"{next(names)}@example.com")
                 users[accepted["userId"]] = accepted["workflowId"]
