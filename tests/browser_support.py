@@ -73,24 +73,25 @@ def step(card: Any, step_id: str) -> Any:
 # -- operator accounts and the API as an operator ------------------------------------
 
 
-def operators_cli(data_dir: str, *args: str) -> str:
-    """``userflow operators ARGS --data-dir DATA_DIR``; its standard output."""
+def operators_cli(target: str | list[str], *args: str) -> str:
+    """``userflow operators ARGS`` on a data dir (a path) or a database (``["--database-url", URL]``); its standard output."""
+    where = ["--data-dir", target] if isinstance(target, str) else target
     done = subprocess.run(
-        [sys.executable, "-m", "userflow.http.cli", "operators", *args, "--data-dir", data_dir],
+        [sys.executable, "-m", "userflow.http.cli", "operators", *args, *where],
         check=False, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 0, (args, done.returncode, done.stderr)
     return done.stdout
 
 
-def add_operator(data_dir: str, name: str, role: str) -> str:
+def add_operator(data_dir: str | list[str], name: str, role: str) -> str:
     """A new account; its token (printed alone on standard output)."""
     token = operators_cli(data_dir, "add", name, "--role", role).strip()
     assert token and "\n" not in token, token
     return token
 
 
-def remove_operator(data_dir: str, name: str) -> None:
+def remove_operator(data_dir: str | list[str], name: str) -> None:
     operators_cli(data_dir, "remove", name)
 
 

@@ -230,7 +230,9 @@ class StoresAt:
         """A server process (not started) on the stores ``name``."""
         from tests.server import Server
 
-        return Server(self.path(name), *args, env={**self.env(name), **(env or {})})
+        server = Server(self.path(name), *args, env={**self.env(name), **(env or {})})
+        server.stores_args = self.cli_args(name)
+        return server
 
     def open(self, name: str = "data") -> Any:
         """Open the stores ``name`` (they must not be open already)."""

@@ -21,6 +21,7 @@ LISTENING = re.compile(r"listening on (http://\S+)")
 class Server:
     def __init__(self, data_dir: str, *args: str, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
+        self.stores_args = ["--data-dir", data_dir]  # how a command such as `userflow operators` finds its stores
         self.args = list(args)
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         if "USERFLOW_FAULTS" not in (env or {}):

@@ -12,7 +12,6 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,6 +30,7 @@ from tests.browser_support import (
     step,
     wait_same_snapshot,
 )
+from tests.helpers import StoresAt
 from tests.server import Server
 from tests.smtp_server import SmtpServer
 from tests.webhook_receiver import Receiver, new_secret
@@ -72,11 +72,11 @@ def servers() -> Iterator[list[Server]]:
 
 
 @pytest.fixture
-def start_server(tmp_path: Path, servers: list[Server]) -> Callable[..., Server]:
+def start_server(stores_at: StoresAt, servers: list[Server]) -> Callable[..., Server]:
     """A server with no operator account: its operator surface answers loopback clients only."""
 
     def start(*args: str, env: dict[str, str] | None = None) -> Server:
-        server = Server(str(tmp_path / f"data{len(servers)}"), *args, env=env).start()
+        server = stores_at.server(*args, name=f"data{len(servers)}", env=env).start()
         servers.append(server)
         return server
 
@@ -88,7 +88,7 @@ class Site:
     """A server with operator accounts, and their tokens by name."""
 
     server: Server
-    data_dir: str
+    data_dir: list[str]  # how `userflow operators` finds its accounts: the data dir or the database
     tokens: dict[str, str]
 
     @property
@@ -102,13 +102,14 @@ class Site:
 
 
 @pytest.fixture
-def start_site(tmp_path: Path, servers: list[Server]) -> Callable[..., Site]:
+def start_site(stores_at: StoresAt, servers: list[Server]) -> Callable[..., Site]:
     """A server started with the given accounts ({name: role}), made by the CLI beforehand."""
 
     def start(accounts: dict[str, str], *args: str, env: dict[str, str] | None = None) -> Site:
-        data_dir = str(tmp_path / f"data{len(servers)}")
-        tokens = {name: add_operator(data_dir, name, role) for name, role in accounts.items()}
-        server = Server(data_dir, *args, env=env).start()
+        name = f"data{len(servers)}"
+        data_dir = stores_at.cli_args(name)
+        tokens = {account: add_operator(data_dir, account, role) for account, role in accounts.items()}
+        server = stores_at.server(*args, name=name, env=env).start()
         servers.append(server)
         return Site(server, data_dir, tokens)
 
@@ -681,7 +682,7 @@ def test_local_dashboard_goes_to_signin_once_an_account_exists(
     server = start_server("--email-failure-rate", "0")
     page = open_dashboard(context, server.url)
     expect(page.locator("#who-name")).to_have_text("local (no accounts)")
-    token = add_operator(server.data_dir, "alice", "operator")
+    token = add_operator(server.stores_args, "alice", "operator")
     expect(page).to_have_url(f"{server.url}/signin?reason=accounts", timeout=8_000)
     expect(page.locator("#signin-notice")).to_have_text("This server has operator accounts now: sign in with your token.")
     page.get_by_label("Token").fill(token)
