@@ -185,6 +185,29 @@ def test_start_up_failures_are_one_line_and_exit_2(tmp_path: Path) -> None:
     _one_line_failure(userflow("serve", "--port", "0", "--data-dir", str(damaged)), "operator accounts")
 
 
+def test_a_database_that_cannot_be_used_is_one_line_and_exit_2_without_its_password(database_url: str) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # nothing listens there once the socket closes
+    refused = userflow("serve", "--port", "0", "--database-url", f"postgresql://app:s3cret@127.0.0.1:{port}/userflow")
+    _one_line_failure(refused, "cannot use the database postgresql://app@127.0.0.1", str(port))
+    assert "s3cret" not in refused.stderr
+    unknown = database_url.rsplit("/", 1)[0] + "/no_such_database"
+    _one_line_failure(userflow("serve", "--port", "0", "--database-url", unknown), "no_such_database", "does not exist")
+    bad = userflow("serve", "--port", "0", "--database-url", "mysql://app:s3cret@db/userflow")
+    assert bad.returncode == 2 and "must start with postgresql://" in bad.stderr and "s3cret" not in bad.stderr, bad.stderr
+    first = subprocess.Popen(
+        [sys.executable, "-m", "userflow.http.cli", "serve", "--port", "0", "--database-url", database_url],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert first.stdout is not None and "listening on" in first.stdout.readline()
+        _one_line_failure(userflow("serve", "--port", "0", "--database-url", database_url), "in use by another userflow server")
+    finally:
+        first.terminate()
+        first.communicate(timeout=20)
+
+
 def test_help_says_every_default_and_the_environment() -> None:
     done = userflow("serve", "--help")
     assert done.returncode == 0
