@@ -127,3 +127,26 @@ async def test_the_engine_runs_on_postgres_and_recovers_from_it(tmp_path: Any, d
         await runtimes.close()
         for pool in pools:
             pool.close()
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+async def test_every_lookup_key_is_in_the_database_and_follows_the_run(make_client: Any) -> None:
+    from tests.http_helpers import waiting_signup, wait_run
+    from userflow.actors.signup.tokens import token_hash
+    from userflow.http.keys import STORES
+
+    client = await make_client()
+    accepted, token = await waiting_signup(client, "Ann.Lee@Example.com")
+    run_id = accepted["workflowId"]
+    resp = await client.post(f"/api/users/{accepted['userId']}/resend-verification")
+    assert resp.status == 202, await resp.text()
+    await wait_run(client, run_id, "WAITING")
+    with client.server.app[STORES].pool.connection() as connection:
+        rows = connection.execute("SELECT kind, key, run_id FROM lookup_keys ORDER BY kind, key").fetchall()
+    by_kind: dict[str, set[str]] = {}
+    for kind, key, owner in rows:
+        assert owner == run_id
+        by_kind.setdefault(kind, set()).add(key)
+    assert by_kind["user"] == {accepted["userId"]}
+    assert len(by_kind["email"]) == 1 and "ann.lee@example.com" in next(iter(by_kind["email"])).lower()
+    assert token_hash(token) in by_kind["token"] and len(by_kind["token"]) == 2, "the resent link's hash is there too"
