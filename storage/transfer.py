@@ -38,8 +38,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+import orjson
 import psycopg
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Jsonb, set_json_dumps
 from psycopg_pool import ConnectionPool
 
 from userflow.storage.atomic import StorageError
@@ -200,6 +201,9 @@ def copy_runs(
     for start in range(0, len(run_ids), batch):
         stored = [found for found in map(store.read, run_ids[start : start + batch]) if found is not None]
         with pool.connection() as connection, connection.transaction():
+            # orjson writes the documents several times faster than the json module,
+            # which is most of an import's own time; the same JSON either way.
+            set_json_dumps(orjson.dumps, connection)
             _copy_batch(connection, stored, keys_of, imported)
         if progress is not None:
             progress(min(start + batch, len(run_ids)), len(run_ids))
