@@ -96,10 +96,10 @@ def summary(imported: Imported, source: str, database: str, seconds: float) -> s
         f"{imported.runs_updated:,} updated, {imported.runs_unchanged:,} unchanged)"
     )
     conflicting = f", {len(imported.accounts_conflicting)} not imported" if imported.accounts_conflicting else ""
-    sessions = f", {imported.sessions_new} session{'s' if imported.sessions_new != 1 else ''} opened" if imported.sessions_new else ""
+    sessions = f" with {imported.sessions_new} open session{'s' if imported.sessions_new != 1 else ''}" if imported.sessions_new else ""
     accounts = (
         f"{imported.accounts} operator account{'s' if imported.accounts != 1 else ''} "
-        f"({imported.accounts_new} new, {imported.accounts_unchanged} unchanged{conflicting}{sessions})"
+        f"({imported.accounts_new} new, {imported.accounts_unchanged} unchanged{conflicting}){sessions}"
         if imported.accounts
         else "no operator accounts"
     )

@@ -27,7 +27,8 @@ running it again:
 
 Into a database a server is using, the copy is safe for the runs that
 server does not have; for those it has, the newer version is kept, whichever
-side it came from.
+side it came from, and a lookup key both sides hold (one address signed up
+on each) goes to the imported run.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,25 @@ def newest_versions(data_dir: Path) -> dict[str, int]:
     return versions
 
 
+def sign_in(server: Server, token: str) -> str:
+    """The dashboard's session cookie for ``token``."""
+    request = urllib.request.Request(
+        server.url + "/api/session", data=orjson.dumps({"token": token}), method="POST", headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=15) as response:
+        assert response.status == 204
+        return response.headers["Set-Cookie"].split(";", 1)[0]
+
+
+def signed_in_as(server: Server, cookie: str) -> tuple[int, Any]:
+    request = urllib.request.Request(server.url + "/api/session", headers={"Cookie": cookie})
+    try:
+        with urllib.request.urlopen(request, timeout=15) as response:
+            return response.status, orjson.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, None
+
+
 # -- the data dir -------------------------------------------------------------------------
 
 
@@ -135,6 +155,7 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         for made_run in runs.values():
             made_run["detail"] = server.get(f"/api/workflows/{made_run['workflowId']}")
             made_run["user"] = server.get(f"/api/users/{made_run['userId']}")
+        session = sign_in(server, token)
     finally:
         assert server.terminate() == 0
 
@@ -148,7 +169,7 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert dying.wait_exit() == 137
     journal_only = set(newest_versions(data_dir)) - {path.stem for path in (data_dir / "runs").glob("*.json")}
     assert len(journal_only) == 1, journal_only
-    return {"data_dir": data_dir, "token": token, "runs": runs, "late": journal_only.pop()}
+    return {"data_dir": data_dir, "token": token, "session": session, "runs": runs, "late": journal_only.pop()}
 
 
 @pytest.fixture
@@ -169,7 +190,7 @@ def test_an_imported_data_dir_carries_on_from_the_database(
     summary = summary_of(done)
     assert "hunter2" not in done.stderr
     assert summary["runs"] == summary["new"] == "4" and summary["updated"] == summary["unchanged"] == "0"
-    assert summary["accounts"] == "1 operator account (1 new, 0 unchanged)"
+    assert summary["accounts"] == "1 operator account (1 new, 0 unchanged) with 1 open session"
     assert summary["key"] == "the token key (new)"
     assert summary["source"] == str(data_dir) and summary["into"] == database_url
 
@@ -184,8 +205,10 @@ def test_an_imported_data_dir_carries_on_from_the_database(
     for run in made["runs"].values():
         assert server.get(f"/api/workflows/{run['workflowId']}") == run["detail"]
         assert server.get(f"/api/users/{run['userId']}") == run["user"]
-    # The operator's token signs in there; a wrong one does not.
+    # The operator's token signs in there, and the dashboard session stays open; a wrong token does not.
     assert server.request("GET", "/api/workflows", token="uft_" + "x" * 43)[0] == 401
+    status, whoami = signed_in_as(server, made["session"])
+    assert status == 200 and (whoami["name"], whoami["via"]) == ("ops", "session")
 
     # The link the waiting user was mailed before the move verifies after it.
     waiting = made["runs"]["waiting"]
