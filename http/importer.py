@@ -1,16 +1,16 @@
 """``userflow import``: a data dir's runs, users, token key and operator accounts into a database.
 
 The copying is ``storage/transfer.py``'s; this is the command around it:
-taking the data dir's lock (a server running on it is told to stop first),
-opening the database, a progress bar while the runs go, and one line saying
+taking the data dir's lock and the database's (a server holding either is
+to be stopped first), a progress bar while the runs go, and one line saying
 what was copied. Everything is written to standard error; standard output
 stays empty. The database is named by its URL without the password.
 
 Exit status: 0 when everything was copied; 1 for what the person must
 settle (a directory that is no data dir, an account the database has with
 another token); 2 when a store cannot be used (the data dir busy, the
-database unreachable or holding another token key, a failure midway: run
-it again to finish).
+database unreachable, used by a server or holding another token key, a
+failure midway: run it again to finish).
 """
 
 from __future__ import annotations
@@ -59,11 +59,18 @@ def _import(data_dir: DataDir, url: str, database: str, batch: int) -> int:
     from userflow.actors.definitions import Definitions
     from userflow.actors.signup import SIGNUP
     from userflow.storage.postgres import DatabaseUnavailable, SchemaBusy, SchemaTooNew
-    from userflow.storage.postgres.stores import PgStores
+    from userflow.storage.postgres.stores import DatabaseBusy, PgStores
 
     try:
         stores = PgStores.open(url, max_connections=2)
     except (DatabaseUnavailable, SchemaTooNew, SchemaBusy) as exc:
+        return _fail(str(exc), 2)
+    try:
+        # The lock a server holds on its database: none may be executing the runs
+        # being copied, nor start on them halfway through.
+        stores.claim()
+    except (DatabaseBusy, DatabaseUnavailable) as exc:
+        stores.close()
         return _fail(str(exc), 2)
     bar = ProgressBar(sys.stderr) if sys.stderr.isatty() else None
     started = time.monotonic()

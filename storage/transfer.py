@@ -25,10 +25,11 @@ running it again:
   name but another token or role is reported (its token from the data dir
   would not sign in), and its sessions are not copied.
 
-Into a database a server is using, the copy is safe for the runs that
-server does not have; for those it has, the newer version is kept, whichever
-side it came from, and a lookup key both sides hold (one address signed up
-on each) goes to the imported run.
+The command holds the database's server lock too, so no server executes
+runs while they are copied. Were one writing, the copy would be safe for
+the runs it does not have; for those it has, the newer version is kept,
+whichever side it came from, and a lookup key both sides hold (one address
+signed up on each) would go to the imported run.
 """
 
 from __future__ import annotations

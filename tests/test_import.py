@@ -261,6 +261,18 @@ def test_a_data_dir_a_server_holds_is_refused(data_dir: Path, database_url: str,
         assert connection.execute("SELECT to_regclass('runs')").fetchone() == (None,)
 
 
+def test_a_database_a_server_uses_is_refused(
+    data_dir: Path, database_url: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    serve_database(request, tmp_path, database_url)
+    before = tables(database_url)
+    done = import_into(data_dir, database_url)
+    assert done.returncode == 2
+    [line] = done.stderr.splitlines()
+    assert line.startswith("userflow: the database ") and "in use by another userflow server" in line, line
+    assert tables(database_url) == before and before["runs"] == []
+
+
 def test_a_database_with_another_token_key_is_refused(
     data_dir: Path, database_url: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
