@@ -1,4 +1,4 @@
-"""``userflow``: ``serve`` (bind, recover, serve, stop cleanly on SIGINT/SIGTERM) and ``operators``.
+"""``userflow``: ``serve`` (bind, recover, serve, stop cleanly on SIGINT/SIGTERM), ``operators`` and ``import``.
 
 Every reason ``serve`` cannot start is one line on standard error naming the
 cause, and exit status 2; a traceback is for bugs, not for a busy port or a
@@ -150,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         from userflow.http import operators
 
         return operators.run(args)
+    if args.command == "import":
+        from userflow.http import importer
+
+        return importer.run(args)
     settings = settings_from(args)
     logs.configure(settings.log_level)
     try:

@@ -1,4 +1,5 @@
-"""Settings of ``userflow serve``: each flag, its environment variable, its default."""
+"""The command line: ``userflow serve``'s settings (each flag, its environment variable, its
+default), and the flags of ``operators`` and ``import``."""
 
 from __future__ import annotations
 
@@ -190,6 +191,13 @@ def _schedule(text: str) -> tuple[float, ...]:
     return delays
 
 
+def _batch(text: str) -> int:
+    value = _count(text)
+    if not 1 <= value <= 100_000:
+        raise argparse.ArgumentTypeError(f"{text}: between 1 and 100000 runs")
+    return value
+
+
 def _database_url(text: str) -> str:
     from userflow.storage.postgres.connect import DatabaseUnavailable, parse
 
@@ -229,7 +237,7 @@ token once; with no account, the operator surface answers only local clients."""
 def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(prog="userflow", description="The user lifecycle as one durable workflow per user.")
     main.add_argument("--version", action="version", version=f"userflow {version()}")
-    commands = main.add_subparsers(dest="command", required=True, metavar="{serve,operators}")
+    commands = main.add_subparsers(dest="command", required=True, metavar="{serve,operators,import}")
     serve = commands.add_parser(
         "serve",
         help="run the server (API, dashboard, workflows)",
@@ -300,6 +308,19 @@ def parser() -> argparse.ArgumentParser:
     for sub in (add, listing, remove):
         sub.add_argument("--data-dir", default=data_dir, help=f"the server's data dir (env USERFLOW_DATA_DIR; default {data_dir})")
         sub.add_argument("--database-url", type=_database_url, default=database_url, help="the server's database, when it keeps everything in PostgreSQL (env USERFLOW_DATABASE_URL)")
+
+    importing = commands.add_parser(
+        "import",
+        help="copy a data dir into a PostgreSQL database",
+        description=(
+            "Copy a data dir's runs, users, token key and operator accounts into a PostgreSQL database, "
+            "for a server started with --database-url to carry on. Stop the data dir's server first. "
+            "Running it again changes nothing; an interrupted import is finished by running it again."
+        ),
+    )
+    importing.add_argument("--data-dir", default=data_dir, help=f"the data dir to copy (env USERFLOW_DATA_DIR; default {data_dir})")
+    importing.add_argument("--database-url", type=_database_url, default=database_url, help="the database to copy into, postgresql://USER:PASSWORD@HOST:PORT/DATABASE (env USERFLOW_DATABASE_URL, which `ps` does not show; required)")
+    importing.add_argument("--batch", type=_batch, default=None, help="runs per transaction (default 500)")
     return main
 
 

@@ -20,6 +20,10 @@ _SECRET = "secret.key"
 class DataDirBusy(RuntimeError):
     """Another server holds this data directory."""
 
+    def __init__(self, message: str, holder: str = "unknown") -> None:
+        super().__init__(message)
+        self.holder = holder  # the pid the lock file names
+
 
 class DataDir:
     def __init__(self, path: str) -> None:
@@ -38,7 +42,8 @@ class DataDir:
             if exc.errno in (errno.EAGAIN, errno.EACCES):
                 raise DataDirBusy(
                     f"data dir {self.path} is in use by another userflow server (pid {holder}); "
-                    "stop it or choose another --data-dir"
+                    "stop it or choose another --data-dir",
+                    holder,
                 ) from None
             raise
         os.ftruncate(fd, 0)
@@ -53,15 +58,20 @@ class DataDir:
 
     def secret(self) -> bytes:
         """The key that tokens are derived from, created once and kept owner-only."""
-        path = os.path.join(self.path, _SECRET)
-        try:
-            with open(path, "rb") as handle:
-                key = handle.read()
-            if len(key) == 32:
-                return key
-        except FileNotFoundError:
-            pass
+        key = self.stored_secret()
+        if key is not None:
+            return key
         key = secrets.token_bytes(32)
-        write_atomic(path, key, fault_point=False)  # the crash points are about runs
+        write_atomic(os.path.join(self.path, _SECRET), key, fault_point=False)  # the crash points are about runs
         fsync_dir(self.path)
         return key
+
+    def stored_secret(self) -> bytes | None:
+        """The token key if one was made, without making one (a server replaces a
+        key of the wrong length, so such a key is none)."""
+        try:
+            with open(os.path.join(self.path, _SECRET), "rb") as handle:
+                key = handle.read()
+        except FileNotFoundError:
+            return None
+        return key if len(key) == 32 else None

@@ -37,7 +37,9 @@ from userflow.storage.postgres.connect import one_line
 
 log = logging.getLogger(__name__)
 
-_UPSERT_RUN = """
+# The statements a run's commit is made of, shared with the import of a data dir
+# (storage/transfer.py), so that both write a run the same way.
+UPSERT_RUN = """
 INSERT INTO runs (id, workflow, definition, format, status, document, version, next_wake_at, created_at, updated_at)
 VALUES (%(id)s, %(workflow)s, %(definition)s, %(format)s, %(status)s, %(document)s, %(version)s, %(wake)s, %(created)s, %(updated)s)
 ON CONFLICT (id) DO UPDATE SET
@@ -46,9 +48,9 @@ ON CONFLICT (id) DO UPDATE SET
     next_wake_at = excluded.next_wake_at, updated_at = excluded.updated_at
 WHERE runs.version < excluded.version
 """
-_INSERT_ENTRY = "INSERT INTO timeline (run_id, seq, entry) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING"
+INSERT_ENTRY = "INSERT INTO timeline (run_id, seq, entry) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING"
 # A key names one run at a time: a later run takes it over, as in the engine's index.
-_PUT_KEY = """
+PUT_KEY = """
 INSERT INTO lookup_keys (kind, key, run_id) VALUES (%s, %s, %s)
 ON CONFLICT (kind, key) DO UPDATE SET run_id = excluded.run_id WHERE lookup_keys.run_id <> excluded.run_id
 """
@@ -70,7 +72,8 @@ def _time(text: str) -> datetime:
     return datetime.fromisoformat(text)
 
 
-def _row(run: dict[str, Any]) -> dict[str, Any]:
+def run_row(run: dict[str, Any]) -> dict[str, Any]:
+    """The parameters of UPSERT_RUN for a run's document."""
     timers = run.get("timers") or {}
     return {
         "id": run["id"],
@@ -189,13 +192,13 @@ class PgRunStore:
     def _write(self, batch: list[_Commit]) -> None:
         try:
             with self._pool.connection() as connection, connection.transaction(), connection.cursor() as cursor:
-                cursor.executemany(_UPSERT_RUN, [_row(item.run) for item in batch])
+                cursor.executemany(UPSERT_RUN, [run_row(item.run) for item in batch])
                 entries = [(item.run["id"], entry["seq"], Jsonb(entry)) for item in batch for entry in item.entries]
                 if entries:
-                    cursor.executemany(_INSERT_ENTRY, entries)
+                    cursor.executemany(INSERT_ENTRY, entries)
                 keys = self._new_keys(batch)
                 if keys:
-                    cursor.executemany(_PUT_KEY, keys)
+                    cursor.executemany(PUT_KEY, keys)
         except Exception as exc:  # noqa: BLE001 - every waiter learns of it
             log.error("run commit failed (%d runs): %s", len(batch), one_line(exc))
             error = _unavailable("persist to", exc)
