@@ -5,10 +5,16 @@
     python -m tests.perf.loadgen --repeat 3                            # and the medians of 3
     python -m tests.perf.loadgen --webhook                             # with one webhook URL
     python -m tests.perf.loadgen --smtp --repeat 3                     # the same, email sent over SMTP
+    python -m tests.perf.loadgen --postgres --repeat 3                 # runs kept in PostgreSQL
+    python -m tests.perf.loadgen --database-url postgresql://...       # ... in that database
 
 By default it starts its own server (outbox mode, no injected failures, no
 rate limits) on a fresh data dir and reports the server's RSS; ``--url``
-points it at a running one instead. Each run is verified as soon as its
+points it at a running one instead. ``--database-url`` hands the started
+server that database (as ``USERFLOW_DATABASE_URL``) instead of the data dir;
+``--postgres`` makes a throwaway cluster (``tests/postgres.py``) and a fresh
+database in it for each repetition, and adds PostgreSQL's transactions and
+CPU time per completed run (``tests/perf/pg.py``). Each run is verified as soon as its
 email exists: in outbox mode the link is read from ``/api/outbox``; with
 ``--smtp`` the load generator runs an SMTP server (aiosmtpd, on its own event
 loop), hands the started server ``--smtp-url``, and takes each link from the
@@ -41,6 +47,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from tests.perf.pg import PgProbe
+from tests.postgres import Cluster
 
 LINK = re.compile(r"/verify\?token=([A-Za-z0-9_-]{43})")
 MESSAGE_ID = re.compile(rb"^Message-ID: <(wf_[A-Za-z0-9_-]+)\.", re.MULTILINE | re.IGNORECASE)
@@ -288,16 +297,16 @@ class InstantReceiver:
 WEBHOOK_SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
-async def main(args: argparse.Namespace) -> dict[str, Any]:
+async def main(args: argparse.Namespace, probe: PgProbe | None = None) -> dict[str, Any]:
     async with contextlib.AsyncExitStack() as stack:
         receiver = await stack.enter_async_context(InstantReceiver()) if args.webhook else None
-        result = await measure(args, receiver)
+        result = await measure(args, receiver, probe)
         if receiver is not None:
             result["webhooksReceived"] = receiver.received
         return result
 
 
-async def measure(args: argparse.Namespace, receiver: InstantReceiver | None) -> dict[str, Any]:
+async def measure(args: argparse.Namespace, receiver: InstantReceiver | None, probe: PgProbe | None = None) -> dict[str, Any]:
     proc = None
     url = args.url
     data_dir = args.data_dir or tempfile.mkdtemp(prefix="userflow-load-")
@@ -312,8 +321,12 @@ async def measure(args: argparse.Namespace, receiver: InstantReceiver | None) ->
         if receiver is not None:
             extra += ["--webhook-url", receiver.url]
             env["USERFLOW_WEBHOOK_SECRET"] = WEBHOOK_SECRET
+        if args.database_url:
+            env["USERFLOW_DATABASE_URL"] = args.database_url
         proc, url = start_server(data_dir, extra, env)
     cpu_at_start = cpu_seconds(proc.pid) if proc else None
+    if probe is not None:
+        probe.begin()
     try:
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
@@ -332,8 +345,9 @@ async def measure(args: argparse.Namespace, receiver: InstantReceiver | None) ->
                 await listener
         cpu_at_end = cpu_seconds(proc.pid) if proc else None
         cpu_ms = (cpu_at_end - cpu_at_start) * 1000 if cpu_at_start is not None and cpu_at_end is not None else None
-        return {
+        result = {
             **mode,
+            "store": "postgres" if args.database_url else "data dir",
             "elapsedSeconds": round(elapsed, 2),
             "acceptedSignups": len(load.signup_latency),
             "acceptedSignupsPerSecond": round(len(load.signup_latency) / elapsed, 1),
@@ -353,12 +367,17 @@ async def measure(args: argparse.Namespace, receiver: InstantReceiver | None) ->
             await asyncio.to_thread(proc.wait, 60)
         if smtp_server is not None:
             smtp_server.close()
+    if probe is not None:
+        result.update(await asyncio.to_thread(probe.end, result["completedRuns"]))
+    return result
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", help="a running server; default: start one")
     parser.add_argument("--data-dir", help="data dir for the started server (default: a new temp dir)")
+    parser.add_argument("--database-url", help="PostgreSQL for the started server (USERFLOW_DATABASE_URL) instead of the data dir")
+    parser.add_argument("--postgres", action="store_true", help="a throwaway PostgreSQL cluster, a fresh database per repetition")
     parser.add_argument("--runs", type=int, default=2000, help="closed loop: number of signups")
     parser.add_argument("--concurrency", type=int, default=64, help="closed loop: users in flight")
     parser.add_argument("--rate", type=float, help="open loop: signups per second offered")
@@ -384,15 +403,30 @@ def medians(results: list[dict[str, Any]]) -> dict[str, Any]:
         "signupMs": {q: median_of(lambda r, q=q: r["signupMs"][q]) for q in ("p50", "p99")},
         "signupToCompletedMs": {q: median_of(lambda r, q=q: r["signupToCompletedMs"][q]) for q in ("p50", "p99")},
         "serverCpuMsPerCompletedRun": median_of(lambda r: r["serverCpuMsPerCompletedRun"]),
+        **({name: median_of(lambda r, name=name: r[name]) for name in ("pgTransactionsPerCompletedRun", "pgCpuMsPerCompletedRun")}
+           if "pgCpuMsPerCompletedRun" in results[0] else {}),
         "errors": sum(sum(r["errors"].values()) for r in results),
     }
 
 
-if __name__ == "__main__":
-    arguments = parse()
+def repeat(arguments: argparse.Namespace) -> list[dict[str, Any]]:
     results = []
-    for _ in range(max(1, arguments.repeat)):
-        results.append(asyncio.run(main(arguments)))
-        print(json.dumps(results[-1]), flush=True)
-    if len(results) > 1:
-        print(json.dumps(medians(results)))
+    cluster = Cluster().create() if arguments.postgres else None
+    try:
+        for _ in range(max(1, arguments.repeat)):
+            probe = None
+            if cluster is not None:
+                database = cluster.create_database("loadgen")
+                arguments.database_url, probe = cluster.url(database), PgProbe(cluster, database)
+            results.append(asyncio.run(main(arguments, probe)))
+            print(json.dumps(results[-1]), flush=True)
+    finally:
+        if cluster is not None:
+            cluster.remove()
+    return results
+
+
+if __name__ == "__main__":
+    all_results = repeat(parse())
+    if len(all_results) > 1:
+        print(json.dumps(medians(all_results)))
