@@ -141,6 +141,7 @@ def build_app(settings: Settings, stores: Stores, public_url: str, *, autostart:
         if WEBHOOKS in app:
             await app[WEBHOOKS].stop()
         await asyncio.to_thread(runtime.stop)
+        await hub.stop()
         await asyncio.to_thread(app[SERVICES].mailer.close)  # SMTP connections kept open between sends
 
     async def close_streams(app: web.Application) -> None:

@@ -53,6 +53,7 @@ class EventHub:
         # One writer: the journal numbers frames in the order they were published.
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="userflow-events") if journal is not None else None
         self._closed = threading.Event()  # wakes a writer waiting to try the journal again
+        self._stopped = False
         self._loop = loop
         self._ring: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=capacity)
         self._inbox: collections.deque[list[tuple[str, Any]]] = collections.deque()
@@ -88,7 +89,8 @@ class EventHub:
         if not bodies:
             return
         if self._writer is not None:
-            self._writer.submit(self._keep, bodies)
+            if not self._stopped:
+                self._writer.submit(self._keep, bodies)
             return
         self._add([(self._seq + n, body) for n, body in enumerate(bodies, 1)])
 
@@ -157,8 +159,13 @@ class EventHub:
         self.closing = True
         self._changed.set()
         self._closed.set()
+
+    async def stop(self) -> None:
+        """Once the engine has stopped: keep what it published last, then end the writer."""
+        self._drain()
+        self._stopped = True
         if self._writer is not None:
-            self._writer.shutdown(wait=False)
+            await asyncio.to_thread(self._writer.shutdown, wait=True)
 
     async def changed(self, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -63,7 +63,7 @@ def stored(client: TestClient) -> dict[str, bytes | None]:
     """Everything the client's server has stored: the data dir's files, or every row of the database."""
     stores = client.server.app[STORES]  # type: ignore[union-attr]
     if isinstance(stores, FileStores):
-        return snapshot(Path(stores.where))
+        return snapshot(Path(stores.data_dir.path))
     found: dict[str, bytes | None] = {}
     with stores.pool.connection() as connection:
         tables = connection.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()
