@@ -191,6 +191,9 @@ def runtimes_on(backend: str, request: Any, path: str) -> Runtimes:
 
 #: For a test of the data dir itself (its files, its disk): not run on PostgreSQL.
 DATA_DIR_ONLY = pytest.mark.parametrize("backend", ["files"])
+#: For a test whose subject is not what is stored (the risk check, an email's
+#: rendering, SMTP): the store is a bystander, and one store is enough.
+ONE_STORE = pytest.mark.parametrize("backend", ["files"])
 
 
 class StoresAt:

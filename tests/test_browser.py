@@ -3,6 +3,10 @@
 Playwright's sync API drives the browser from plain (non-async) tests, so it
 never meets pytest-asyncio's event loop; the server is a child process
 (tests/server.py). Every wait is on a condition in the page, with a timeout.
+
+Each test runs on both stores where the store shows through the page (live
+updates, sign-in and accounts, deliveries, retrying every failed run); the
+others (layout, validation, what a viewer is offered) on the data dir only.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from tests.browser_support import (
     step,
     wait_same_snapshot,
 )
-from tests.helpers import StoresAt
+from tests.helpers import ONE_STORE, StoresAt
 from tests.server import Server
 from tests.smtp_server import SmtpServer
 from tests.webhook_receiver import Receiver, new_secret
@@ -241,6 +245,7 @@ def test_signup_retry_verify_live_without_reload(start_server: Callable[..., Ser
 # -- 2. a tab opened later shows the same; actions in one tab show in the other ---------
 
 
+@ONE_STORE
 def test_second_tab_shows_the_same_state(start_server: Callable[..., Server], context: BrowserContext) -> None:
     server = start_server("--email-failure-rate", "0")
     first = open_dashboard(context, server.url)
@@ -284,6 +289,7 @@ def test_second_tab_shows_the_same_state(start_server: Callable[..., Server], co
 # -- 3. validation -----------------------------------------------------------------------
 
 
+@ONE_STORE
 def test_invalid_signup_shows_the_message_and_creates_nothing(start_server: Callable[..., Server], context: BrowserContext) -> None:
     server = start_server("--email-failure-rate", "0")
     page = open_dashboard(context, server.url)
@@ -326,6 +332,7 @@ def test_invalid_signup_shows_the_message_and_creates_nothing(start_server: Call
 # -- 4. operator actions -------------------------------------------------------------------
 
 
+@ONE_STORE
 def test_failed_run_can_be_retried_and_cancelled(start_server: Callable[..., Server], context: BrowserContext) -> None:
     # Emails are retried for 10 s: attempts start at about 0, 0.5, 1.5, 3.5 and 7.5 s (backoff
     # 0.5 s doubling, ± 10 %); the sixth would start after 10 s, so the run fails instead.
@@ -381,6 +388,7 @@ def test_failed_run_can_be_retried_and_cancelled(start_server: Callable[..., Ser
     assert_not_reloaded(page, marker)
 
 
+@ONE_STORE
 def test_waiting_run_resend_link_and_cancel(start_server: Callable[..., Server], context: BrowserContext) -> None:
     server = start_server("--email-failure-rate", "0")
     email = "wanda@example.com"
@@ -428,6 +436,7 @@ def test_waiting_run_resend_link_and_cancel(start_server: Callable[..., Server],
     assert page.evaluate("() => getComputedStyle(document.querySelector('.steps')).gridTemplateColumns.split(' ').length") == 1
 
 
+@ONE_STORE
 def test_dashboard_asks_for_nothing_but_its_own_files(start_server: Callable[..., Server], context: BrowserContext) -> None:
     """No framework, no CDN: every request the page makes goes to the server itself."""
     server = start_server("--email-failure-rate", "0")
@@ -437,6 +446,7 @@ def test_dashboard_asks_for_nothing_but_its_own_files(start_server: Callable[...
     assert requests and all(url.startswith(server.url) or url.startswith("data:") for url in requests), requests
 
 
+@ONE_STORE
 def test_outbox_panel_is_hidden_when_mail_goes_over_smtp(start_server: Callable[..., Server], context: BrowserContext) -> None:
     server = start_server("--smtp-url", "smtp://127.0.0.1:9")  # nothing listens there: sends fail, harmlessly
     assert server.request("GET", "/api/outbox")[0] == 404
@@ -531,6 +541,7 @@ def test_operator_signs_in_watches_acts_and_signs_out(start_site: Callable[..., 
     expect(page).to_have_url(f"{url}/signin")
 
 
+@ONE_STORE
 def test_wrong_token_shows_the_servers_message(start_site: Callable[..., Site], context: BrowserContext) -> None:
     site = start_site({"alice": "operator"})
     page = context.new_page()
@@ -559,6 +570,7 @@ def test_wrong_token_shows_the_servers_message(start_site: Callable[..., Site], 
     expect(page.locator("#who-name")).to_have_text("alice")
 
 
+@ONE_STORE
 def test_viewer_is_offered_no_action_and_cannot_force_one(
     start_site: Callable[..., Site], context: BrowserContext, browser: Browser
 ) -> None:
@@ -636,6 +648,7 @@ ATTACK_PAGE = """<!doctype html>
 """
 
 
+@ONE_STORE
 def test_another_site_cannot_act_with_the_operators_cookie(start_site: Callable[..., Site], context: BrowserContext) -> None:
     site = start_site({"alice": "operator"}, "--email-failure-rate", "0")
     email = "target@example.com"
@@ -823,6 +836,7 @@ def test_deliveries_show_live_and_an_operator_sends_a_failed_one_again(
         assert_not_reloaded(page, marker)
 
 
+@ONE_STORE
 def test_viewer_sees_deliveries_and_is_offered_no_send_again(start_site: Callable[..., Site], context: BrowserContext) -> None:
     secret = new_secret()
     with Receiver(secret) as bad:
@@ -935,6 +949,7 @@ def test_retry_all_failed_asks_first_then_resumes_every_failed_run(
         assert_not_reloaded(page, marker)
 
 
+@ONE_STORE
 def test_an_expired_runs_email_says_its_link_expired(start_server: Callable[..., Server], context: BrowserContext) -> None:
     server = start_server("--email-failure-rate", "0", "--verify-ttl", "1", "--reminder-after", "0")
     run_id = api_signup(server, "Exa Pired", "expired@example.com")

@@ -21,6 +21,12 @@ from tests.http_helpers import MakeClient, outbox_email, signup_run, token_of, w
 from userflow.actors.retry import PermanentError
 from userflow.actors.signup.gemini import GeminiRisk, RiskModelError
 
+
+@pytest.fixture
+def backend() -> str:
+    """The data dir only: this module's subject is not what is stored, one store is enough."""
+    return "files"
+
 MODEL_URL = re.compile(r"^https://gemini\.test/v1\w*/models/gemini-test:generateContent.*$")
 
 

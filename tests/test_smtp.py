@@ -11,6 +11,12 @@ from tests.smtp_server import SmtpServer, free_port
 
 
 @pytest.fixture
+def backend() -> str:
+    """The data dir only: this module's subject is not what is stored, one store is enough."""
+    return "files"
+
+
+@pytest.fixture
 def start_app(make_client: MakeClient):
     async def start(smtp_url: str, failure_rate: float = 0.0):
         # Retries come quickly here: the tests wait for their outcome, not for the backoff.

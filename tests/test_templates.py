@@ -17,6 +17,12 @@ from tests.smtp_server import SmtpServer
 from tests.test_exposure import userflow
 from userflow.actors.signup.templates import KINDS, SAMPLE, EmailTemplates, TemplateError, expiry_text
 
+
+@pytest.fixture
+def backend() -> str:
+    """The data dir only: this module's subject is not what is stored, one store is enough."""
+    return "files"
+
 HOSTILE = "<img src=x onerror=alert(1)>"
 VALUES = {"name": "Ann Lee", "email": "ann@example.com", "link": "https://signup.example.com/verify?token=T", "expiresAt": "3 December 2026, 14:05 UTC"}
 

@@ -10,6 +10,12 @@ from aiohttp.test_utils import TestClient
 
 from tests.http_helpers import MakeClient, outbox_email, signup, token_of, wait_for, wait_run, wait_user, waiting_signup
 
+
+@pytest.fixture
+def backend() -> str:
+    """The data dir only: this module's subject is not what is stored, one store is enough."""
+    return "files"
+
 EMAIL, NAME = "ann.page@example.com", "Ann Page"
 
 
