@@ -18,20 +18,17 @@ import asyncio
 import collections
 import contextlib
 import itertools
-import logging
 import secrets
-import threading
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from userflow.http import views
+from userflow.http.event_keeper import EventKeeper
 from userflow.storage.port import EventJournal
 
-log = logging.getLogger(__name__)
 
 RING = 20_000
 HEARTBEAT = 15.0
@@ -51,9 +48,8 @@ class EventHub:
         self.boot = journal.stream if journal is not None else secrets.token_hex(4)
         self._journal = journal
         # One writer: the journal numbers frames in the order they were published.
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="userflow-events") if journal is not None else None
-        self._closed = threading.Event()  # wakes a writer waiting to try the journal again
-        self._stopped = False
+        # The journal numbers frames, in the order they were published, before clients see them.
+        self._keeper = EventKeeper(journal, self._numbered) if journal is not None else None
         self._loop = loop
         self._ring: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=capacity)
         self._inbox: collections.deque[list[tuple[str, Any]]] = collections.deque()
@@ -88,11 +84,17 @@ class EventHub:
                 bodies.append(b"event: %s\ndata: %s\n\n" % (kind.encode(), orjson.dumps(data)))
         if not bodies:
             return
-        if self._writer is not None:
-            if not self._stopped:
-                self._writer.submit(self._keep, bodies)
+        if self._keeper is not None:
+            self._keeper.put(bodies)
             return
         self._add([(self._seq + n, body) for n, body in enumerate(bodies, 1)])
+
+    def _numbered(self, numbered: list[tuple[int, bytes]]) -> None:
+        """From the keeper's thread: stored frames, to show on the loop."""
+        try:
+            self._loop.call_soon_threadsafe(self._add, numbered)
+        except RuntimeError:  # the loop has closed: the server is gone
+            pass
 
     def _add(self, numbered: list[tuple[int, bytes]]) -> None:
         boot = self.boot.encode()
@@ -102,24 +104,6 @@ class EventHub:
             self._seq = numbered[-1][0]
         self._changed.set()
         self._changed = asyncio.Event()
-
-    def _keep(self, bodies: list[bytes]) -> None:
-        """The writer thread: the journal numbers the frames, then the loop shows them."""
-        assert self._journal is not None
-        delay = 0.1
-        while True:
-            try:
-                seqs = self._journal.append(bodies)
-                break
-            except Exception as exc:  # noqa: BLE001 - the store is away: the frames wait, in order
-                log.warning("events not stored yet, trying again in %.1f s: %s", delay, exc)
-                if self._closed.wait(delay):
-                    return
-                delay = min(delay * 2, 5.0)
-        try:
-            self._loop.call_soon_threadsafe(self._add, list(zip(seqs, bodies)))
-        except RuntimeError:  # the loop has closed: the server is gone
-            pass
 
     async def load(self) -> None:
         """Start the ring from the journal's newest frames: a client resumes across a restart."""
@@ -158,14 +142,12 @@ class EventHub:
         """Ask every stream to end (server shutdown): a stream would otherwise never finish."""
         self.closing = True
         self._changed.set()
-        self._closed.set()
 
     async def stop(self) -> None:
         """Once the engine has stopped: keep what it published last, then end the writer."""
         self._drain()
-        self._stopped = True
-        if self._writer is not None:
-            await asyncio.to_thread(self._writer.shutdown, wait=True)
+        if self._keeper is not None:
+            await asyncio.to_thread(self._keeper.stop)
 
     async def changed(self, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):

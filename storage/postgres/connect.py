@@ -9,11 +9,17 @@ then is the pool opened. The URL's password never appears in a message.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
 import orjson
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import set_json_dumps, set_json_loads
 from psycopg_pool import ConnectionPool, PoolTimeout
+
+T = TypeVar("T")
 
 #: The oldest PostgreSQL userflow supports (SPEC section 9).
 OLDEST_SERVER = 14
@@ -72,17 +78,54 @@ def use_orjson(connection: psycopg.Connection) -> None:
     set_json_loads(orjson.loads, connection)
 
 
+class _Checks:
+    """Which connections to check as they are handed out: those idle a while.
+
+    A connection broken by a restart of the database must be replaced before a
+    statement fails on it; but checking one costs a round trip, and one used a
+    moment ago is as good as checked. The pool calls ``returned`` as each comes back."""
+
+    FRESH = 2.0  # seconds a returned connection is taken as sound
+
+    def __init__(self) -> None:
+        self._back: dict[int, float] = {}
+
+    def returned(self, connection: psycopg.Connection) -> None:
+        self._back[id(connection)] = time.monotonic()
+
+    def check(self, connection: psycopg.Connection) -> None:
+        if time.monotonic() - self._back.get(id(connection), float("-inf")) > self.FRESH:
+            ConnectionPool.check_connection(connection)
+
+
+def in_transaction(pool: ConnectionPool, work: Callable[[psycopg.Connection], T]) -> T:
+    """``work(connection)`` in one transaction; once more, on another connection, if the
+    first was found broken (the database restarted while it sat in the pool and had
+    been used too recently to be checked). ``work`` must be safe to repeat: its
+    first transaction may have committed before the connection broke."""
+    for attempt in (1, 2):
+        connection: psycopg.Connection | None = None
+        try:
+            with pool.connection() as connection, connection.transaction():
+                return work(connection)
+        except psycopg.OperationalError:
+            if attempt == 2 or connection is None or not connection.broken:
+                raise
+    raise AssertionError("unreachable")
+
+
 def open_pool(url: str, *, min_size: int = 2, max_size: int = 10, timeout: float = 10.0) -> ConnectionPool:
     """A pool of connections to ``url``, open and filled to ``min_size``; DatabaseUnavailable if it cannot be.
 
     ``timeout`` bounds the first connection and the pool's filling; later it is
     how long ``pool.connection()`` waits for a free connection. A connection
-    is checked as it is handed out, so one broken by a restart of the database
-    is replaced rather than failing the first statement sent on it.
+    idle for a while is checked as it is handed out, so one broken by a restart
+    of the database is replaced rather than failing the first statement sent on it.
     """
     check_reachable(url, timeout)
     params = parse(url)
     extra = {} if "application_name" in params else {"application_name": APPLICATION_NAME}
+    checks = _Checks()
     pool = ConnectionPool(
         url,
         kwargs=extra,
@@ -90,7 +133,8 @@ def open_pool(url: str, *, min_size: int = 2, max_size: int = 10, timeout: float
         max_size=max_size,
         timeout=timeout,
         open=False,
-        check=ConnectionPool.check_connection,
+        check=checks.check,
+        reset=checks.returned,
         configure=use_orjson,
         name=APPLICATION_NAME,
     )
