@@ -20,6 +20,7 @@ from psycopg.types.json import set_json_dumps, set_json_loads
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 T = TypeVar("T")
+RECONNECT_FOR = 2.0
 
 #: The oldest PostgreSQL userflow supports (SPEC section 9).
 OLDEST_SERVER = 14
@@ -135,6 +136,10 @@ def open_pool(url: str, *, min_size: int = 2, max_size: int = 10, timeout: float
         open=False,
         check=checks.check,
         reset=checks.returned,
+        # The pool retries a failed connection with a delay that doubles for as long
+        # as this: after an outage of a minute it would wait as long again once the
+        # database is back. Giving up soon lets the next request try at once.
+        reconnect_timeout=RECONNECT_FOR,
         configure=use_orjson,
         name=APPLICATION_NAME,
     )
