@@ -21,6 +21,7 @@ unknown (the connection dropped) is harmless.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from collections.abc import Callable, Container, Iterator, Mapping
 from datetime import datetime, timezone
@@ -183,22 +184,46 @@ class PgRunStore:
         return row[0] if row else None
 
     def scan(self, skip: Container[str] = ()) -> Iterator[dict[str, Any]]:
-        """Every run's document, in id order, a batch at a time (keyset paging: no long transaction)."""
-        after = ""
-        while True:
+        """Every run's document, in id order, a batch at a time (keyset paging: no long
+        transaction). The next batch is fetched while this one is handed out: the
+        database's reading overlaps the engine's describing of the runs at a start."""
+        batches: queue.Queue[list[tuple[str, dict[str, Any]]] | BaseException] = queue.Queue(maxsize=2)
+        stop = threading.Event()
+
+        def fetch() -> None:
+            after = ""
             try:
-                with self._pool.connection() as connection:
-                    rows = connection.execute(
-                        "SELECT id, document FROM runs WHERE id > %s ORDER BY id LIMIT %s", (after, SCAN_BATCH)
-                    ).fetchall()
+                while not stop.is_set():
+                    with self._pool.connection() as connection:
+                        rows = connection.execute(
+                            "SELECT id, document FROM runs WHERE id > %s ORDER BY id LIMIT %s", (after, SCAN_BATCH)
+                        ).fetchall()
+                    batches.put(rows)
+                    if not rows:
+                        return
+                    after = rows[-1][0]
             except (psycopg.Error, OSError) as exc:
-                raise _unavailable("read from", exc) from None
-            if not rows:
-                return
-            for run_id, document in rows:
-                if run_id not in skip:
-                    yield document
-            after = rows[-1][0]
+                batches.put(_unavailable("read from", exc))
+
+        fetcher = threading.Thread(target=fetch, name="userflow-pg-scan", daemon=True)
+        fetcher.start()
+        try:
+            while True:
+                batch = batches.get()
+                if isinstance(batch, BaseException):
+                    raise batch
+                if not batch:
+                    return
+                for run_id, document in batch:
+                    if run_id not in skip:
+                        yield document
+        finally:
+            stop.set()
+            while fetcher.is_alive():  # a consumer that stopped early: let the fetcher finish its put
+                try:
+                    batches.get(timeout=0.1)
+                except queue.Empty:
+                    pass
 
     def index_cache(self) -> IndexCache | None:
         return None  # the database answers from its tables; nothing to keep between starts
