@@ -46,9 +46,9 @@ from userflow.actors.retry import PermanentError, describe
 from userflow.actors.parts import EngineParts
 from userflow.actors.run_model import INTERRUPTED, Attempt, Run, StepRecord, storable
 from userflow.actors.status import RunStatus, StepStatus
-from userflow.actors.run_commands import CommandsMixin
-from userflow.actors.run_deadlines import DeadlinesMixin
-from userflow.actors.run_signals import SignalsMixin
+from userflow.actors.run_commands import Commands
+from userflow.actors.run_deadlines import Deadlines
+from userflow.actors.run_signals import Signals
 from userflow.actors.timeutil import epoch, iso, now
 from userflow.actors.workflow import RETRY_TIMER, Step, StepContext, Wait, Workflow
 from userflow.storage import RunHandle, StorageError
@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 __all__ = ["INTERRUPTED", "RETRY_TIMER", "RunActor"]
 
 
-class RunActor(SignalsMixin, DeadlinesMixin, CommandsMixin, pykka.ThreadingActor):
+class RunActor(pykka.ThreadingActor):
     use_daemon_thread = True  # a stuck step must not keep a stopping server alive
 
     def __init__(
@@ -85,6 +85,27 @@ class RunActor(SignalsMixin, DeadlinesMixin, CommandsMixin, pykka.ThreadingActor
         self._closing = False
         self._unsaved = False  # a completed step waiting for the next commit
         self._missing = False  # activated for a run the store does not have
+        self._deadlines = Deadlines(self)
+        self._signals = Signals(self, self._deadlines)
+        self._commands = Commands(self)
+
+    # -- what the handlers see (RunControl) ------------------------------------
+
+    @property
+    def run(self) -> Run:
+        return self._run
+
+    @property
+    def run_id(self) -> str:
+        return self._run_id
+
+    @property
+    def parts(self) -> EngineParts:
+        return self._parts
+
+    @property
+    def workflow(self) -> Workflow | None:
+        return self._workflow
 
     # -- life cycle -----------------------------------------------------------
 
@@ -95,8 +116,8 @@ class RunActor(SignalsMixin, DeadlinesMixin, CommandsMixin, pykka.ThreadingActor
                 self._run = Run(self._created)
                 self._workflow = self._parts.workflows[self._created["workflow"]]
                 self._run.log("run-started", f"run started ({self._workflow.name})")
-                self._commit()
-                resolve(self._created_reply, self._start_result(created=True))
+                self.commit()
+                resolve(self._created_reply, self.start_result(created=True))
             else:
                 stored = self._handle.load()
                 if stored is None:
@@ -111,7 +132,7 @@ class RunActor(SignalsMixin, DeadlinesMixin, CommandsMixin, pykka.ThreadingActor
                     self._run.log("attempt-interrupted", f"{step['name']}: attempt {attempt['number']} was interrupted; running it again", step["id"], attempt["number"])
                 if moved_from is not None:
                     self._run.log("migrated", f"moved from version {moved_from} of {self._workflow.name} to version {self._workflow.version}")
-                    self._commit()
+                    self.commit()
         except Exception as exc:  # noqa: BLE001 - reported, the supervisor decides
             log.error("run %s could not be activated: %s", self._run_id, describe(exc))
             reject(self._created_reply, exc)
@@ -130,13 +151,13 @@ class RunActor(SignalsMixin, DeadlinesMixin, CommandsMixin, pykka.ThreadingActor
             else:
                 self._handled += 1
                 if isinstance(message, Deliver):
-                    self._deliver(message)
+                    self._signals.deliver(message)
                 elif isinstance(message, TimerFired):
-                    self._timer(message)
+                    self._signals.timer(message)
                 elif isinstance(message, Command):
-                    self._command(message)
+                    self._commands.handle(message)
                 elif isinstance(message, AwaitDurable):
-                    resolve(message.reply, self._start_result(created=False))
+                    resolve(message.reply, self.start_result(created=False))
                 else:
                     log.warning("run %s: unexpected message %r", self._run_id, message)
             self._run_due()
@@ -167,7 +188,7 @@ class RunActor(SignalsMixin, DeadlinesMixin, CommandsMixin, pykka.ThreadingActor
     def on_stop(self) -> None:
         if self._unsaved and not self._closing:
             try:  # stopped between a completed step and its commit: keep the work
-                self._commit()
+                self.commit()
             except Exception as exc:  # noqa: BLE001 - the step runs again at the next start
                 log.error("run %s: last commit before stopping failed: %s", self._run_id, describe(exc))
         self._drain_inbox()
@@ -192,7 +213,7 @@ class RunActor(SignalsMixin, DeadlinesMixin, CommandsMixin, pykka.ThreadingActor
 
     # -- the cursor -----------------------------------------------------------
 
-    def _advance_soon(self) -> None:
+    def advance_soon(self) -> None:
         self._due = True
 
     def _queue_advance(self) -> None:
@@ -221,11 +242,11 @@ class RunActor(SignalsMixin, DeadlinesMixin, CommandsMixin, pykka.ThreadingActor
         if step is None:
             run.finish()
             run.log("run-completed", f"run completed ({run.document['outcome']})")
-            self._commit()
+            self.commit()
             return
         spec = self._workflow.steps[run.cursor]
         if isinstance(spec, Wait):
-            self._wait(spec, step)
+            self.wait(spec, step)
         else:
             self._attempt(spec, step)
 
@@ -234,19 +255,19 @@ class RunActor(SignalsMixin, DeadlinesMixin, CommandsMixin, pykka.ThreadingActor
         due = run.timers.get(RETRY_TIMER)
         if due is not None:
             if due > now():
-                self._set_timer(RETRY_TIMER, due)  # re-armed as it was
+                self.set_timer(RETRY_TIMER, due)  # re-armed as it was
                 return
             del run.timers[RETRY_TIMER]
         attempt = run.start_attempt(step)
         number = attempt["number"]
         run.log("attempt-started", f"{spec.name}: attempt {number} started", spec.id, number)
-        self._commit()
+        self.commit()
         crash_point(spec.id, "before-run")
 
-        context = self._context(spec, number)
+        context = self.context(spec, number)
         started = time.perf_counter()
         try:
-            output = self._call(spec.run, context)
+            output = self.call(spec.run, context)
         except Exception as exc:  # noqa: BLE001 - every failure is recorded, none escapes
             self._attempt_failed(spec, step, attempt, context, exc)
             return
@@ -259,7 +280,7 @@ class RunActor(SignalsMixin, DeadlinesMixin, CommandsMixin, pykka.ThreadingActor
         elapsed = (time.perf_counter() - started) * 1000
         self._complete(spec, step, attempt, context, output, f"{spec.name} completed in {elapsed:.0f} ms")
 
-    def _call(self, function: Any, context: StepContext) -> Any:
+    def call(self, function: Any, context: StepContext) -> Any:
         result = function(context)
         if asyncio.iscoroutine(result):
             loop = self._parts.loop
@@ -268,7 +289,7 @@ class RunActor(SignalsMixin, DeadlinesMixin, CommandsMixin, pykka.ThreadingActor
             return asyncio.run_coroutine_threadsafe(result, loop).result()
         return result
 
-    def _context(self, spec: Step | Wait | str, attempt: int) -> StepContext:
+    def context(self, spec: Step | Wait | str, attempt: int) -> StepContext:
         run = self._run
         return StepContext(
             run_id=self._run_id,
@@ -284,32 +305,32 @@ class RunActor(SignalsMixin, DeadlinesMixin, CommandsMixin, pykka.ThreadingActor
 
     def _checkpoint(self, context: StepContext) -> None:
         self._run.document["state"] = copy.deepcopy(context.state)
-        self._take_entries(context)
-        self._commit()
+        self.take_entries(context)
+        self.commit()
 
-    def _keep(self, context: StepContext) -> None:
+    def keep(self, context: StepContext) -> None:
         """The work in ``context`` succeeded: its state becomes the run's, its log entries
         and events join (the events in the same commit as the state they tell of)."""
-        self._take_entries(context)
+        self.take_entries(context)
         self._run.keep(context.state, context.events)
         context.events.clear()
 
-    def _set_timer(self, name: str, due: float) -> None:
+    def set_timer(self, name: str, due: float) -> None:
         """Arm timer ``name``; it is kept in the snapshot, so it is durable with the next commit."""
         self._run.timers[name] = due
         self._parts.timers.schedule(self._run_id, name, due)
 
-    def _drop_timer(self, name: str) -> None:
+    def drop_timer(self, name: str) -> None:
         if self._run.timers.pop(name, None) is not None:
             self._parts.timers.cancel(self._run_id, name)
 
-    def _take_entries(self, context: StepContext) -> None:
+    def take_entries(self, context: StepContext) -> None:
         for entry in context.entries:
             self._run.log(entry["type"], entry["message"], context.step_id, context.attempt, at=entry["at"])
         context.entries.clear()
 
     def _complete(self, spec: Step, step: StepRecord, attempt: Attempt, context: StepContext, output: Any, message: str) -> None:
-        self._keep(context)
+        self.keep(context)
         self._run.complete(step, output, attempt)
         self._run.log("step-completed", message, spec.id, attempt["number"])
         self._commit_with_next()
@@ -318,7 +339,7 @@ class RunActor(SignalsMixin, DeadlinesMixin, CommandsMixin, pykka.ThreadingActor
         run = self._run
         number = attempt["number"]
         run.fail_attempt(attempt, describe(error))
-        self._take_entries(context)
+        self.take_entries(context)
         budget = run.budget(step)
         failures = sum(1 for a in budget if a["error"] and not a.get("interrupted"))
         policy = spec.policy(self._parts.services)
@@ -327,14 +348,14 @@ class RunActor(SignalsMixin, DeadlinesMixin, CommandsMixin, pykka.ThreadingActor
         if policy.should_retry(failures, error, elapsed, delay):
             due = now() + delay
             run.retry_later(step, iso(due))
-            self._set_timer(RETRY_TIMER, due)
+            self.set_timer(RETRY_TIMER, due)
             run.log("attempt-failed", f"{spec.name}: attempt {number} failed ({attempt['error']}); retrying in {delay:.1f} s", spec.id, number)
-            self._commit()
+            self.commit()
             return
         why = "not retryable" if policy.is_permanent(error) else f"{failures} failed attempts in {elapsed:.0f} s"
         run.log("attempt-failed", f"{spec.name}: attempt {number} failed ({attempt['error']}); {why}", spec.id, number)
         if spec.fallback is not None:
-            fallback_context = self._context(spec, number)
+            fallback_context = self.context(spec, number)
             try:
                 output = spec.fallback(fallback_context, error)
             except Exception as exc:  # noqa: BLE001
@@ -347,28 +368,28 @@ class RunActor(SignalsMixin, DeadlinesMixin, CommandsMixin, pykka.ThreadingActor
         run.log("run-failed", f"run failed at {spec.name}: {message}", spec.id, number)
         assert self._workflow is not None
         if self._workflow.on_failed is not None:
-            context = self._context(spec, number)
+            context = self.context(spec, number)
             self._workflow.on_failed(context, message)
-            self._keep(context)
-        self._commit()
+            self.keep(context)
+        self.commit()
 
-    def _wait(self, spec: Wait, step: StepRecord) -> None:
+    def wait(self, spec: Wait, step: StepRecord) -> None:
         run = self._run
         signal = run.signal(spec.signal)
         if step["status"] != StepStatus.WAITING:
             crash_point(spec.id, "before-run")
             run.start_waiting(step)
             if signal is None:
-                run.log("waiting", f"{spec.name}: waiting for signal {spec.signal}{self._arm_deadlines(spec, step)}", spec.id)
+                run.log("waiting", f"{spec.name}: waiting for signal {spec.signal}{self._deadlines.arm(spec, step)}", spec.id)
         if signal is None:
             run.park()
-            self._commit()
+            self.commit()
             return
-        self._drop_deadlines(spec)
+        self._deadlines.drop(spec)
         if spec.on_signal is not None:
-            context = self._context(spec, 1)
+            context = self.context(spec, 1)
             spec.on_signal(context, signal)
-            self._keep(context)
+            self.keep(context)
         run.consume(step, signal)
         run.log("step-completed", f"{spec.name}: signal {spec.signal} received", spec.id)
         crash_point(spec.id, "before-commit")
@@ -379,19 +400,19 @@ class RunActor(SignalsMixin, DeadlinesMixin, CommandsMixin, pykka.ThreadingActor
         wait, the end), which follows at once: one sync fewer per step. Nothing was
         promised on it; a crash in between runs the step again, as steps allow."""
         self._unsaved = True
-        self._advance_soon()
+        self.advance_soon()
 
-    def _end(self, status: RunStatus, outcome: str, message: str) -> None:
+    def end(self, status: RunStatus, outcome: str, message: str) -> None:
         """Close the run early: pending timers dropped, unfinished steps SKIPPED."""
         for name in list(self._run.timers):
-            self._drop_timer(name)
+            self.drop_timer(name)
         self._run.end(status, outcome)
         self._run.log("run-completed" if status == RunStatus.COMPLETED else "run-cancelled", message)
-        self._commit()
+        self.commit()
 
     # -- the commit ---------------------------------------------------------------
 
-    def _commit(self) -> None:
+    def commit(self) -> None:
         self._unsaved = False
         entries = self._run.stamp()
         assert self._handle is not None
@@ -402,6 +423,6 @@ class RunActor(SignalsMixin, DeadlinesMixin, CommandsMixin, pykka.ThreadingActor
             raise
         self._parts.index.put(self._run.document, entries)
 
-    def _start_result(self, created: bool) -> StartResult:
+    def start_result(self, created: bool) -> StartResult:
         summary = self._parts.index.get(self._run_id) or self._parts.index.summarise(self._run.document)
         return StartResult(self._run_id, created, summary)

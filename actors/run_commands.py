@@ -12,27 +12,25 @@ from __future__ import annotations
 from typing import Any
 
 from userflow.actors.messages import Command, reject, resolve
-from userflow.actors.run_model import Run
 from userflow.actors.status import FINISHED, RunStatus
-from userflow.actors.workflow import RETRY_TIMER, ActionRejected, Workflow
+from userflow.actors.workflow import RETRY_TIMER, ActionRejected
 from userflow.storage import StorageError
+from userflow.actors.run_control import RunControl
 
 
-class CommandsMixin:
-    """Part of :class:`~userflow.actors.run_actor.RunActor`; uses its run and recording."""
+class Commands:
+    """A run's operator commands and workflow actions."""
 
-    _run: Run
-    _run_id: str
-    _parts: Any
-    _workflow: Workflow | None
+    def __init__(self, control: RunControl) -> None:
+        self._control = control
 
-    def _command(self, message: Command) -> None:
+    def handle(self, message: Command) -> None:
         try:
             by = str(message.args.get("by") or "an operator")
             if message.name == "retry":
                 self._retry_failed(by)
             elif message.name == "resume":
-                if self._run.status == RunStatus.FAILED:
+                if self._control.run.status == RunStatus.FAILED:
                     self._retry_failed(by)
             elif message.name == "cancel":
                 self._cancel(by)
@@ -44,44 +42,44 @@ class CommandsMixin:
         except StorageError as exc:
             reject(message.reply, exc)
             raise
-        resolve(message.reply, self._start_result(created=False))
+        resolve(message.reply, self._control.start_result(created=False))
 
     def _retry_failed(self, by: str) -> None:
-        if self._run.status != RunStatus.FAILED:
-            raise ActionRejected("conflict", f"only a FAILED run can be retried; this one is {self._run.status}")
-        step = self._run.retry()
-        self._run.log("operator-retry", f"retry requested by {by}: {step['name']} runs again with a fresh attempt budget", step["id"])
-        self._commit()
-        self._advance_soon()
+        if self._control.run.status != RunStatus.FAILED:
+            raise ActionRejected("conflict", f"only a FAILED run can be retried; this one is {self._control.run.status}")
+        step = self._control.run.retry()
+        self._control.run.log("operator-retry", f"retry requested by {by}: {step['name']} runs again with a fresh attempt budget", step["id"])
+        self._control.commit()
+        self._control.advance_soon()
 
     def _cancel(self, by: str) -> None:
-        if self._run.status not in (RunStatus.RUNNING, RunStatus.WAITING):
-            raise ActionRejected("conflict", f"only a RUNNING or WAITING run can be cancelled; this one is {self._run.status}")
-        assert self._workflow is not None
-        if self._workflow.on_cancel is not None:
-            context = self._context("cancel", 1)
-            self._workflow.on_cancel(context)
-            self._keep(context)
-        self._end(RunStatus.CANCELLED, "cancelled", f"run cancelled by {by}")
+        if self._control.run.status not in (RunStatus.RUNNING, RunStatus.WAITING):
+            raise ActionRejected("conflict", f"only a RUNNING or WAITING run can be cancelled; this one is {self._control.run.status}")
+        assert self._control.workflow is not None
+        if self._control.workflow.on_cancel is not None:
+            context = self._control.context("cancel", 1)
+            self._control.workflow.on_cancel(context)
+            self._control.keep(context)
+        self._control.end(RunStatus.CANCELLED, "cancelled", f"run cancelled by {by}")
 
     def _action(self, name: str, args: dict[str, Any]) -> None:
-        assert self._workflow is not None
-        spec = self._workflow.action(name)
+        assert self._control.workflow is not None
+        spec = self._control.workflow.action(name)
         if spec is None:
             raise ActionRejected("unknown_action", f"this workflow has no action {name!r}")
-        if self._run.status in FINISHED:
-            raise ActionRejected("conflict", f"this run is {self._run.status}")
-        context = self._context(name, 1)
+        if self._control.run.status in FINISHED:
+            raise ActionRejected("conflict", f"this run is {self._control.run.status}")
+        context = self._control.context(name, 1)
         context.args = args
-        self._call(spec.run, context)
-        self._keep(context)
+        self._control.call(spec.run, context)
+        self._control.keep(context)
         if context.rewind is not None:
             self._rewind(context.rewind)
-        self._commit()
+        self._control.commit()
         if context.rewind is not None:
-            self._advance_soon()
+            self._control.advance_soon()
 
     def _rewind(self, step_id: str) -> None:
-        self._drop_timer(RETRY_TIMER)
-        self._run.rewind(step_id)
-        self._run.log("rewound", f"running again from {self._run.step(step_id)['name']}", step_id)
+        self._control.drop_timer(RETRY_TIMER)
+        self._control.run.rewind(step_id)
+        self._control.run.log("rewound", f"running again from {self._control.run.step(step_id)['name']}", step_id)
