@@ -71,13 +71,13 @@ class RunActor(pykka.ThreadingActor):
         created_reply: Any = None,
     ) -> None:
         super().__init__()
-        self._parts = parts
+        self.parts = parts
         self._supervisor = supervisor
-        self._run_id = run_id
+        self.run_id = run_id
         self._created = created
         self._created_reply = created_reply
-        self._run = Run({"id": run_id, "status": None, "cursor": 0, "steps": [], "seq": 0, "version": 0})
-        self._workflow: Workflow | None = None
+        self.run = Run({"id": run_id, "status": None, "cursor": 0, "steps": [], "seq": 0, "version": 0})
+        self.workflow: Workflow | None = None
         self._handle: RunHandle | None = None
         self._handled = 0
         self._advancing = False  # an Advance message is queued
@@ -89,52 +89,34 @@ class RunActor(pykka.ThreadingActor):
         self._signals = Signals(self, self._deadlines)
         self._commands = Commands(self)
 
-    # -- what the handlers see (RunControl) ------------------------------------
-
-    @property
-    def run(self) -> Run:
-        return self._run
-
-    @property
-    def run_id(self) -> str:
-        return self._run_id
-
-    @property
-    def parts(self) -> EngineParts:
-        return self._parts
-
-    @property
-    def workflow(self) -> Workflow | None:
-        return self._workflow
-
     # -- life cycle -----------------------------------------------------------
 
     def on_start(self) -> None:
         try:
-            self._handle = self._parts.store.open(self._run_id)
+            self._handle = self.parts.store.open(self.run_id)
             if self._created is not None:
-                self._run = Run(self._created)
-                self._workflow = self._parts.workflows[self._created["workflow"]]
-                self._run.log("run-started", f"run started ({self._workflow.name})")
+                self.run = Run(self._created)
+                self.workflow = self.parts.workflows[self._created["workflow"]]
+                self.run.log("run-started", f"run started ({self.workflow.name})")
                 self.commit()
                 resolve(self._created_reply, self.start_result(created=True))
             else:
                 stored = self._handle.load()
                 if stored is None:
                     self._missing = True
-                    raise StorageError(2, f"run {self._run_id} has no stored snapshot")
-                self._run = Run(stored.run)
-                self._workflow, moved_from = self._parts.workflows.migrate(stored.run)
-                attempt = self._run.interrupt()
+                    raise StorageError(2, f"run {self.run_id} has no stored snapshot")
+                self.run = Run(stored.run)
+                self.workflow, moved_from = self.parts.workflows.migrate(stored.run)
+                attempt = self.run.interrupt()
                 if attempt is not None:
-                    step = self._run.current()
+                    step = self.run.current()
                     assert step is not None
-                    self._run.log("attempt-interrupted", f"{step['name']}: attempt {attempt['number']} was interrupted; running it again", step["id"], attempt["number"])
+                    self.run.log("attempt-interrupted", f"{step['name']}: attempt {attempt['number']} was interrupted; running it again", step["id"], attempt["number"])
                 if moved_from is not None:
-                    self._run.log("migrated", f"moved from version {moved_from} of {self._workflow.name} to version {self._workflow.version}")
+                    self.run.log("migrated", f"moved from version {moved_from} of {self.workflow.name} to version {self.workflow.version}")
                     self.commit()
         except Exception as exc:  # noqa: BLE001 - reported, the supervisor decides
-            log.error("run %s could not be activated: %s", self._run_id, describe(exc))
+            log.error("run %s could not be activated: %s", self.run_id, describe(exc))
             reject(self._created_reply, exc)
             self._fail(describe(exc))
             return
@@ -159,16 +141,16 @@ class RunActor(pykka.ThreadingActor):
                 elif isinstance(message, AwaitDurable):
                     resolve(message.reply, self.start_result(created=False))
                 else:
-                    log.warning("run %s: unexpected message %r", self._run_id, message)
+                    log.warning("run %s: unexpected message %r", self.run_id, message)
             self._run_due()
         except StorageError as exc:
             # The snapshot in memory is now ahead of the disk: drop it, the
             # supervisor reactivates the run from what was really committed.
-            log.error("run %s: persisting failed, will retry: %s", self._run_id, exc)
+            log.error("run %s: persisting failed, will retry: %s", self.run_id, exc)
             self._fail(describe(exc))
             return None
         if not self._advancing and not self._due and not self._closing:
-            self._tell_supervisor(Idle(self._run_id, self.actor_urn, self._handled))
+            self._tell_supervisor(Idle(self.run_id, self.actor_urn, self._handled))
         return None
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
@@ -180,8 +162,8 @@ class RunActor(pykka.ThreadingActor):
         self._closing = True
         # A stored run stays known when it could not be read (the store is away): it is
         # activated again later. Only a run never committed, or not stored at all, is forgotten.
-        stored = self._run.document.get("version", 0) > 0 or (self._created is None and not self._missing)
-        self._tell_supervisor(ActorFailed(self._run_id, self.actor_urn, reason, stored))
+        stored = self.run.document.get("version", 0) > 0 or (self._created is None and not self._missing)
+        self._tell_supervisor(ActorFailed(self.run_id, self.actor_urn, reason, stored))
         self._drain_inbox()
         self.stop()
 
@@ -190,7 +172,7 @@ class RunActor(pykka.ThreadingActor):
             try:  # stopped between a completed step and its commit: keep the work
                 self.commit()
             except Exception as exc:  # noqa: BLE001 - the step runs again at the next start
-                log.error("run %s: last commit before stopping failed: %s", self._run_id, describe(exc))
+                log.error("run %s: last commit before stopping failed: %s", self.run_id, describe(exc))
         self._drain_inbox()
         self._tell_supervisor(Stopped(self.actor_urn))
 
@@ -209,7 +191,7 @@ class RunActor(pykka.ThreadingActor):
 
     def _bounce(self, message: Any) -> None:
         if isinstance(message, ROUTED):
-            self._tell_supervisor(Bounce(self._run_id, message))
+            self._tell_supervisor(Bounce(self.run_id, message))
 
     # -- the cursor -----------------------------------------------------------
 
@@ -234,8 +216,8 @@ class RunActor(pykka.ThreadingActor):
             self._advance()
 
     def _advance(self) -> None:
-        run = self._run
-        assert self._workflow is not None
+        run = self.run
+        assert self.workflow is not None
         if run.status != RunStatus.RUNNING:
             return
         step = run.current()
@@ -244,14 +226,14 @@ class RunActor(pykka.ThreadingActor):
             run.log("run-completed", f"run completed ({run.document['outcome']})")
             self.commit()
             return
-        spec = self._workflow.steps[run.cursor]
+        spec = self.workflow.steps[run.cursor]
         if isinstance(spec, Wait):
             self.wait(spec, step)
         else:
             self._attempt(spec, step)
 
     def _attempt(self, spec: Step, step: StepRecord) -> None:
-        run = self._run
+        run = self.run
         due = run.timers.get(RETRY_TIMER)
         if due is not None:
             if due > now():
@@ -283,28 +265,28 @@ class RunActor(pykka.ThreadingActor):
     def call(self, function: Any, context: StepContext) -> Any:
         result = function(context)
         if asyncio.iscoroutine(result):
-            loop = self._parts.loop
+            loop = self.parts.loop
             if loop is None:  # no shared loop (scripts, tests): a private one
                 return asyncio.run(result)
             return asyncio.run_coroutine_threadsafe(result, loop).result()
         return result
 
     def context(self, spec: Step | Wait | str, attempt: int) -> StepContext:
-        run = self._run
+        run = self.run
         return StepContext(
-            run_id=self._run_id,
+            run_id=self.run_id,
             step_id=spec if isinstance(spec, str) else spec.id,
             attempt=attempt,
             input=run.document["input"],
             state=run.document["state"],
             outputs=run.outputs(),
-            services=self._parts.services,
+            services=self.parts.services,
             checkpoint=self._checkpoint,
             signals=tuple(signal["name"] for signal in run.document["signals"]),
         )
 
     def _checkpoint(self, context: StepContext) -> None:
-        self._run.document["state"] = copy.deepcopy(context.state)
+        self.run.document["state"] = copy.deepcopy(context.state)
         self.take_entries(context)
         self.commit()
 
@@ -312,37 +294,37 @@ class RunActor(pykka.ThreadingActor):
         """The work in ``context`` succeeded: its state becomes the run's, its log entries
         and events join (the events in the same commit as the state they tell of)."""
         self.take_entries(context)
-        self._run.keep(context.state, context.events)
+        self.run.keep(context.state, context.events)
         context.events.clear()
 
     def set_timer(self, name: str, due: float) -> None:
         """Arm timer ``name``; it is kept in the snapshot, so it is durable with the next commit."""
-        self._run.timers[name] = due
-        self._parts.timers.schedule(self._run_id, name, due)
+        self.run.timers[name] = due
+        self.parts.timers.schedule(self.run_id, name, due)
 
     def drop_timer(self, name: str) -> None:
-        if self._run.timers.pop(name, None) is not None:
-            self._parts.timers.cancel(self._run_id, name)
+        if self.run.timers.pop(name, None) is not None:
+            self.parts.timers.cancel(self.run_id, name)
 
     def take_entries(self, context: StepContext) -> None:
         for entry in context.entries:
-            self._run.log(entry["type"], entry["message"], context.step_id, context.attempt, at=entry["at"])
+            self.run.log(entry["type"], entry["message"], context.step_id, context.attempt, at=entry["at"])
         context.entries.clear()
 
     def _complete(self, spec: Step, step: StepRecord, attempt: Attempt, context: StepContext, output: Any, message: str) -> None:
         self.keep(context)
-        self._run.complete(step, output, attempt)
-        self._run.log("step-completed", message, spec.id, attempt["number"])
+        self.run.complete(step, output, attempt)
+        self.run.log("step-completed", message, spec.id, attempt["number"])
         self._commit_with_next()
 
     def _attempt_failed(self, spec: Step, step: StepRecord, attempt: Attempt, context: StepContext, error: BaseException) -> None:
-        run = self._run
+        run = self.run
         number = attempt["number"]
         run.fail_attempt(attempt, describe(error))
         self.take_entries(context)
         budget = run.budget(step)
         failures = sum(1 for a in budget if a["error"] and not a.get("interrupted"))
-        policy = spec.policy(self._parts.services)
+        policy = spec.policy(self.parts.services)
         delay = policy.backoff(failures)
         elapsed = now() - epoch(budget[0]["startedAt"])
         if policy.should_retry(failures, error, elapsed, delay):
@@ -366,15 +348,15 @@ class RunActor(pykka.ThreadingActor):
         message = attempt["error"] or describe(error)
         run.fail(step, message)
         run.log("run-failed", f"run failed at {spec.name}: {message}", spec.id, number)
-        assert self._workflow is not None
-        if self._workflow.on_failed is not None:
+        assert self.workflow is not None
+        if self.workflow.on_failed is not None:
             context = self.context(spec, number)
-            self._workflow.on_failed(context, message)
+            self.workflow.on_failed(context, message)
             self.keep(context)
         self.commit()
 
     def wait(self, spec: Wait, step: StepRecord) -> None:
-        run = self._run
+        run = self.run
         signal = run.signal(spec.signal)
         if step["status"] != StepStatus.WAITING:
             crash_point(spec.id, "before-run")
@@ -404,25 +386,25 @@ class RunActor(pykka.ThreadingActor):
 
     def end(self, status: RunStatus, outcome: str, message: str) -> None:
         """Close the run early: pending timers dropped, unfinished steps SKIPPED."""
-        for name in list(self._run.timers):
+        for name in list(self.run.timers):
             self.drop_timer(name)
-        self._run.end(status, outcome)
-        self._run.log("run-completed" if status == RunStatus.COMPLETED else "run-cancelled", message)
+        self.run.end(status, outcome)
+        self.run.log("run-completed" if status == RunStatus.COMPLETED else "run-cancelled", message)
         self.commit()
 
     # -- the commit ---------------------------------------------------------------
 
     def commit(self) -> None:
         self._unsaved = False
-        entries = self._run.stamp()
+        entries = self.run.stamp()
         assert self._handle is not None
         try:
-            self._handle.commit(self._run.document, entries)
+            self._handle.commit(self.run.document, entries)
         except Exception:
-            self._run.unstamp(entries)
+            self.run.unstamp(entries)
             raise
-        self._parts.index.put(self._run.document, entries)
+        self.parts.index.put(self.run.document, entries)
 
     def start_result(self, created: bool) -> StartResult:
-        summary = self._parts.index.get(self._run_id) or self._parts.index.summarise(self._run.document)
-        return StartResult(self._run_id, created, summary)
+        summary = self.parts.index.get(self.run_id) or self.parts.index.summarise(self.run.document)
+        return StartResult(self.run_id, created, summary)

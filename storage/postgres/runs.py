@@ -119,19 +119,15 @@ def _json_row(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_row(run: dict[str, Any]) -> dict[str, Any]:
-    """The parameters of UPSERT_RUN for a run's document."""
-    timers = run.get("timers") or {}
+    """The parameters of UPSERT_RUN for a run's document: _json_row's, as typed values."""
+    row = _json_row(run)
+    wake = row["wake"]
     return {
-        "id": run["id"],
-        "workflow": run["workflow"],
-        "definition": int(run.get("definition", 1)),
-        "format": int(run.get("format", 1)),
-        "status": run["status"],
+        **row,
         "document": Jsonb(run),
-        "version": int(run["version"]),
-        "wake": datetime.fromtimestamp(min(timers.values()), tz=timezone.utc) if timers else None,
-        "created": _time(run["createdAt"]),
-        "updated": _time(run["updatedAt"]),
+        "wake": datetime.fromtimestamp(wake, tz=timezone.utc) if wake is not None else None,
+        "created": _time(row["created"]),
+        "updated": _time(row["updated"]),
     }
 
 

@@ -28,9 +28,9 @@ import urllib.request
 from tests.perf.loadgen import rss_mib, start_server
 
 
-def serve(data_dir: str) -> tuple[subprocess.Popen[str], str, float]:
+def serve(data_dir: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str, float]:
     started = time.perf_counter()
-    proc, url = start_server(data_dir, ["--log-level", "WARNING"])
+    proc, url = start_server(data_dir, ["--log-level", "WARNING"], env)
     while True:  # /readyz is the contract; the listening line comes at the same moment
         try:
             with urllib.request.urlopen(url + "/readyz", timeout=5) as response:

@@ -31,7 +31,8 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.perf.loadgen import rss_mib, start_server
+from tests.perf.loadgen import rss_mib
+from tests.perf import waiting
 from tests.perf.waiting import populate, template
 from tests.postgres import Cluster
 from userflow.actors.definitions import Definitions
@@ -42,21 +43,10 @@ from userflow.storage.postgres.schema import migrate
 
 
 def serve(data_dir: str, database_url: str | None) -> tuple[subprocess.Popen[str], str, float]:
-    env = {"USERFLOW_DATABASE_URL": database_url} if database_url else {}
-    started = time.perf_counter()
-    proc, url = start_server(data_dir, ["--log-level", "WARNING"], env)
-    while True:  # /readyz is the contract; the listening line comes at the same moment
-        try:
-            with urllib.request.urlopen(url + "/readyz", timeout=5) as response:
-                if response.status == 200:
-                    return proc, url, time.perf_counter() - started
-        except OSError:
-            time.sleep(0.01)
+    return waiting.serve(data_dir, {"USERFLOW_DATABASE_URL": database_url} if database_url else None)
 
 
-def stop(proc: subprocess.Popen[str]) -> None:
-    proc.terminate()
-    proc.wait(timeout=120)
+stop = waiting.stop
 
 
 def waiting_count(url: str) -> float:
