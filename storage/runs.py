@@ -16,6 +16,13 @@ file (atomically, unsynced), syncs the filesystem once, and only then drops
 the journal segments those documents were in. At startup, documents found in
 the journal that are newer than their run's file are written back first.
 
+Run files are spread over 256 folders, ``runs/XX/ID.json`` where ``XX`` is
+a hash of the id, so no folder grows past a few thousand entries at a million
+runs (a folder of a million entries makes every listing and lookup in it
+slow). Files of the flat ``runs/ID.json`` layout of earlier releases are
+moved into their folder when the store opens, one atomic rename each, so a
+start interrupted halfway carries on at the next.
+
 Nothing above this module knows that runs are files: it sees :class:`RunStore`
 (open a run's handle, read one, scan all) and :class:`RunHandle` (commit).
 """
@@ -27,6 +34,7 @@ import logging
 import os
 import threading
 import time
+import zlib
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -42,6 +50,17 @@ log = logging.getLogger(__name__)
 
 _SUFFIX = ".json"
 _INDEX = "index.snapshot"
+_TEMP = ".tmp"
+
+
+def shard(run_id: str) -> str:
+    """The folder of ``runs/`` a run's file is in: two hex digits, spread evenly whatever the ids."""
+    return format(zlib.crc32(run_id.encode()) & 0xFF, "02x")
+
+
+def run_file(data_dir: str, run_id: str) -> str:
+    """Where a data dir keeps a run's file."""
+    return os.path.join(data_dir, "runs", shard(run_id), run_id + _SUFFIX)
 
 
 class RunFile:
@@ -104,6 +123,7 @@ class FileRunStore:
         self._index = os.path.join(data_dir, _INDEX)
         self._quarantine = os.path.join(data_dir, "quarantine")
         os.makedirs(self._dir, mode=0o700, exist_ok=True)
+        self._move_flat_files()
         self._latest: dict[str, tuple[int, bytes]] = {}  # committed, not yet in the file
         self._lock = threading.Lock()
         self._checkpointing = threading.Lock()
@@ -118,7 +138,30 @@ class FileRunStore:
     def _path(self, run_id: str) -> str:
         if not valid_run_id(run_id):
             raise ValueError(f"invalid run id {run_id!r}")
-        return os.path.join(self._dir, run_id + _SUFFIX)
+        return os.path.join(self._dir, shard(run_id), run_id + _SUFFIX)
+
+    def _folders(self) -> list[str]:
+        with os.scandir(self._dir) as entries:
+            return sorted(entry.path for entry in entries if len(entry.name) == 2 and entry.is_dir(follow_symlinks=False))
+
+    def _move_flat_files(self) -> None:
+        """Files of the flat layout into their folders (made once, all 256: a commit
+        never has to make one)."""
+        for number in range(256):
+            os.makedirs(os.path.join(self._dir, format(number, "02x")), mode=0o700, exist_ok=True)
+        moved = 0
+        with os.scandir(self._dir) as entries:
+            flat = [entry.name for entry in entries if entry.is_file(follow_symlinks=False)]
+        for name in flat:
+            source = os.path.join(self._dir, name)
+            if name.endswith(_TEMP):
+                os.unlink(source)  # a write that never reached its rename: the old file is intact
+            elif name.endswith(_SUFFIX) and valid_run_id(name[: -len(_SUFFIX)]):
+                os.replace(source, self._path(name[: -len(_SUFFIX)]))
+                moved += 1
+        if moved:
+            sync_filesystem(self._dir)
+            log.info("moved %d run files into the folders of runs/", moved)
 
     def open(self, run_id: str) -> RunFile:
         return RunFile(
@@ -239,27 +282,28 @@ class FileRunStore:
     def scan(self, skip: Container[str] = ()) -> Iterator[dict[str, Any]]:
         """Every stored run's snapshot but those in ``skip``. A torn or foreign file is
         quarantined, not fatal."""
-        with os.scandir(self._dir) as entries:
-            names = [entry.name for entry in entries]
-        for name in names:
-            if name.endswith(".tmp"):
-                # A write that never reached its rename: the old file is intact.
-                os.unlink(os.path.join(self._dir, name))
-                continue
-            if not name.endswith(_SUFFIX) or name[: -len(_SUFFIX)] in skip:
-                continue
-            path = os.path.join(self._dir, name)
-            try:
-                run = codec.run_of(read_json(path), path)
-                if run["id"] + _SUFFIX != name:
-                    raise CorruptFileError(f"{path}: holds run {run['id']!r}")
-            except (CorruptFileError, UnicodeDecodeError) as exc:
-                self._move_aside(path, exc)
-                continue
-            except OSError as exc:
-                log.error("cannot read %s, skipped: %s", path, exc)
-                continue
-            yield run
+        for folder in self._folders():
+            with os.scandir(folder) as entries:
+                names = [entry.name for entry in entries]
+            for name in names:
+                path = os.path.join(folder, name)
+                if name.endswith(_TEMP):
+                    # A write that never reached its rename: the old file is intact.
+                    os.unlink(path)
+                    continue
+                if not name.endswith(_SUFFIX) or name[: -len(_SUFFIX)] in skip:
+                    continue
+                try:
+                    run = codec.run_of(read_json(path), path)
+                    if run["id"] + _SUFFIX != name or shard(run["id"]) != os.path.basename(folder):
+                        raise CorruptFileError(f"{path}: holds run {run['id']!r}")
+                except (CorruptFileError, UnicodeDecodeError) as exc:
+                    self._move_aside(path, exc)
+                    continue
+                except OSError as exc:
+                    log.error("cannot read %s, skipped: %s", path, exc)
+                    continue
+                yield run
 
     # -- the saved index --------------------------------------------------------------
 
@@ -269,15 +313,16 @@ class FileRunStore:
         can set back), so a rewritten file never keeps its stamp."""
         stamps = {}
         cut = -len(_SUFFIX)
-        with os.scandir(self._dir) as entries:
-            for entry in entries:
-                name = entry.name
-                if name.endswith(_SUFFIX):
-                    try:
-                        stat = entry.stat()
-                    except FileNotFoundError:
-                        continue
-                    stamps[name[:cut]] = _stamp(stat)
+        for folder in self._folders():
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    name = entry.name
+                    if name.endswith(_SUFFIX):
+                        try:
+                            stat = entry.stat()
+                        except FileNotFoundError:
+                            continue
+                        stamps[name[:cut]] = _stamp(stat)
         return stamps
 
     def index_cache(self) -> IndexCache:

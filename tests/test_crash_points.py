@@ -139,7 +139,7 @@ def test_crash_during_a_checkpoint_loses_nothing_acknowledged(tmp_path):
         assert "fault injected at crash:storage:before-rename" in "".join(doomed.stderr)
         survivor.start()
         survivor.wait_for(f"/api/workflows/{answer['workflowId']}", lambda d: d["status"] == "WAITING")
-        assert not list((tmp_path / "runs").glob("*.tmp")), "the torn temp file was not cleaned up"
+        assert not list((tmp_path / "runs").rglob("*.tmp")), "the torn temp file was not cleaned up"
         assert len(survivor.get("/api/outbox")["emails"]) == 1
     finally:
         doomed.stop()

@@ -32,7 +32,7 @@ async def test_a_full_disk_answers_503_loses_nothing_accepted_and_recovers(clien
     accepted, token_a = await waiting_signup(client, "ann@example.com", "Ann Lee")
     run_a = accepted["workflowId"]
     runs_dir = next(p for p in tmp_path.rglob("runs") if p.is_dir())
-    files_before = sorted(p.name for p in runs_dir.iterdir())
+    files_before = sorted(str(p.relative_to(runs_dir)) for p in runs_dir.rglob("*"))
 
     full_disk.on()
     response = await client.post("/api/signup", json={"email": "bob@example.com", "name": "Bob Stone"})
@@ -41,7 +41,7 @@ async def test_a_full_disk_answers_503_loses_nothing_accepted_and_recovers(clien
     assert body["error"]["code"] == "storage_unavailable" and response.headers["Retry-After"]
     response = await client.post("/api/verify", json={"token": token_a})
     assert response.status == 503
-    assert sorted(p.name for p in runs_dir.iterdir()) == files_before  # nothing half-written
+    assert sorted(str(p.relative_to(runs_dir)) for p in runs_dir.rglob("*")) == files_before  # nothing half-written
     listed = await (await client.get("/api/workflows")).json()
     assert [w["id"] for w in listed["workflows"]] == [run_a]  # the refused signup left no trace
     assert listed["workflows"][0]["status"] == "WAITING"

@@ -99,7 +99,7 @@ def serve_database(request: pytest.FixtureRequest, tmp_path: Path, url: str, tok
 def newest_versions(data_dir: Path) -> dict[str, int]:
     """Each run's newest committed version, from its file and the journal as the disk holds them."""
     versions: dict[str, int] = {}
-    for path in (data_dir / "runs").glob("*.json"):
+    for path in (data_dir / "runs").rglob("*.json"):
         run = orjson.loads(path.read_bytes())["run"]["1"]
         versions[run["id"]] = int(run["version"])
     for segment in sorted((data_dir / "journal").glob("*.log")):
@@ -167,7 +167,7 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     except (urllib.error.URLError, ConnectionError):
         pass  # the checkpoint may end the process before it answers; the commit was durable before
     assert dying.wait_exit() == 137
-    journal_only = set(newest_versions(data_dir)) - {path.stem for path in (data_dir / "runs").glob("*.json")}
+    journal_only = set(newest_versions(data_dir)) - {path.stem for path in (data_dir / "runs").rglob("*.json")}
     assert len(journal_only) == 1, journal_only
     return {"data_dir": data_dir, "token": token, "session": session, "runs": runs, "late": journal_only.pop()}
 

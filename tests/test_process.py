@@ -188,7 +188,7 @@ def test_the_index_saved_while_running_makes_the_start_after_a_kill_read_no_file
             header = orjson.loads((tmp_path / "index.snapshot").read_bytes().split(b"\n", 1)[0])
         except (FileNotFoundError, orjson.JSONDecodeError):
             return False
-        files = {p.stem: os.stat(p) for p in (tmp_path / "runs").glob("*.json")}
+        files = {p.stem: os.stat(p) for p in (tmp_path / "runs").rglob("*.json")}
         current = {r: [s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns] for r, s in files.items()}
         return len(current) == 4 and header["stamps"] == current
 

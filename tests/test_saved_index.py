@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 import shutil
 from typing import Any
 
@@ -15,6 +16,7 @@ from userflow.actors.retry import RetryPolicy
 from userflow.actors.runtime import Runtime
 from userflow.actors.workflow import Deadline, Step, StepContext, Wait, Workflow
 from userflow.storage import FileRunStore
+from userflow.storage.runs import run_file
 
 
 def prepare(ctx: StepContext) -> dict[str, Any]:
@@ -121,7 +123,7 @@ async def test_runs_changed_added_or_removed_after_the_stop_come_from_their_file
     added.run["id"] = "wf_added"
     store.open("wf_added").commit(added.run, [])
     store.close()
-    (data / "runs" / f"{ids[0]}.json").unlink()
+    Path(run_file(str(data), ids[0])).unlink()
 
     second = await engine(WORKFLOWS)
     assert second.report.from_index == 3  # ids 2, 3, 4: untouched
@@ -177,7 +179,7 @@ def test_a_run_store_keeps_its_saved_index_with_the_stamps_given(tmp_path) -> No
     store = FileRunStore(str(tmp_path))
     store.open("run_1").commit({"id": "run_1", "workflow": "demo", "status": "RUNNING", "version": 2}, [])
     store.close()
-    edited = tmp_path / "runs" / "run_2.json"
+    edited = Path(run_file(str(tmp_path), "run_2"))
     edited.write_bytes(edited.read_bytes() + b" ")  # by hand, in place: same inode
     saved, lines = store.read_index("code-1")
     assert saved == stamps

@@ -6,6 +6,7 @@ import asyncio
 import copy
 import random
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from userflow.actors.supervisor import DuplicateRun
 from userflow.actors.timeutil import iso_now
 from userflow.actors.workflow import SignalRejected, StepContext
 from userflow.storage import DataDir, FileRunStore
+from userflow.storage.runs import run_file
 
 SECRET = bytes(range(32))
 
@@ -101,7 +103,7 @@ async def test_signup_goes_to_active(engine, tmp_path) -> None:
         assert stored.run["steps"][-1]["output"] == {"userId": "usr_1", "status": UserStatus.ACTIVE}
         assert stored.run["state"]["tokenHash"] == token_hash(token)
         runtime.parts.store.checkpoint()  # the run's file, not only the journal
-        assert token not in (tmp_path / "data" / "runs" / f"{started.run_id}.json").read_text()  # only its hash
+        assert token not in Path(run_file(str(tmp_path / "data"), started.run_id)).read_text()  # only its hash
         journal = tmp_path / "data" / "journal"
         assert all(token.encode() not in p.read_bytes() for p in journal.iterdir())
         types = [e["type"] for e in stored.timeline]

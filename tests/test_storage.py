@@ -4,6 +4,7 @@ import signal
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import orjson
 import pytest
@@ -12,6 +13,7 @@ from tinydb import TinyDB
 from tests.helpers import python
 from userflow.storage import CorruptFileError, DataDir, DataDirBusy, FileRunStore, StorageError, valid_run_id
 from userflow.storage.atomic import AtomicJSONStorage, read_json, write_atomic
+from userflow.storage.runs import run_file, shard
 
 CRASH_BEFORE_RENAME = "crash:storage:before-rename"
 
@@ -101,7 +103,7 @@ def test_run_file_commit_and_load_round_trip(tmp_path) -> None:
         assert loaded.run == snapshot("run_1", 2, state={"n": 2})
         assert [e["seq"] for e in loaded.timeline] == [1, 2, 3]
         assert [e["message"] for e in loaded.timeline] == ["first", "second", "third"]
-    path = tmp_path / "runs" / "run_1.json"
+    path = Path(run_file(str(tmp_path), "run_1"))
     assert mode(path) == 0o600
     assert mode(tmp_path / "runs") == 0o700
     # one file, two tables: the snapshot and one document per timeline entry
@@ -135,16 +137,17 @@ def test_a_crash_during_a_checkpoint_loses_nothing_the_journal_holds(tmp_path) -
     result = python(code, cwd=str(tmp_path), faults=CRASH_BEFORE_RENAME)
     assert result.returncode == 137, result.stderr
     assert "acknowledged" in result.stdout
-    assert (tmp_path / "runs" / "run_1.json.tmp").exists()
+    path = Path(run_file(str(tmp_path), "run_1"))
+    assert path.with_name("run_1.json.tmp").exists()
     # The file still holds the first commit, intact; the journal the second.
-    assert orjson.loads((tmp_path / "runs" / "run_1.json").read_bytes())["run"]["1"]["version"] == 1
+    assert orjson.loads(path.read_bytes())["run"]["1"]["version"] == 1
     reopened = FileRunStore(str(tmp_path))  # replays the journal into the file
     loaded = reopened.read("run_1")
     assert loaded.run["version"] == 2
     assert [e["message"] for e in loaded.timeline] == ["first", "second"]
     assert [run["id"] for run in reopened.scan()] == ["run_1"]
-    assert not (tmp_path / "runs" / "run_1.json.tmp").exists()
-    assert orjson.loads((tmp_path / "runs" / "run_1.json").read_bytes())["run"]["1"]["version"] == 2
+    assert not path.with_name("run_1.json.tmp").exists()
+    assert orjson.loads(path.read_bytes())["run"]["1"]["version"] == 2
 
 
 def test_an_acknowledged_commit_survives_sigkill_before_any_checkpoint(tmp_path) -> None:
@@ -159,7 +162,7 @@ def test_an_acknowledged_commit_survives_sigkill_before_any_checkpoint(tmp_path)
     )
     result = python(code, cwd=str(tmp_path))
     assert result.returncode == -9
-    assert not list((tmp_path / "runs").glob("*.json"))  # nothing reached a run file...
+    assert not list((tmp_path / "runs").rglob("*.json"))  # nothing reached a run file...
     store = FileRunStore(str(tmp_path))  # ...the journal had it all
     assert sorted(run["id"] for run in store.scan()) == sorted(f"run_{n}" for n in range(1, 51))
     assert len(list((tmp_path / "journal").iterdir())) == 1  # replayed segments are gone
@@ -222,22 +225,29 @@ def test_scan_quarantines_unreadable_files_and_yields_good_ones(tmp_path, caplog
     for run_id in ("good_a", "good_b"):
         store.open(run_id).commit(snapshot(run_id), [entry(1, "x")])
     store.checkpoint()  # the commits reach their files
-    full = (runs / "good_a.json").read_bytes()
-    (runs / "torn.json").write_bytes(full[: len(full) // 2])  # a torn write
-    (runs / "garbage.json").write_bytes(b"\x00\xff\xfe not json at all")
-    (runs / "empty.json").write_bytes(b"")
-    (runs / "list.json").write_bytes(b"[1, 2, 3]")
-    (runs / "nosnap.json").write_bytes(b'{"timeline": {}}')
-    (runs / "wrongname.json").write_bytes(orjson.dumps({"run": {"1": snapshot("someone_else")}}))
-    (runs / "leftover.json.tmp").write_bytes(b"half a write")
-    (runs / "README.txt").write_text("not a run")
+    full = Path(run_file(str(tmp_path), "good_a")).read_bytes()
+
+    def put(name: str, content: bytes) -> None:
+        Path(run_file(str(tmp_path), name.split(".")[0])).with_name(name).write_bytes(content)
+
+    put("torn.json", full[: len(full) // 2])  # a torn write
+    put("garbage.json", b"\x00\xff\xfe not json at all")
+    put("empty.json", b"")
+    put("list.json", b"[1, 2, 3]")
+    put("nosnap.json", b'{"timeline": {}}')
+    put("wrongname.json", orjson.dumps({"run": {"1": snapshot("someone_else")}}))
+    (runs / shard("good_a") / "misplaced.json").write_bytes(orjson.dumps({"run": {"1": snapshot("misplaced")}}))
+    put("leftover.json.tmp", b"half a write")
+    put("README.txt", b"not a run")
     bad = {"torn.json", "garbage.json", "empty.json", "list.json", "nosnap.json", "wrongname.json"}
+    if shard("misplaced") != shard("good_a"):  # a run in another's folder is not where a read would look
+        bad.add("misplaced.json")
 
     with caplog.at_level(logging.ERROR, logger="userflow.storage.runs"):
         found = sorted(run["id"] for run in store.scan())
 
     assert found == ["good_a", "good_b"]
-    assert sorted(os.listdir(runs)) == ["README.txt", "good_a.json", "good_b.json"]
+    assert sorted(p.name for p in runs.rglob("*") if p.is_file()) == ["README.txt", "good_a.json", "good_b.json"]
     quarantined = os.listdir(tmp_path / "quarantine")
     assert {name.rsplit(".", 1)[0] for name in quarantined} == bad
     assert (tmp_path / "quarantine" / next(q for q in quarantined if q.startswith("torn.json"))).read_bytes() == full[
@@ -250,6 +260,26 @@ def test_scan_quarantines_unreadable_files_and_yields_good_ones(tmp_path, caplog
     assert sorted(run["id"] for run in store.scan()) == ["good_a", "good_b"]
 
 
+def test_run_files_are_spread_over_256_folders_and_flat_ones_are_moved_there(tmp_path) -> None:
+    store = FileRunStore(str(tmp_path))
+    for n in range(200):
+        store.open(f"run_{n}").commit(snapshot(f"run_{n}"), [entry(1, "x")])
+    store.close()
+    runs = tmp_path / "runs"
+    folders = sorted(p.name for p in runs.iterdir())
+    assert folders == [format(n, "02x") for n in range(256)]
+    used = {p.parent.name for p in runs.rglob("*.json")}
+    assert len(used) > 100  # 200 runs over 256 folders: spread, not piled in a few
+    # The flat layout of earlier releases: its files are moved where reads look.
+    for n in range(0, 200, 2):
+        Path(run_file(str(tmp_path), f"run_{n}")).rename(runs / f"run_{n}.json")
+    (runs / "run_0.json.tmp").write_bytes(b"half a write")
+    reopened = FileRunStore(str(tmp_path))
+    assert sorted(run["id"] for run in reopened.scan()) == sorted(f"run_{n}" for n in range(200))
+    assert [p.name for p in runs.iterdir() if p.is_file()] == []
+    assert reopened.read("run_4").run == snapshot("run_4")
+
+
 @pytest.mark.parametrize(
     "run_id",
     ["../x", "..", "a/b", "/etc/passwd", "x\\y", "", "a" * 65, "run 1", "run.1", "run_1\n", "\nrun_1", "ru\x00n"],
@@ -260,7 +290,7 @@ def test_invalid_run_ids_are_rejected(tmp_path, run_id: str) -> None:
     with pytest.raises(ValueError):
         store.open(run_id)
     assert store.read(run_id) is None
-    assert os.listdir(tmp_path / "runs") == []
+    assert [p for p in (tmp_path / "runs").rglob("*") if p.is_file()] == []
 
 
 def test_path_traversal_cannot_reach_outside_files(tmp_path) -> None:

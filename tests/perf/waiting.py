@@ -26,6 +26,7 @@ import time
 import urllib.request
 
 from tests.perf.loadgen import rss_mib, start_server
+from userflow.storage.runs import run_file
 
 
 def serve(data_dir: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str, float]:
@@ -55,7 +56,7 @@ def template(data_dir: str) -> dict:
             time.sleep(0.02)
     finally:
         stop(proc)
-    with open(os.path.join(data_dir, "runs", run_id + ".json"), "rb") as handle:
+    with open(run_file(data_dir, run_id), "rb") as handle:
         return json.load(handle)
 
 
@@ -72,9 +73,9 @@ def populate(data_dir: str, document: dict, runs: int) -> None:
             .replace("template@example.com", f"user{n}@example.com")
             .replace(digest, hashlib.sha256(new_id.encode()).hexdigest())
         )
-        with open(os.path.join(data_dir, "runs", new_id + ".json"), "w") as handle:
+        with open(run_file(data_dir, new_id), "w") as handle:
             handle.write(copy)
-    os.remove(os.path.join(data_dir, "runs", run_id + ".json"))
+    os.remove(run_file(data_dir, run_id))
 
 
 def main() -> None:

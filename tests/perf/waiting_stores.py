@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import glob
 import json
 import os
 import statistics
@@ -66,8 +67,8 @@ def copy_to_database(data_dir: str, database_url: str) -> float:
     store = PgRunStore(pool, Definitions([SIGNUP]).keys)
     runs_dir = os.path.join(data_dir, "runs")
 
-    def commit(name: str) -> None:
-        with open(os.path.join(runs_dir, name), "rb") as handle:
+    def commit(path: str) -> None:
+        with open(path, "rb") as handle:
             document = json.load(handle)
         entries = [document["timeline"][seq] for seq in sorted(document.get("timeline", {}), key=int)]
         store.commit(document["run"]["1"], entries)
@@ -75,7 +76,7 @@ def copy_to_database(data_dir: str, database_url: str) -> float:
     started = time.perf_counter()
     try:
         with ThreadPoolExecutor(32) as threads:
-            list(threads.map(commit, [n for n in os.listdir(runs_dir) if n.endswith(".json")]))
+            list(threads.map(commit, glob.glob(os.path.join(runs_dir, "*", "*.json"))))
     finally:
         store.close()
         pool.close()
