@@ -87,6 +87,7 @@ class RunIndex:
             "finishedAt": run.get("finishedAt"),
             "definition": run.get("definition", 1),
             "events": len(run.get("events", ())),  # how many the run has told of (webhooks)
+            "detailsDropped": run.get("detailsDropped"),  # by retention
         }
         summary.update(workflow.summary(run))
         return summary

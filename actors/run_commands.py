@@ -1,5 +1,6 @@
 """A run actor's operator commands: retry a failed run, cancel it, or run a
-workflow action (which may rewind the run to an earlier step). ``resume`` is
+workflow action (which may rewind the run to an earlier step), or, for
+retention, drop a finished run's step details. ``resume`` is
 the retry a repeated start asks for: it retries a FAILED run and is a no-op
 for any other (two such starts at once both succeed).
 
@@ -16,6 +17,9 @@ from userflow.actors.status import FINISHED, RunStatus
 from userflow.actors.workflow import RETRY_TIMER, ActionRejected
 from userflow.storage import StorageError
 from userflow.actors.run_control import RunControl
+
+#: The command retention sends a finished run (actors/retention.py).
+DROP_DETAILS = "drop-details"
 
 
 class Commands:
@@ -34,6 +38,8 @@ class Commands:
                     self._retry_failed(by)
             elif message.name == "cancel":
                 self._cancel(by)
+            elif message.name == DROP_DETAILS:
+                self._drop_details(str(message.args.get("why") or "retention"))
             else:
                 self._action(message.name, message.args)
         except ActionRejected as exc:
@@ -51,6 +57,13 @@ class Commands:
         self._control.run.log("operator-retry", f"retry requested by {by}: {step['name']} runs again with a fresh attempt budget", step["id"])
         self._control.commit()
         self._control.advance_soon()
+
+    def _drop_details(self, why: str) -> None:
+        run = self._control.run
+        if run.status not in FINISHED or run.document.get("detailsDropped"):
+            raise ActionRejected("conflict", f"only a finished run's details can be dropped, once; this one is {run.status}")
+        run.drop_details(why)
+        self._control.commit()
 
     def _cancel(self, by: str) -> None:
         if self._control.run.status not in (RunStatus.RUNNING, RunStatus.WAITING):

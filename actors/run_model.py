@@ -8,7 +8,9 @@ its cursor loop, its commits); this module says *what* a move is.
 
     run      id, format, workflow, definition, status, cursor, input, state, steps,
              signals, timers, events, outcome, error, createdAt, updatedAt,
-             finishedAt, seq (last timeline entry), version (last commit)
+             finishedAt, seq (last timeline entry), version (last commit);
+             detailsDropped and timelineFrom (the first entry kept) once
+             retention dropped its details
     step     id, name, kind, status, attempts, output, startedAt, finishedAt,
              retryAt; attemptBase (attempts before a retry or rewind, not
              counted against the policy), deadlines and deadlineTries (waits)
@@ -243,6 +245,24 @@ class Run:
                 step["status"] = StepStatus.SKIPPED
                 step["retryAt"] = None
         self.document.update(status=status, outcome=outcome, finishedAt=iso_now())
+
+    def drop_details(self, why: str) -> None:
+        """Retention: a finished run keeps what it decided (its state, the user's record,
+        each step's status and times, how a wait ended) and drops how (attempts, the
+        steps' outputs, the timeline but the one entry saying so). ``timelineFrom``
+        tells the store which entries go."""
+        self._require(self.status in FINISHED and not self.document.get("detailsDropped"), "drop its details")
+        for step in self.steps:
+            step["attempts"] = []
+            step["attemptBase"] = 0
+            ended = step["output"] if step["kind"] == "wait" and isinstance(step["output"], dict) else None
+            step["output"] = ended and {key: value for key, value in ended.items() if key != "payload"}
+            step.pop("deadlines", None)
+            step.pop("deadlineTries", None)
+        self.document["signals"] = []
+        self.document["detailsDropped"] = iso_now()
+        self.log("details-dropped", f"step details and timeline dropped: {why}")
+        self.document["timelineFrom"] = self.document["seq"]
 
     def retry(self) -> StepRecord:
         """A FAILED run runs its failed step again, with a fresh attempt budget."""

@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp_cors
 from aiohttp import web
 
+from userflow.actors import retention
 from userflow.actors.runtime import Runtime
 from userflow.actors.timeutil import epoch
 from userflow.actors.signup import SIGNUP, SignupServices
@@ -33,6 +34,7 @@ from userflow.http.keys import (
     EVENTS,
     METRICS,
     PUBLIC_URL,
+    RETENTION,
     RUNTIME,
     SERVICES,
     SETTINGS,
@@ -138,6 +140,8 @@ def build_app(settings: Settings, stores: Stores, public_url: str, *, autostart:
         if autostart:
             await start_engine(app)
         yield
+        if RETENTION in app:
+            app[RETENTION].cancel()
         if WEBHOOKS in app:
             await app[WEBHOOKS].stop()
         await asyncio.to_thread(runtime.stop)
@@ -180,6 +184,9 @@ async def start_engine(app: web.Application) -> None:
 
         await hooks.start([(s["id"], s.get("events", 0), epoch(s["updatedAt"])) for s in runtime.index.newest()], events_of)
     log.info("ready: %d runs recovered, %d resumed", report.runs, len(report.resume))
+    settings = app[SETTINGS]
+    if settings.retain_finished is not None:
+        app[RETENTION] = asyncio.create_task(retention.keep_sweeping(runtime, settings.retain_finished, settings.retention_every))
 
 
 async def events_stream(request: web.Request) -> web.StreamResponse:

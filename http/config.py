@@ -30,6 +30,8 @@ class Settings:
     email_retry_for: float = 21600.0  # how long an email is retried (never past the link's expiry)
     max_live_actors: int = 256
     index_save_every: float = 30.0
+    retain_finished: float | None = None  # days a finished run keeps its step details; None = forever
+    retention_every: float = 60.0  # seconds between two sweeps of retention
     log_level: str = "INFO"
     signup_rate: str = "20/60"  # per client address; "0" turns it off
     verify_rate: str = "60/60"
@@ -91,6 +93,13 @@ def _seconds(text: str) -> float:
     value = _number(text, "a number of seconds")
     if not 0 <= value < 10**9:
         raise argparse.ArgumentTypeError(f"{text} is not a number of seconds")
+    return value
+
+
+def _days(text: str) -> float:
+    value = _number(text, "a number of days")
+    if not 0 <= value <= 100_000:
+        raise argparse.ArgumentTypeError(f"{text} is not a number of days (0 to 100000; fractions allowed)")
     return value
 
 
@@ -288,6 +297,8 @@ def parser() -> argparse.ArgumentParser:
     option("--webhook-retry-schedule", "USERFLOW_WEBHOOK_RETRY_SCHEDULE", _schedule, d.webhook_schedule, "seconds before each new attempt of a failed webhook delivery, comma-separated; then it is failed", ",".join(f"{d:g}" for d in DEFAULT_SCHEDULE))
     option("--log-level", "USERFLOW_LOG_LEVEL", _level, d.log_level, "DEBUG, INFO, WARNING or ERROR")
     option("--max-live-actors", "USERFLOW_MAX_LIVE_ACTORS", _count, d.max_live_actors, "cap on run actors alive at once")
+    option("--retain-finished", "USERFLOW_RETAIN_FINISHED", _days, None, "days a finished run keeps its step details and timeline; then only the user's record, its risk decision and each step's status and times are kept", "keep")
+    option("--retention-every", "USERFLOW_RETENTION_EVERY", _some_seconds, d.retention_every, "seconds between two sweeps of --retain-finished")
     option("--index-save-every", "USERFLOW_INDEX_SAVE_EVERY", _seconds, d.index_save_every, "seconds between saves of the index (a start after a crash reads the runs changed since)")
 
     operators = commands.add_parser(
@@ -367,6 +378,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         email_retry_for=args.email_retry_for,
         max_live_actors=max(1, args.max_live_actors),
         index_save_every=args.index_save_every,
+        retain_finished=args.retain_finished,
+        retention_every=args.retention_every,
         log_level=args.log_level,
         signup_rate=args.signup_rate_limit,
         verify_rate=args.verify_rate_limit,

@@ -1,5 +1,7 @@
 """Typed keys of the application's shared state."""
 
+import asyncio
+
 from aiohttp import web
 
 from userflow.actors.runtime import Runtime
@@ -17,6 +19,7 @@ RUNTIME = web.AppKey("runtime", Runtime)
 SERVICES = web.AppKey("services", SignupServices)
 EVENTS = web.AppKey("events", EventHub)
 METRICS = web.AppKey("metrics", Metrics)
+RETENTION = web.AppKey("retention", asyncio.Task)  # the sweep of --retain-finished, while it runs
 SIGNUP_LIMIT = web.AppKey("signup_limit", RateLimiter)
 VERIFY_LIMIT = web.AppKey("verify_limit", RateLimiter)
 SIGNIN_LIMIT = web.AppKey("signin_limit", RateLimiter)

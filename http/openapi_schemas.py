@@ -166,6 +166,10 @@ SCHEMAS: dict[str, Any] = {
                 steps={"type": "array", "items": ref("Step")},
                 timeline={"type": "array", "items": ref("TimelineEntry")},
                 webhooks={"type": "array", "items": ref("Delivery")},
+                detailsDropped={
+                    **NTIME,
+                    "description": "when retention (--retain-finished) dropped the steps' attempts and outputs and the timeline; null while they are kept",
+                },
             ),
         ]
     },

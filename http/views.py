@@ -118,6 +118,7 @@ def workflow_detail(stored: StoredRun, summary: dict[str, Any], deliveries: list
                 )
             ),
             "webhooks": [d.view() for d in deliveries],
+            "detailsDropped": run.get("detailsDropped"),
         }
     )
     return detail

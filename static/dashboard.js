@@ -620,6 +620,11 @@
       children.push(el("p", { class: "run-error", "data-role": "run-error" },
         `Failed${run.error.step ? ` at ${run.error.step}` : ""}: ${run.error.message || JSON.stringify(run.error)}`));
     }
+    if (detail && detail.detailsDropped) {
+      children.push(el("p", { class: "hint", "data-role": "details-dropped" },
+        "Step details and timeline dropped by retention ", timeEl(detail.detailsDropped, "ago"),
+        "; the user's record and risk decision are kept."));
+    }
     if (detail) {
       children.push(el("ol", { class: "steps", "aria-label": "steps" },
         ...orderSteps(detail.steps).map((step, i) => renderStep(step, i, detail))));

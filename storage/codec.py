@@ -33,6 +33,9 @@ def committed(data: dict[str, Any] | None, run: dict[str, Any], new_entries: lis
     data = data or {}
     data[RUN_TABLE] = {RUN_DOC: run}
     timeline = data.setdefault(TIMELINE_TABLE, {})
+    keep_from = run.get("timelineFrom")
+    if keep_from is not None:  # retention: the older entries go in this very commit
+        timeline = data[TIMELINE_TABLE] = {seq: e for seq, e in timeline.items() if int(seq) >= keep_from}
     for entry in new_entries:
         timeline[str(entry["seq"])] = entry
     return data

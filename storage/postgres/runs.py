@@ -79,6 +79,12 @@ INSERT INTO lookup_keys (kind, key, run_id)
 SELECT k, v, r FROM jsonb_to_recordset(%s::jsonb) AS t (k text, v text, r text)
 ON CONFLICT (kind, key) DO UPDATE SET run_id = excluded.run_id WHERE lookup_keys.run_id <> excluded.run_id
 """
+# Retention: a document naming the first entry it keeps (timelineFrom) drops the older ones
+# in the commit that says so.
+_TRIM_TIMELINES = """
+DELETE FROM timeline USING jsonb_to_recordset(%s::jsonb) AS t (r text, f int)
+WHERE timeline.run_id = t.r AND timeline.seq < t.f
+"""
 _FINISHED = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
 KeysOf = Callable[[Mapping[str, Any]], dict[str, list[str]]]
 SCAN_BATCH = 1000
@@ -267,6 +273,7 @@ class PgRunStore:
             entries = [{"r": item.run["id"], "e": entry} for item in batch for entry in item.entries]
             # Likewise a key: two runs of one address in a group, the later takes it.
             keys = list({(kind, key): {"k": kind, "v": key, "r": run_id} for kind, key, run_id in self._new_keys(batch)}.values())
+            trims = [{"r": run["id"], "f": run["timelineFrom"]} for run in newest.values() if run.get("timelineFrom") is not None]
 
             def write(connection: psycopg.Connection) -> None:  # safe to repeat: nothing goes back
                 connection.execute(_UPSERT_RUNS, (_json(rows),))
@@ -274,6 +281,8 @@ class PgRunStore:
                     connection.execute(_INSERT_ENTRIES, (_json(entries),))
                 if keys:
                     connection.execute(_PUT_KEYS, (_json(keys),))
+                if trims:
+                    connection.execute(_TRIM_TIMELINES, (_json(trims),))
 
             in_transaction(self._pool, write)
         except Exception as exc:  # noqa: BLE001 - every waiter learns of it
