@@ -4,12 +4,18 @@ It also counts what a client does with its connections (opened, open now,
 RSET, QUIT), so tests can see connections being kept and closed, and can cut
 connections off: ``drop_open()`` closes every open one from the server's side,
 ``handler.drop_at_mail`` closes the next N at their MAIL command.
+
+It can speak TLS with a certificate the test provides: implicit TLS
+(``smtps://``) or STARTTLS, which it then requires before MAIL. Each
+accepted message's TLS version (None for plaintext) is kept beside it, so a
+test sees how the message travelled, not only that it arrived.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from email import message_from_bytes
@@ -31,6 +37,7 @@ class Recorder:
     def __init__(self) -> None:
         self.messages: list[Message] = []
         self.envelopes: list[Envelope] = []
+        self.tls_versions: list[str | None] = []  # per accepted message: "TLSv1.3", or None if plaintext
         self.reply: Callable[[Envelope], str | None] = lambda envelope: None
         self.received = threading.Condition()
         self.rsets = 0
@@ -65,6 +72,8 @@ class Recorder:
             return refusal
         with self.received:
             self.envelopes.append(envelope)
+            tls = server.transport.get_extra_info("ssl_object")  # after STARTTLS, the upgraded transport
+            self.tls_versions.append(tls.version() if tls else None)
             self.messages.append(message_from_bytes(envelope.original_content or envelope.content))
             self.received.notify_all()
         return "250 2.0.0 Ok: queued as TEST"
@@ -82,9 +91,12 @@ class CountingSMTP(SMTP):
     def __init__(self, owner: SmtpServer, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.owner = owner
+        self.counted = False
 
     def connection_made(self, transport) -> None:
-        self.owner.opened(self, transport)
+        if not self.counted:  # STARTTLS calls this again with the upgraded transport: the same connection
+            self.counted = True
+            self.owner.opened(self, transport)
         super().connection_made(transport)
 
     def connection_lost(self, error) -> None:
@@ -102,12 +114,24 @@ class CountingController(Controller):
 
 
 class SmtpServer:
-    def __init__(self, port: int | None = None, *, auth: tuple[str, str] | None = None, smtputf8: bool = False) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        auth: tuple[str, str] | None = None,
+        smtputf8: bool = False,
+        implicit_tls: ssl.SSLContext | None = None,
+        starttls: ssl.SSLContext | None = None,
+    ) -> None:
         self.handler = Recorder()
+        self.implicit_tls = implicit_tls is not None
+        self.starttls = starttls is not None
         self.port = port or free_port()
         self.connections = 0  # opened so far
         self._open: dict[SMTP, object] = {}  # protocol -> transport, open now
         kwargs: dict[str, object] = {"enable_SMTPUTF8": smtputf8}
+        if starttls:
+            kwargs.update({"tls_context": starttls, "require_starttls": True})  # no MAIL in plaintext
         if auth:
             expected = (auth[0].encode(), auth[1].encode())
 
@@ -116,7 +140,9 @@ class SmtpServer:
                 return AuthResult(success=ok, handled=False)  # handled=False: aiosmtpd answers 535
 
             kwargs.update({"authenticator": authenticator, "auth_require_tls": False, "auth_required": True})
-        self.controller = CountingController(self, self.handler, hostname="127.0.0.1", port=self.port, **kwargs)
+        self.controller = CountingController(
+            self, self.handler, hostname="127.0.0.1", port=self.port, ssl_context=implicit_tls, **kwargs
+        )
 
     def opened(self, protocol: SMTP, transport: object) -> None:
         with self.handler.received:
@@ -161,4 +187,7 @@ class SmtpServer:
 
     @property
     def url(self) -> str:
-        return f"smtp://127.0.0.1:{self.port}"
+        """How userflow is pointed at this server, TLS included."""
+        if self.implicit_tls:
+            return f"smtps://127.0.0.1:{self.port}"
+        return f"smtp://127.0.0.1:{self.port}" + ("?starttls=1" if self.starttls else "")
