@@ -127,10 +127,6 @@ def test_starttls_asked_of_a_server_without_it_fails_the_send_instead_of_sending
     assert smtp.connections == 1  # it reached the server: what failed is the missing STARTTLS
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="smtp.py reads smtplib's SMTPNotSupportedError as 'no SMTPUTF8', whichever extension was missing",
-)
 def test_a_server_without_starttls_is_named_as_the_reason(serve: StartServe, start_smtp: StartSmtp):
     smtp = start_smtp()
     server = serve(f"{smtp.url}?starttls=1")

@@ -145,6 +145,12 @@ class SmtpTransport:
         )
         try:
             if self.starttls:
+                client.ehlo_or_helo_if_needed()
+                if not client.has_extn("starttls"):  # never on in plaintext: the URL asks for TLS
+                    raise PermanentError(
+                        f"the SMTP server {self.host}:{self.port} does not offer STARTTLS, which the SMTP URL asks for "
+                        "(?starttls=1); nothing was sent"
+                    )
                 client.starttls(context=self.tls_context)
             if self.username:
                 client.login(self.username, self.password or "")
