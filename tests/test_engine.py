@@ -360,39 +360,49 @@ async def test_waiting_runs_hold_no_live_actor(engine) -> None:
     assert [runtime.index.get(i)["status"] for i in ids[1:]] == ["WAITING"] * 9
 
 
-async def test_live_actors_are_capped(engine) -> None:
+class LiveRunActorsPeak:
+    """The most run actors ever registered at once, seen at every change rather than sampled.
+
+    pykka registers an actor when it starts and unregisters it when it stops, each through
+    ActorRegistry.register / unregister. Both are wrapped to count, under one lock, right after
+    the change: no change can come between the registry's and the count's, so no moment above
+    the cap can be missed, and nothing polls."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.peak = 0
+        self._lock = threading.Lock()
+        for name in ("register", "unregister"):
+            monkeypatch.setattr(pykka.ActorRegistry, name, self._counting(getattr(pykka.ActorRegistry, name)))
+
+    def _counting(self, change: Any) -> Any:
+        def changed(actor_ref: pykka.ActorRef[Any]) -> None:
+            with self._lock:
+                change(actor_ref)
+                self.peak = max(self.peak, len(live_run_actors()))
+
+        return changed
+
+
+async def test_live_actors_are_capped(engine, monkeypatch: pytest.MonkeyPatch) -> None:
     gate = engine.gate()
     workflow = Workflow("capped", (Step("block", "Block", gate), Step("done", "Done", noop)))
     runtime = await engine([workflow], max_live=4)
+    live = LiveRunActorsPeak(monkeypatch)
 
-    peak = 0
-    sampling = True
-
-    def sample() -> None:
-        nonlocal peak
-        while sampling:
-            peak = max(peak, len(live_run_actors()))
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
-        starts = asyncio.gather(*(runtime.start_run("capped", {"n": n}) for n in range(50)))
-        await async_wait_until(lambda: gate.waiting == 4)
-        await async_wait_until(lambda: len(runtime.index) == 50)  # all accepted and indexed
-        assert not starts.done()  # the queued ones are not durable yet, so not answered
-        assert len(live_run_actors()) == 4
-        gate.release.set()
-        results = await asyncio.wait_for(starts, 15)
-        assert all(r.created for r in results) and len({r.run_id for r in results}) == 50
-        for r in results:
-            await wait_for_status(runtime, r.run_id, "COMPLETED", timeout=10)
-        await wait_idle()
-    finally:
-        sampling = False
-        sampler.join()
+    starts = asyncio.gather(*(runtime.start_run("capped", {"n": n}) for n in range(50)))
+    await async_wait_until(lambda: gate.waiting == 4)
+    await async_wait_until(lambda: len(runtime.index) == 50)  # all accepted and indexed
+    assert not starts.done()  # the queued ones are not durable yet, so not answered
+    assert len(live_run_actors()) == 4
+    gate.release.set()
+    results = await asyncio.wait_for(starts, 15)
+    assert all(r.created for r in results) and len({r.run_id for r in results}) == 50
+    for r in results:
+        await wait_for_status(runtime, r.run_id, "COMPLETED", timeout=10)
+    await wait_idle()
     assert gate.passed == 50
     assert gate.peak == 4
-    assert peak <= 4, f"{peak} run actors were alive at once"
+    assert live.peak == 4, f"{live.peak} run actors were alive at once"
 
 
 # -- dedupe ---------------------------------------------------------------------------------
