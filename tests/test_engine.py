@@ -486,7 +486,8 @@ async def test_recovery_keeps_waiting_runs_parked_and_backoff_due_times(engine, 
         approval_workflow(noop),
         Workflow(
             "backoff",
-            (Step("call", "Call", once_broken, RetryPolicy(max_attempts=3, initial_backoff=0.8, jitter=0)),),
+            # 1.2 s of backoff: time enough to stop the first runtime before the retry is due.
+            (Step("call", "Call", once_broken, RetryPolicy(max_attempts=3, initial_backoff=1.2, jitter=0)),),
         ),
     ]
     first = await engine(workflows)
@@ -504,8 +505,8 @@ async def test_recovery_keeps_waiting_runs_parked_and_backoff_due_times(engine, 
         due = await retry_due()
     assert due is not None
     await asyncio.to_thread(first.stop)
-    stopped_at = time.time()
-    assert stopped_at < due, "the first runtime took too long to stop for this test to mean anything"
+    if time.time() >= due:
+        pytest.skip("the first runtime stopped after the retry was due: the machine was too slow for this test's premise")
     stored = await first.read(backing_off.run_id)
     assert stored.run["status"] == "RUNNING" and stored.run["steps"][0]["status"] == "RETRYING"
     assert epoch(stored.run["steps"][0]["retryAt"]) == pytest.approx(due, abs=0.002)
@@ -605,7 +606,7 @@ async def test_unknown_workflow_files_are_left_alone(engine, tmp_path) -> None:
 # -- shutdown ----------------------------------------------------------------------------------
 
 
-async def test_stop_waits_for_the_current_step_only_and_the_run_resumes_after(engine, tmp_path) -> None:
+async def test_stop_waits_for_the_current_step_only_and_the_run_resumes_after(engine, tmp_path, caplog) -> None:
     gate = engine.gate()
     workflow = Workflow("two", (Step("a", "A", gate), Step("b", "B", noop)))
     first = await engine([workflow])
@@ -613,12 +614,14 @@ async def test_stop_waits_for_the_current_step_only_and_the_run_resumes_after(en
     await async_wait_until(lambda: gate.waiting == 1)
     (actor,) = live_run_actors()
 
-    started = time.monotonic()
     stopping = asyncio.create_task(asyncio.to_thread(first.stop))
     await async_wait_until(lambda: actor.actor_inbox.qsize() >= 1)  # the stop request, behind the step
+    assert not stopping.done(), "stop did not wait for the step"
     gate.release.set()
-    await asyncio.wait_for(stopping, 5)
-    assert time.monotonic() - started < 3, "stop waited out a timeout instead of the step"
+    await asyncio.wait_for(stopping, 30)
+    # A stop that gave up on the actor says so; one that waited for the step has nothing to say.
+    assert not [r for r in caplog.records if "did not stop" in r.getMessage()], "stop waited out a timeout instead of the step"
+    assert actor.actor_stopped.is_set()
     assert live_run_actors() == []
     with pytest.raises(RuntimeError):
         await first.start_run("two", {})
