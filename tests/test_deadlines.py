@@ -135,7 +135,7 @@ async def test_verification_before_the_reminder_cancels_reminder_and_expiry(make
     run_id, user_id = accepted["workflowId"], accepted["userId"]
     waiting = await wait_run(client, run_id, "WAITING")
     deadlines = step_of(waiting, "wait-for-verification")["deadlines"]
-    [email] = await outbox_of(client, run_id)
+    [email] = [e for e in await outbox_of(client, run_id) if e["kind"] == "verification"]  # a slow machine may have a reminder too
 
     resp = await client.get("/api/verify", params={"token": token_of(email["link"])})
     assert resp.status == 200, await resp.text()
