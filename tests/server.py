@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import random
 import re
 import signal
 import subprocess
@@ -14,6 +16,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 LISTENING = re.compile(r"listening on (http://\S+)")
 
@@ -29,6 +32,7 @@ class Server:
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
         self.stderr: list[str] = []
+        self._read = threading.Condition()  # notified by the reader for every line it appends to stderr
         self.token: str | None = None  # sent with every request() when set (an operator account's)
 
     def start(self, timeout: float = 30.0) -> Server:
@@ -62,7 +66,9 @@ class Server:
     def _drain_stderr(self) -> None:
         assert self.proc is not None and self.proc.stderr is not None
         for line in self.proc.stderr:
-            self.stderr.append(line)
+            with self._read:
+                self.stderr.append(line)
+                self._read.notify_all()
 
     def kill(self) -> int:
         """SIGKILL: no cleanup, no flush, exactly like a crash."""
@@ -117,18 +123,39 @@ class Server:
 
     def log_marker(self, timeout: float = 10.0) -> int:
         """Put a line in the server's log and wait until the reader has it: every line logged
-        before this call is in ``self.stderr`` afterwards. The index of that line."""
-        seen = sum("failed sign-in" in line for line in self.stderr)
-        status, _ = self.request("POST", "/api/session", {"token": "log-marker"})
-        assert status == 401, status
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            lines = list(self.stderr)
-            marks = [i for i, line in enumerate(lines) if "failed sign-in" in line]
-            if len(marks) > seen:
-                return marks[-1]
-            time.sleep(0.01)  # polling the reader thread; the condition decides
-        raise TimeoutError("the marker never reached the log")
+        before this call is in ``self.stderr`` afterwards. The index of that line.
+
+        The line is a failed sign-in from an address of its own: the request comes from a
+        random source address in 127.0.0.0/8 (all of it is loopback on Linux), and the server
+        logs that address. Only this request can have written that line, so a failed sign-in
+        logged earlier, still on its way through the pipe, is never taken for the marker."""
+        source = f"127.{random.randrange(256)}.{random.randrange(256)}.{random.randrange(2, 255)}"
+        parts = urlsplit(self.url)
+        assert parts.hostname and parts.port
+        with self._read:
+            unseen = len(self.stderr)  # the marker is read after every line already here
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=15, source_address=(source, 0))
+        try:
+            body = json.dumps({"token": "log-marker"})
+            conn.request("POST", "/api/session", body, {"Content-Type": "application/json"})
+            answer = conn.getresponse()
+            answer.read()
+            assert answer.status == 401, answer.status
+        finally:
+            conn.close()
+        marker = f"failed sign-in from {source}"
+
+        def marker_read() -> bool:
+            nonlocal unseen
+            while unseen < len(self.stderr):
+                if marker in self.stderr[unseen]:
+                    return True
+                unseen += 1
+            return False
+
+        with self._read:
+            assert self._read.wait_for(marker_read, timeout), f"the marker {marker!r} never reached the log"
+            return unseen
 
     def stop(self) -> None:
         if self.proc is None:
