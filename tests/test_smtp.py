@@ -52,7 +52,9 @@ async def test_verification_email_is_delivered_once_and_its_link_verifies(start_
 async def test_injected_failures_still_deliver_exactly_one_email_per_signup(start_app):
     with SmtpServer() as smtp:
         client = await start_app(smtp.url, failure_rate=0.5)
-        runs = [await signup_run(client, f"user{i}@example.com") for i in range(6)]
+        # Sixteen first attempts that each fail half the time: all sixteen succeeding
+        # (and nothing to retry) has odds of one in 65,536.
+        runs = [await signup_run(client, f"user{i}@example.com") for i in range(16)]
         details = [await wait_run(client, r, "WAITING", "FAILED", timeout=20) for r in runs]
         delivered = [d for d in details if d["status"] == "WAITING"]
         ids = [m["Message-ID"] for m in smtp.handler.messages]
