@@ -14,7 +14,22 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+from userflow.actors.status import RunStatus
+from userflow.actors.timeutil import bucket, epoch
 from userflow.actors.workflow import Workflow
+from userflow.storage.port import ACTIVE, Entry
+
+#: The statuses of the runs the engine still has work for (``ACTIVE`` in the catalog).
+ACTIVE_STATUSES = frozenset((RunStatus.RUNNING, RunStatus.WAITING))
+#: The facet of a finished run whose details retention has not dropped yet.
+KEPT = ("details", "kept")
+
+
+def current_step(run: Mapping[str, Any]) -> str | None:
+    steps = run["steps"]
+    cursor = run["cursor"]
+    return steps[cursor]["id"] if cursor < len(steps) else None
+
 
 class UnknownDefinition(LookupError):
     """A run's workflow version this release neither ships nor migrates."""
@@ -53,8 +68,46 @@ class Definitions(Mapping[str, Workflow]):
     def keys(self, run: Mapping[str, Any]) -> dict[str, list[str]]:
         """The run's lookup keys, as the version it follows gives them (its workflow's
         newest if that version is not shipped: a key still finds a run left as it is)."""
-        found = self._versions.get((run["workflow"], int(run.get("definition", 1))))
-        return (found or self._newest[run["workflow"]]).keys(run)
+        return self._follows(run).keys(run)
+
+    def _follows(self, run: Mapping[str, Any]) -> Workflow:
+        """The version the run follows, or its workflow's newest if that is not shipped."""
+        return self._versions.get((run["workflow"], int(run.get("definition", 1)))) or self._newest[run["workflow"]]
+
+    def summary(self, run: Mapping[str, Any]) -> dict[str, Any]:
+        """What a list shows of the run: the engine's fields and its workflow's."""
+        summary = {
+            "id": run["id"],
+            "workflow": run["workflow"],
+            "status": run["status"],
+            "currentStep": current_step(run),
+            "outcome": run.get("outcome"),
+            "error": run.get("error"),
+            "createdAt": run["createdAt"],
+            "updatedAt": run["updatedAt"],
+            "finishedAt": run.get("finishedAt"),
+            "definition": run.get("definition", 1),
+            "events": len(run.get("events", ())),  # how many the run has told of (webhooks)
+            "detailsDropped": run.get("detailsDropped"),  # by retention
+        }
+        summary.update(self._follows(run).summary(run))
+        return summary
+
+    def describe(self, run: Mapping[str, Any]) -> Entry | None:
+        """The run as the store's catalog keeps it; None for a workflow not shipped."""
+        if run.get("workflow") not in self._newest:
+            return None
+        status = run["status"]
+        facets = {"status": status, "started": bucket(run["createdAt"])}
+        if status == RunStatus.FAILED and run.get("finishedAt"):
+            facets["failed"] = bucket(run["finishedAt"])
+        if status in ACTIVE_STATUSES:
+            facets[ACTIVE[0]] = ACTIVE[1]
+        elif not run.get("detailsDropped"):
+            facets[KEPT[0]] = KEPT[1]
+        workflow = self._follows(run)
+        facets.update(workflow.facets(run))
+        return Entry(run["id"], self.summary(run), facets, workflow.keys(run), epoch(run["updatedAt"]))
 
     def can_run(self, run: Mapping[str, Any]) -> bool:
         """Whether this release ships the run's version or migrates it."""

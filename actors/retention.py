@@ -9,7 +9,8 @@ commit, so a crash leaves the run whole or dropped, never half. The detail
 then says when its details were dropped (``detailsDropped``).
 
 Runs are taken a few at a time, oldest finished first, so a first sweep over
-years of runs does not crowd out the live ones.
+years of runs does not crowd out the live ones. The catalog lists the finished
+runs that still have their details (``KEPT``), so a sweep reads those only.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from datetime import datetime, timedelta, timezone
 
 from userflow.actors.run_commands import DROP_DETAILS
 from userflow.actors.runtime import Runtime
-from userflow.actors.status import FINISHED
+from userflow.actors.definitions import KEPT
 from userflow.actors.workflow import ActionRejected
 from userflow.storage import StorageError
 
@@ -31,14 +32,17 @@ BATCH = 16
 
 
 def due(runtime: Runtime, days: float, now: datetime | None = None) -> list[str]:
-    """The finished runs whose details are past the kept period, oldest finished first."""
+    """The finished runs whose details are past the kept period, oldest finished first
+    (blocking: it reads the catalog). The finished runs still with their details are
+    walked oldest first, and the walk ends at the first created after the cutoff:
+    that one, and every later one, finished after it too."""
     cutoff = ((now or datetime.now(timezone.utc)) - timedelta(days=days)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    found = [
-        (summary["finishedAt"], summary["id"])
-        for summary in runtime.index.newest(
-            where=lambda s: s["status"] in FINISHED and not s.get("detailsDropped") and bool(s["finishedAt"]) and s["finishedAt"] < cutoff
-        )
-    ]
+    found = []
+    for summary in runtime.index.each(KEPT, oldest_first=True):
+        if summary["createdAt"] >= cutoff:
+            break
+        if summary["finishedAt"] and summary["finishedAt"] < cutoff:
+            found.append((summary["finishedAt"], summary["id"]))
     return [run_id for _, run_id in sorted(found)]
 
 
@@ -46,7 +50,7 @@ async def sweep(runtime: Runtime, days: float) -> int:
     """Drop the details of every run past the kept period; how many were dropped."""
     why = f"finished more than {days:g} days ago (--retain-finished)"
     dropped = 0
-    runs = due(runtime, days)
+    runs = await asyncio.to_thread(due, runtime, days)
     for start in range(0, len(runs), BATCH):
         batch = runs[start : start + BATCH]
         results = await asyncio.gather(*(runtime.command(run_id, DROP_DETAILS, {"why": why}) for run_id in batch), return_exceptions=True)

@@ -20,8 +20,6 @@ from userflow.actors.messages import Command, Deliver, Delivered, Recover, Shutd
 from userflow.actors.recovery import RecoveryReport
 from userflow.actors.parts import EngineParts
 from userflow.actors.run_actor import RunActor
-from userflow.actors.saved_index import EVERY as INDEX_EVERY
-from userflow.actors.saved_index import SavedIndex
 from userflow.actors.supervisor import Supervisor
 from userflow.actors.timers import TimerQueue
 from userflow.actors.definitions import Definitions
@@ -41,14 +39,12 @@ class Runtime:
         max_live: int = DEFAULT_MAX_LIVE,
         loop: asyncio.AbstractEventLoop | None = None,
         request_timeout: float = 30.0,
-        index_every: float = INDEX_EVERY,
     ) -> None:
         workflows = Definitions(workflows.values() if isinstance(workflows, Mapping) else workflows)
         self.index = RunIndex(workflows)
         self.timers = TimerQueue(self._timer_fired)
         self.parts = EngineParts(store, self.index, self.timers, workflows, services, loop)
         self.request_timeout = request_timeout
-        self._index_every = index_every
         self._max_live = max_live
         self._supervisor: pykka.ActorRef[Supervisor] | None = None
         self.ready = False
@@ -58,7 +54,7 @@ class Runtime:
     def start(self) -> RecoveryReport:
         """Start the supervisor and timers, recover stored runs, and become ready."""
         self.timers.start()
-        SavedIndex(self.parts, self._index_every).attach()
+        self.index.attach(self.parts.store.catalog(self.parts.workflows.describe))
         self._supervisor = Supervisor.start(self.parts, self._max_live)
         reply: Future[RecoveryReport] = Future()
         self._supervisor.tell(Recover(reply))
@@ -77,7 +73,7 @@ class Runtime:
         reply.result(timeout=timeout)
         self._supervisor.stop(block=True, timeout=timeout)
         self._supervisor = None
-        self.parts.store.close()  # the data dir: a last checkpoint (no journal to replay), then the index saved
+        self.parts.store.close()  # the data dir: a last checkpoint, no journal to replay
 
     def _timer_fired(self, run_id: str, name: str, due: float) -> None:
         if self._supervisor is not None:

@@ -96,17 +96,27 @@ class Webhooks:
             if delivery.status == PENDING:
                 self._enqueue(delivery)
 
-    async def start(self, runs: Iterable[tuple[str, int, float]], read_events: Callable[[str], list[dict[str, Any]]]) -> None:
+    async def start(
+        self,
+        changed_since: Callable[[float], Iterable[Mapping[str, Any]]],
+        read_events: Callable[[str], list[dict[str, Any]]],
+    ) -> None:
         """Queue the events recorded but not yet queued (a crash fell in between), start sending.
 
-        ``runs`` gives each run's id, number of events and last change (epoch
-        seconds); ``read_events(run_id)`` reads a run's events (blocking)."""
+        ``changed_since(when)`` gives the summaries of the runs changed since
+        (epoch seconds), with how many events each has told of (blocking);
+        ``read_events(run_id)`` reads a run's events (blocking)."""
         oldest = min(self._since.values(), default=0.0)
-        behind = [
-            run_id
-            for run_id, count, changed in runs
-            if count and changed >= oldest and any(count > self._queued.get((run_id, url), 0) for url in self.settings.urls)
-        ]
+
+        def runs_behind() -> list[str]:
+            return [
+                summary["id"]
+                for summary in changed_since(oldest)
+                if summary.get("events")
+                and any(summary["events"] > self._queued.get((summary["id"], url), 0) for url in self.settings.urls)
+            ]
+
+        behind = await asyncio.to_thread(runs_behind)
         for run_id in behind:
             self.events_committed(run_id, await asyncio.to_thread(read_events, run_id))
         if behind:

@@ -191,6 +191,10 @@ def _no_summary(run: Mapping[str, Any]) -> dict[str, Any]:
     return {}
 
 
+def _no_facets(run: Mapping[str, Any]) -> dict[str, str]:
+    return {}
+
+
 def _always_new(summary: Mapping[str, Any]) -> Duplicate:
     return "new"
 
@@ -210,8 +214,9 @@ class Workflow:
     """An ordered list of steps and the hooks the engine needs to serve its runs.
 
     - ``keys(run)``: lookup keys for a run, e.g. ``{"email": [...]}``, kept in
-      the in-memory index (rebuilt from storage at startup);
-    - ``summary(run)``: small extra fields kept in memory for listings;
+      the store's catalog;
+    - ``summary(run)``: small extra fields for listings;
+    - ``facets(run)``: values lists filter and count runs by, e.g. ``{"user": "ACTIVE"}``;
     - ``on_duplicate(summary)``: what a start with the same dedupe key does when
       a run already holds it: return that run (``reuse``), return it resumed
       from its failed step if it failed (``resume``), refuse (``conflict``), or
@@ -228,6 +233,7 @@ class Workflow:
     steps: tuple[Step | Wait, ...]
     keys: Callable[[Mapping[str, Any]], dict[str, list[str]]] = _no_keys
     summary: Callable[[Mapping[str, Any]], dict[str, Any]] = _no_summary
+    facets: Callable[[Mapping[str, Any]], dict[str, str]] = _no_facets
     on_duplicate: Callable[[Mapping[str, Any]], Duplicate] = _always_new
     actions: tuple[Action, ...] = ()
     on_cancel: StepFunction | None = None

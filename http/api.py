@@ -6,6 +6,7 @@ import asyncio
 import hmac
 import re
 from enum import Enum
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -31,11 +32,11 @@ from userflow.http.validation import (
     query_cursor,
     query_limit,
 )
+from userflow.http.overview import USER_STATUSES
 from userflow.storage import valid_run_id
 
 
 _OUTBOX_CURSOR = re.compile(r"[0-9T:.Z-]{10,40}\|<[A-Za-z0-9_.-]{1,100}@userflow>")
-USER_STATUSES = ("PENDING", "ACTIVE", "FLAGGED", "EXPIRED", "CANCELLED")
 
 
 def new_user_id() -> str:
@@ -182,7 +183,7 @@ async def retry_workflow(request: web.Request) -> web.Response:
 async def retry_failed(request: web.Request) -> web.Response:
     """Every FAILED run resumed from its failed step, e.g. once a mail outage is over."""
     runtime = request.app[RUNTIME]
-    failed = [s["id"] for s in runtime.index.newest(where=lambda s: s["status"] == RunStatus.FAILED)]
+    failed = await asyncio.to_thread(lambda: [s["id"] for s in runtime.index.each(("status", RunStatus.FAILED))])
     by = f"{request[PRINCIPAL].describe(client_address(request))} (retry of every failed run)"
     results = await asyncio.gather(*(runtime.command(run_id, "retry", {"by": by}) for run_id in failed), return_exceptions=True)
     # A run that left FAILED meanwhile (retried by someone else) is not counted.
@@ -220,11 +221,42 @@ def _choice(request: web.Request, name: str, allowed: tuple[str, ...]) -> str | 
     return raw.upper()
 
 
-async def list_workflows(request: web.Request) -> web.Response:
-    status = _choice(request, "status", tuple(RunStatus))
+def _found(request: web.Request) -> list[dict[str, Any]] | None:
+    """The run ``q`` names, exactly (an email address, a workflow id or a user id), as a
+    page of at most one; None without ``q``."""
+    query = request.query.get("q", "").strip()
+    if not query:
+        return None
+    if len(query) > 320:
+        raise ApiError(400, "invalid_q", "q: an email address, a workflow id or a user id (at most 320 characters)")
+    index = request.app[RUNTIME].index
+    run_id: str | None = None
+    if "@" in query:
+        try:
+            run_id = index.lookup("email", normalise_email(query)[1])
+        except ApiError:
+            run_id = None  # not an address anyone could have signed up with: nobody found
+    elif query.startswith("usr_"):
+        run_id = index.lookup("user", query)
+    elif valid_run_id(query):
+        run_id = query
+    summary = index.get(run_id) if run_id else None
+    return [summary] if summary else []
+
+
+def _facet_and_found(request: web.Request, name: str, allowed: tuple[str, ...], field: Callable[[dict[str, Any]], str]):
+    """A list's page: ``q``'s run if asked for (and of the status asked, if any), or one page of the facet."""
+    status = _choice(request, "status", allowed)
     limit, cursor = query_limit(request), query_cursor(request, valid_run_id)
-    where = (lambda s: s["status"] == status) if status else None
-    items, next_cursor = request.app[RUNTIME].index.page(limit=limit, before=cursor, where=where)
+    found = _found(request)
+    if found is not None:
+        return [s for s in found if status is None or field(s) == status], None
+    facet = (name, status) if status else None
+    return request.app[RUNTIME].index.page(limit=limit, before=cursor, facet=facet)
+
+
+async def list_workflows(request: web.Request) -> web.Response:
+    items, next_cursor = await asyncio.to_thread(_facet_and_found, request, "status", tuple(RunStatus), lambda s: s["status"])
     return json_response({"workflows": [views.workflow_summary(s) for s in items], "nextCursor": next_cursor})
 
 
@@ -242,10 +274,7 @@ async def get_workflow(request: web.Request) -> web.Response:
 
 
 async def list_users(request: web.Request) -> web.Response:
-    status = _choice(request, "status", USER_STATUSES)
-    limit, cursor = query_limit(request), query_cursor(request, valid_run_id)
-    where = (lambda s: s["user"]["status"] == status) if status else None
-    items, next_cursor = request.app[RUNTIME].index.page(limit=limit, before=cursor, where=where)
+    items, next_cursor = await asyncio.to_thread(_facet_and_found, request, "user", USER_STATUSES, lambda s: s["user"]["status"])
     return json_response({"users": [views.user(s) for s in items], "nextCursor": next_cursor})
 
 
@@ -272,7 +301,7 @@ async def outbox(request: web.Request) -> web.Response:
         summary = index.get(run_id) if valid_run_id(run_id) else None
         summaries = [summary] if summary else []
     else:
-        summaries = list(index.newest(where=lambda s: bool(s["emails"])))
+        summaries = await asyncio.to_thread(lambda: list(index.each(("emails", "sent"))))
     # (sentAt, messageId) orders every email, resends and reminders included.
     keyed = sorted(
         ((e["sentAt"], e["messageId"], summary, e) for summary in summaries for e in summary["emails"]),
@@ -300,4 +329,4 @@ async def readyz(request: web.Request) -> web.Response:
         return json_response({"status": "starting"}, status=503, headers={"Retry-After": "1"})
     if not request.app[STORES].available():
         return json_response({"status": "storage_unavailable"}, status=503, headers={"Retry-After": "2"})
-    return json_response({"status": "ready", "runs": len(runtime.index)})
+    return json_response({"status": "ready", "runs": await asyncio.to_thread(len, runtime.index)})

@@ -13,7 +13,6 @@ from aiohttp import web
 
 from userflow.actors import retention
 from userflow.actors.runtime import Runtime
-from userflow.actors.timeutil import epoch
 from userflow.actors.signup import SIGNUP, SignupServices
 from userflow.actors.signup.email import Mailer, OutboxTransport
 from userflow.actors.signup.risk import HeuristicRisk
@@ -21,6 +20,7 @@ from userflow.actors.signup.smtp import SmtpTransport
 from userflow.actors.signup.templates import EmailTemplates
 from userflow.actors.signup.tokens import TokenSigner
 from userflow.actors.signup.workflow import RiskChecker
+from userflow.http.overview import get_overview
 from userflow.http import api, auth, pages, signin, webhooks
 from userflow.http.webhooks import WEBHOOKS
 from userflow.http.auth import Access, Authenticator
@@ -127,7 +127,6 @@ def build_app(settings: Settings, stores: Stores, public_url: str, *, autostart:
             [SIGNUP],
             app[SERVICES],
             max_live=settings.max_live_actors,
-            index_every=settings.index_save_every,
             loop=asyncio.get_running_loop(),
         )
         app[RUNTIME] = runtime
@@ -182,7 +181,7 @@ async def start_engine(app: web.Application) -> None:
             stored = runtime.parts.store.read(run_id)
             return list(stored.run.get("events", ())) if stored else []
 
-        await hooks.start([(s["id"], s.get("events", 0), epoch(s["updatedAt"])) for s in runtime.index.newest()], events_of)
+        await hooks.start(runtime.index.changed_since, events_of)
     log.info("ready: %d runs recovered, %d resumed", report.runs, len(report.resume))
     settings = app[SETTINGS]
     if settings.retain_finished is not None:
@@ -217,6 +216,7 @@ ROUTES = (
     ("GET", "/static/{name}", pages.static_file, PUBLIC),
     ("GET", "/api/session", signin.whoami, VIEWER),
     ("GET", "/", pages.dashboard, VIEWER),
+    ("GET", "/api/overview", get_overview, VIEWER),
     ("GET", "/api/workflows", api.list_workflows, VIEWER),
     ("GET", "/api/workflows/{id}", api.get_workflow, VIEWER),
     ("POST", "/api/workflows/failed/retry", api.retry_failed, OPERATOR),

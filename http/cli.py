@@ -79,7 +79,7 @@ def open_stores(settings: Settings) -> Stores:
     from userflow.storage.postgres.stores import DatabaseBusy, PgStores
 
     try:
-        stores = PgStores.open(settings.database_url, Definitions([SIGNUP]).keys)
+        stores = PgStores.open(settings.database_url, Definitions([SIGNUP]).describe)
     except (DatabaseUnavailable, SchemaTooNew, SchemaBusy) as exc:
         raise StartupError(str(exc)) from None
     try:

@@ -29,7 +29,6 @@ class Settings:
     email_max_backoff: float = 300.0  # the longest pause between two tries of an email
     email_retry_for: float = 21600.0  # how long an email is retried (never past the link's expiry)
     max_live_actors: int = 256
-    index_save_every: float = 30.0
     retain_finished: float | None = None  # days a finished run keeps its step details; None = forever
     retention_every: float = 60.0  # seconds between two sweeps of retention
     log_level: str = "INFO"
@@ -299,7 +298,6 @@ def parser() -> argparse.ArgumentParser:
     option("--max-live-actors", "USERFLOW_MAX_LIVE_ACTORS", _count, d.max_live_actors, "cap on run actors alive at once")
     option("--retain-finished", "USERFLOW_RETAIN_FINISHED", _days, None, "days a finished run keeps its step details and timeline; then only the user's record, its risk decision and each step's status and times are kept", "keep")
     option("--retention-every", "USERFLOW_RETENTION_EVERY", _some_seconds, d.retention_every, "seconds between two sweeps of --retain-finished")
-    option("--index-save-every", "USERFLOW_INDEX_SAVE_EVERY", _seconds, d.index_save_every, "seconds between saves of the index (a start after a crash reads the runs changed since)")
 
     operators = commands.add_parser(
         "operators",
@@ -377,7 +375,6 @@ def settings_from(args: argparse.Namespace) -> Settings:
         email_max_backoff=args.email_max_backoff,
         email_retry_for=args.email_retry_for,
         max_live_actors=max(1, args.max_live_actors),
-        index_save_every=args.index_save_every,
         retain_finished=args.retain_finished,
         retention_every=args.retention_every,
         log_level=args.log_level,

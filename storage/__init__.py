@@ -2,7 +2,7 @@
 
 from userflow.storage.atomic import CorruptFileError, StorageError
 from userflow.storage.datadir import DataDir, DataDirBusy
-from userflow.storage.port import IndexCache, RunHandle, RunStore, StoredRun, valid_run_id
+from userflow.storage.port import ACTIVE, Catalog, Describe, Entry, RunHandle, RunStore, StoredRun, valid_run_id
 from userflow.storage.runs import FileRunStore
 
 __all__ = [
@@ -10,7 +10,10 @@ __all__ = [
     "DataDir",
     "DataDirBusy",
     "FileRunStore",
-    "IndexCache",
+    "ACTIVE",
+    "Catalog",
+    "Describe",
+    "Entry",
     "RunHandle",
     "RunStore",
     "StorageError",

@@ -1,11 +1,12 @@
-"""The catalog of runs on disk: what lists, filters, counts and lookups read, for the data dir.
+"""The data dir's catalog of runs: what lists, filters, counts and lookups read.
 
 Keeping a summary of every run ever in memory makes a server's size and start
 grow with every user it has had. The catalog keeps them in SQLite beside the
 run files instead (``DATA/catalog.sqlite``), so memory follows the active
 runs only. Per run it holds:
 
-- its summary, as the engine describes it (what a list shows), as JSON;
+- its summary, as the engine describes it (what a list shows), as JSON, and
+  when it last changed;
 - its facets: the values lists filter and count by (``{"status": "WAITING",
   "user": "PENDING"}``), one row each, so "newest first with status S after
   cursor C" is a walk of one index however many runs there are;
@@ -16,29 +17,36 @@ Counts per facet are kept as counters, changed in the transaction that changes
 a run's facets, so counting a million runs reads a few rows.
 
 The catalog is derived data: the run files and the journal are the truth.
-It is written after the journal has made a change durable; SQLite's WAL
-mode with ``synchronous=NORMAL`` keeps it consistent through a crash (it may
-lose its last transactions, never be torn), and ``applied`` records how far
-it got, for the caller to bring it up to date from the run files. Readers
-each have a connection of their own (WAL lets them read while one writes).
+The store writes it once the journal has made a change durable, in WAL mode
+with ``synchronous=NORMAL`` (a crash may lose its last transactions, never
+tear one), and makes it durable (``sync``) before it drops the journal
+segments those changes came from: so whatever a crash took from the catalog,
+the journal still holds, and the store puts it back at the next start. Runs
+it must describe again are listed in ``stale`` (changed while nobody could
+describe them). A catalog never finished (``built``) is made again from the
+run files. Readers each have a connection of their own (WAL lets them read
+while one writes).
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import orjson
 
+from userflow.storage.port import Entry
+
 #: The layout of the catalog file; another is rebuilt, never read.
-FORMAT = 1
+FORMAT = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS runs (id TEXT PRIMARY KEY, summary BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS runs (id TEXT PRIMARY KEY, summary BLOB NOT NULL, changed REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS runs_changed ON runs (changed);
 CREATE TABLE IF NOT EXISTS facets (
     name TEXT NOT NULL, value TEXT NOT NULL, run_id TEXT NOT NULL,
     PRIMARY KEY (name, value, run_id)
@@ -49,21 +57,14 @@ CREATE TABLE IF NOT EXISTS counts (name TEXT NOT NULL, value TEXT NOT NULL, n IN
 CREATE TABLE IF NOT EXISTS keys (kind TEXT NOT NULL, key TEXT NOT NULL, run_id TEXT NOT NULL,
     PRIMARY KEY (kind, key)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS keys_run ON keys (run_id);
+CREATE TABLE IF NOT EXISTS stale (run_id TEXT PRIMARY KEY) WITHOUT ROWID;
 """
+
+_LAST = "\uffff"  # sorts after every run id
 
 
 class CatalogDamaged(RuntimeError):
     """The catalog file cannot be used (another layout, or not SQLite): rebuild it."""
-
-
-@dataclass(frozen=True)
-class Entry:
-    """A run as the catalog keeps it."""
-
-    id: str
-    summary: Mapping[str, Any]
-    facets: Mapping[str, str] = field(default_factory=dict)
-    keys: Mapping[str, Iterable[str]] = field(default_factory=dict)
 
 
 class SqliteCatalog:
@@ -82,9 +83,26 @@ class SqliteCatalog:
                     connection.execute("INSERT INTO meta VALUES ('format', ?)", (str(FORMAT),))
             elif found[0] != str(FORMAT):
                 raise CatalogDamaged(f"{path} has layout {found[0]}, this release reads {FORMAT}")
+            pages, size = connection.execute("PRAGMA page_count").fetchone()[0], connection.execute("PRAGMA page_size").fetchone()[0]
+            if os.path.getsize(path) < pages * size and not os.path.exists(path + "-wal"):
+                raise CatalogDamaged(f"{path} is cut short: {os.path.getsize(path)} bytes of {pages * size}")
+            connection.execute("SELECT count(*) FROM counts").fetchone()  # a damaged page fails here, not later
+        except CatalogDamaged:
+            self.close()
+            raise
         except sqlite3.DatabaseError as exc:
             self.close()
             raise CatalogDamaged(f"{path} cannot be read: {exc}") from None
+
+    @classmethod
+    def fresh(cls, path: str) -> SqliteCatalog:
+        """An empty catalog at ``path``, whatever was there."""
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            try:
+                os.unlink(path + suffix)
+            except FileNotFoundError:
+                pass
+        return cls(path)
 
     def _connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
@@ -100,28 +118,30 @@ class SqliteCatalog:
 
     # -- writing ----------------------------------------------------------------------
 
-    def put(self, entries: Iterable[Entry], applied: str | None = None) -> None:
-        """Keep these runs' newest descriptions, and ``applied`` (how far the source was read), at once."""
+    def put(self, entries: Iterable[Entry], *, gone: Iterable[str] = (), stale: Iterable[str] = (), fresh: Iterable[str] = ()) -> None:
+        """In one transaction: keep these runs' newest entries, leave out the runs ``gone``,
+        list the runs ``stale`` (to describe again) and strike the ``fresh`` ones off it."""
         connection = self._connection()
         with self._write_lock:
             connection.execute("BEGIN IMMEDIATE")
             try:
                 for entry in entries:
                     self._put(connection, entry)
-                if applied is not None:
-                    connection.execute("INSERT OR REPLACE INTO meta VALUES ('applied', ?)", (applied,))
+                for run_id in gone:
+                    self._remove(connection, run_id)
+                connection.executemany("INSERT OR IGNORE INTO stale VALUES (?)", ((run_id,) for run_id in stale))
+                connection.executemany("DELETE FROM stale WHERE run_id = ?", ((run_id,) for run_id in fresh))
                 connection.execute("COMMIT")
             except BaseException:
                 connection.execute("ROLLBACK")
                 raise
 
     def _put(self, connection: sqlite3.Connection, entry: Entry) -> None:
-        connection.execute("INSERT OR REPLACE INTO runs VALUES (?, ?)", (entry.id, orjson.dumps(entry.summary)))
+        connection.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?)", (entry.id, orjson.dumps(entry.summary), entry.changed))
         old = dict(connection.execute("SELECT name, value FROM facets WHERE run_id = ?", (entry.id,)).fetchall())
         for name, value in old.items():
             if entry.facets.get(name) != value:
-                connection.execute("DELETE FROM facets WHERE name = ? AND value = ? AND run_id = ?", (name, value, entry.id))
-                connection.execute("UPDATE counts SET n = n - 1 WHERE name = ? AND value = ?", (name, value))
+                self._drop_facet(connection, name, value, entry.id)
         for name, value in entry.facets.items():
             if old.get(name) != value:
                 connection.execute("INSERT INTO facets VALUES (?, ?, ?)", (name, value, entry.id))
@@ -132,11 +152,42 @@ class SqliteCatalog:
             for value in values:
                 connection.execute("INSERT OR REPLACE INTO keys VALUES (?, ?, ?)", (kind, value, entry.id))
 
+    def _remove(self, connection: sqlite3.Connection, run_id: str) -> None:
+        for name, value in connection.execute("SELECT name, value FROM facets WHERE run_id = ?", (run_id,)).fetchall():
+            self._drop_facet(connection, name, value, run_id)
+        connection.execute("DELETE FROM keys WHERE run_id = ?", (run_id,))
+        connection.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+
+    @staticmethod
+    def _drop_facet(connection: sqlite3.Connection, name: str, value: str, run_id: str) -> None:
+        connection.execute("DELETE FROM facets WHERE name = ? AND value = ? AND run_id = ?", (name, value, run_id))
+        connection.execute("UPDATE counts SET n = n - 1 WHERE name = ? AND value = ?", (name, value))
+
+    def mark_built(self) -> None:
+        """Say that every run file is described (a rebuild that finished)."""
+        connection = self._connection()
+        with self._write_lock, connection:
+            connection.execute("INSERT OR REPLACE INTO meta VALUES ('built', 'yes')")
+        self.sync()
+
+    def sync(self) -> None:
+        """Make every transaction so far durable: one synced commit syncs the WAL before it."""
+        connection = self._connection()
+        with self._write_lock:
+            connection.execute("PRAGMA synchronous = FULL")
+            try:
+                with connection:
+                    connection.execute("INSERT OR REPLACE INTO meta VALUES ('synced', 'yes')")
+            finally:
+                connection.execute("PRAGMA synchronous = NORMAL")
+
     # -- reading ----------------------------------------------------------------------
 
-    def applied(self) -> str | None:
-        row = self._connection().execute("SELECT value FROM meta WHERE name = 'applied'").fetchone()
-        return row[0] if row else None
+    def built(self) -> bool:
+        return self._connection().execute("SELECT 1 FROM meta WHERE name = 'built'").fetchone() is not None
+
+    def stale(self) -> list[str]:
+        return [run_id for (run_id,) in self._connection().execute("SELECT run_id FROM stale").fetchall()]
 
     def get(self, run_id: str) -> dict[str, Any] | None:
         row = self._connection().execute("SELECT summary FROM runs WHERE id = ?", (run_id,)).fetchone()
@@ -147,30 +198,44 @@ class SqliteCatalog:
         return row[0] if row else None
 
     def page(
-        self, *, limit: int, before: str | None = None, facet: tuple[str, str] | None = None
+        self, *, limit: int, cursor: str | None = None, facet: tuple[str, str] | None = None, oldest_first: bool = False
     ) -> tuple[list[dict[str, Any]], str | None]:
-        """Summaries newest first (ids sort by creation), strictly older than ``before``,
-        with ``facet`` (name, value) if given; and the cursor of the next page, if any."""
+        """Summaries newest first (ids sort by creation), or oldest first, strictly past
+        ``cursor``, with ``facet`` (name, value) if given; and the cursor of the next page."""
         connection = self._connection()
-        bound = before if before is not None else "\uffff"
+        compare, order = (">", "ASC") if oldest_first else ("<", "DESC")
+        bound = cursor if cursor is not None else ("" if oldest_first else _LAST)
         if facet is None:
             rows = connection.execute(
-                "SELECT id, summary FROM runs WHERE id < ? ORDER BY id DESC LIMIT ?", (bound, limit + 1)
+                f"SELECT id, summary FROM runs WHERE id {compare} ? ORDER BY id {order} LIMIT ?", (bound, limit + 1)
             ).fetchall()
         else:
             rows = connection.execute(
-                """SELECT runs.id, runs.summary FROM facets JOIN runs ON runs.id = facets.run_id
-                   WHERE facets.name = ? AND facets.value = ? AND facets.run_id < ?
-                   ORDER BY facets.run_id DESC LIMIT ?""",
+                f"""SELECT runs.id, runs.summary FROM facets JOIN runs ON runs.id = facets.run_id
+                   WHERE facets.name = ? AND facets.value = ? AND facets.run_id {compare} ?
+                   ORDER BY facets.run_id {order} LIMIT ?""",
                 (facet[0], facet[1], bound, limit + 1),
             ).fetchall()
         more = len(rows) > limit
         rows = rows[:limit]
         return [orjson.loads(summary) for _, summary in rows], (rows[-1][0] if more and rows else None)
 
-    def counts(self, name: str) -> dict[str, int]:
-        """How many runs have each value of the facet ``name`` (values no run has left out)."""
-        rows = self._connection().execute("SELECT value, n FROM counts WHERE name = ? AND n > 0", (name,)).fetchall()
+    def ids(self, facet: tuple[str, str]) -> list[str]:
+        """Every run with the facet, oldest first."""
+        rows = self._connection().execute(
+            "SELECT run_id FROM facets WHERE name = ? AND value = ? ORDER BY run_id", facet
+        ).fetchall()
+        return [run_id for (run_id,) in rows]
+
+    def changed_since(self, when: float) -> Iterator[dict[str, Any]]:
+        rows = self._connection().execute("SELECT summary FROM runs WHERE changed >= ? ORDER BY changed", (when,)).fetchall()
+        for (summary,) in rows:
+            yield orjson.loads(summary)
+
+    def counts(self, name: str, since: str | None = None) -> dict[str, int]:
+        rows = self._connection().execute(
+            "SELECT value, n FROM counts WHERE name = ? AND value >= ? AND n > 0", (name, since or "")
+        ).fetchall()
         return dict(rows)
 
     def __len__(self) -> int:

@@ -41,7 +41,7 @@ class _Batch:
 
     def __init__(self) -> None:
         self.frames: list[bytes] = []
-        self.records: list[tuple[str, int, bytes]] = []
+        self.records: list[tuple[str, int, bytes, object]] = []
         self.done = threading.Event()
         self.error: BaseException | None = None
 
@@ -70,7 +70,8 @@ def records(path: str) -> Iterator[tuple[str, int, bytes]]:
         offset += _HEAD.size + length
 
 
-Durable = Callable[[list[tuple[str, int, bytes]]], None]
+#: Told of each synced batch: (run id, version, document, the note its writer gave) per record.
+Durable = Callable[[list[tuple[str, int, bytes, object]]], None]
 
 
 class Journal:
@@ -106,15 +107,16 @@ class Journal:
         """The number of the segment being appended to."""
         return self._number
 
-    def append(self, run_id: str, version: int, document: bytes) -> None:
-        """Return once the record is durable; raise StorageError if it cannot be."""
+    def append(self, run_id: str, version: int, document: bytes, note: object = None) -> None:
+        """Return once the record is durable; raise StorageError if it cannot be.
+        ``note`` is not written: ``on_durable`` gets it back with the record."""
         frame = encode(run_id, version, document)
         with self._cond:
             if self._stopped:
                 raise StorageError(5, "the journal is closed")
             batch = self._batch
             batch.frames.append(frame)
-            batch.records.append((run_id, version, document))
+            batch.records.append((run_id, version, document, note))
             self._cond.notify()
         batch.done.wait()
         if batch.error is not None:

@@ -2,16 +2,16 @@
 
 A :class:`RunStore` keeps runs: each one's document and timeline, committed
 all or nothing through the :class:`RunHandle` of the one actor that owns the
-run. A store that keeps a copy of the engine's index between starts (the data
-dir does: reading every run file at a start is slow) offers it as an
-:class:`IndexCache`; a store that can answer lookups itself (a database) has
-none. The engine never probes a store for what it can do: it asks.
+run. Every store keeps a :class:`Catalog` of its runs, which lists, filters,
+counts and lookups read, so the engine holds only the runs it still has
+work for. The engine never probes a store for what it can do: it asks.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -38,27 +38,60 @@ class RunHandle(Protocol):
         ...
 
 
-class IndexCache(Protocol):
-    """The engine's index kept between starts, with the stamp of each run it describes."""
+@dataclass(frozen=True)
+class Entry:
+    """A run as lists, filters, counts and lookups see it, made by the engine (``Describe``).
 
-    def save_index(self, lines: Iterable[bytes], fingerprint: str, stamps: Mapping[str, list[int]]) -> None:
-        """Keep the engine's index until it is saved again (a cache: losing it costs a scan)."""
+    ``summary`` is what a list shows; ``facets`` the values lists filter and count
+    by (``{"status": "WAITING", "user": "PENDING"}``); ``keys`` the lookup keys that
+    name this run (an address, a user id, token hashes); ``changed`` its last
+    change, in epoch seconds."""
+
+    id: str
+    summary: Mapping[str, Any]
+    facets: Mapping[str, str] = field(default_factory=dict)
+    keys: Mapping[str, Iterable[str]] = field(default_factory=dict)
+    changed: float = 0.0
+
+
+#: How the engine describes a run for the catalog; None for a run it cannot describe
+#: (a workflow this release does not ship), which is then left out of every list.
+Describe = Callable[[Mapping[str, Any]], "Entry | None"]
+
+#: The facet every catalog has: the runs the engine still has work for, which a start reads.
+ACTIVE = ("active", "yes")
+
+
+class Catalog(Protocol):
+    """Every stored run's entry, kept by the store in the same commit as the run, so
+    that a commit is listed when it returns; reads never need the runs in memory."""
+
+    def get(self, run_id: str) -> dict[str, Any] | None:
+        """The run's summary, or None if there is no such run."""
         ...
 
-    def read_index(self, fingerprint: str) -> tuple[dict[str, list[int]], Iterator[memoryview]] | None:
-        """The saved index: each run's stamp when it was saved, and its lines."""
+    def lookup(self, kind: str, key: str) -> str | None:
+        """The run holding the key, the latest to take it."""
         ...
 
-    def stamps(self) -> dict[str, list[int]]:
-        """Each stored run's stamp now: a changed run never keeps its stamp."""
+    def page(
+        self, *, limit: int, cursor: str | None = None, facet: tuple[str, str] | None = None, oldest_first: bool = False
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Summaries newest first (oldest first if asked; ids sort by creation), after
+        ``cursor``, with ``facet`` if given; and the cursor of the next page, if any."""
         ...
 
-    def read_document(self, run_id: str) -> tuple[dict[str, Any], list[int]] | None:
-        """A run's document and the stamp of what it was read from."""
+    def counts(self, name: str, since: str | None = None) -> dict[str, int]:
+        """How many runs have each value of the facet ``name`` (values no run has left
+        out), only the values from ``since`` on if given (time buckets sort as times)."""
         ...
 
-    def after_checkpoint(self, hook: Callable[[bool, list[str]], None]) -> None:
-        """Call ``hook(final, written)`` after each checkpoint (no run changes meanwhile)."""
+    def changed_since(self, when: float) -> Iterator[dict[str, Any]]:
+        """The summaries of the runs changed at or after ``when`` (epoch seconds)."""
+        ...
+
+    def active(self) -> Iterator[dict[str, Any]]:
+        """The documents of the runs with the facet ``ACTIVE``: what a start brings back."""
         ...
 
 
@@ -71,7 +104,11 @@ class RunStore(Protocol):
         """Every stored run's document but those in ``skip``."""
         ...
 
-    def index_cache(self) -> IndexCache | None: ...
+    def catalog(self, describe: Describe) -> Catalog:
+        """The catalog of the stored runs, kept with ``describe`` from now on (once, at
+        the engine's start: a store brings it up to date first, and rebuilds it if it
+        was lost)."""
+        ...
 
     def close(self) -> None:
         """Make everything committed durable where it belongs; stop background work."""

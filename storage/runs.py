@@ -32,10 +32,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sqlite3
 import threading
 import time
 import zlib
-from collections.abc import Callable, Container, Iterable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterator, Mapping
 from typing import Any
 
 import orjson
@@ -44,12 +45,22 @@ from tinydb import TinyDB
 from userflow.storage import codec
 from userflow.storage.atomic import AtomicJSONStorage, CorruptFileError, StorageError, read_json, sync_filesystem, write_atomic
 from userflow.storage.journal import Journal, records
-from userflow.storage.port import IndexCache, StoredRun, valid_run_id
+from userflow.storage.catalog import CatalogDamaged, SqliteCatalog
+from userflow.storage.port import ACTIVE, Describe, Entry, StoredRun, valid_run_id
 
 log = logging.getLogger(__name__)
 
 _SUFFIX = ".json"
-_INDEX = "index.snapshot"
+_OLD_INDEX = "index.snapshot"  # what earlier releases kept instead of the catalog
+_CATALOG = "catalog.sqlite"
+_DESCRIBE_BATCH = 1000
+
+
+class _Stale:
+    """A commit made before the engine attached: its run is described at ``catalog``."""
+
+
+STALE = _Stale()
 _TEMP = ".tmp"
 
 
@@ -68,17 +79,22 @@ class RunFile:
 
     Alone it writes its file atomically; opened by a :class:`FileRunStore` it
     hands each write to the store's journal instead (``sink(version,
-    document)``) and first reads the store's latest document (``source``).
+    document, note)``, where ``note`` is what ``note_for(run)`` made of the
+    run before anything was written: its catalog entry), and first reads the
+    store's latest document (``source``).
     """
 
     def __init__(
         self,
         path: str,
-        sink: Callable[[int, bytes], None] | None = None,
+        sink: Callable[[int, bytes, object], None] | None = None,
         source: Callable[[], bytes | None] | None = None,
+        note_for: Callable[[dict[str, Any]], object] | None = None,
     ) -> None:
         self._version = 0
-        to_sink = (lambda document: sink(self._version, document)) if sink is not None else None
+        self._note: object = None
+        self._note_for = note_for
+        to_sink = (lambda document: sink(self._version, document, self._note)) if sink is not None else None
         self._db = TinyDB(path, storage=AtomicJSONStorage, sink=to_sink, source=source)
         self._runs = self._db.table(codec.RUN_TABLE, cache_size=0)
         self._timeline = self._db.table(codec.TIMELINE_TABLE, cache_size=0)
@@ -96,20 +112,9 @@ class RunFile:
         # cost more than the whole journal append.
         storage: AtomicJSONStorage = self._db.storage  # type: ignore[assignment]
         self._version = int(run.get("version", 0))
+        # Described first: a hook that fails fails the commit before anything is durable.
+        self._note = self._note_for(run) if self._note_for is not None else None
         storage.write(codec.committed(storage.read(), run, new_entries))
-
-
-def _stamp(stat: os.stat_result) -> list[int]:
-    return [stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
-
-
-def _lines(data: memoryview, start: int) -> Iterator[memoryview]:
-    """Each line of ``data`` from ``start``, without copying it."""
-    raw: bytes = data.obj  # type: ignore[assignment]
-    while start < len(data):
-        end = raw.index(b"\n", start)
-        yield data[start:end]
-        start = end + 1
 
 
 class FileRunStore:
@@ -120,14 +125,16 @@ class FileRunStore:
 
     def __init__(self, data_dir: str, checkpoint_every: float = 1.0) -> None:
         self._dir = os.path.join(data_dir, "runs")
-        self._index = os.path.join(data_dir, _INDEX)
         self._quarantine = os.path.join(data_dir, "quarantine")
         os.makedirs(self._dir, mode=0o700, exist_ok=True)
         self._move_flat_files()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(data_dir, _OLD_INDEX))
+        self._catalog = _open_catalog(os.path.join(data_dir, _CATALOG))
+        self._describe: Describe | None = None  # until the engine attaches: changes are listed stale
         self._latest: dict[str, tuple[int, bytes]] = {}  # committed, not yet in the file
         self._lock = threading.Lock()
         self._checkpointing = threading.Lock()
-        self._after_checkpoint: Callable[[bool, list[str]], None] | None = None
         self._journal = Journal(os.path.join(data_dir, "journal"), on_durable=self._durable)
         self._replay()
         self._stop = threading.Event()
@@ -166,8 +173,9 @@ class FileRunStore:
     def open(self, run_id: str) -> RunFile:
         return RunFile(
             self._path(run_id),
-            sink=lambda version, document: self._commit(run_id, version, document),
+            sink=lambda version, document, note: self._journal.append(run_id, version, document, note),
             source=lambda: self._document(run_id),
+            note_for=self._entry_of,
         )
 
     def read(self, run_id: str) -> StoredRun | None:
@@ -189,35 +197,47 @@ class FileRunStore:
 
     # -- commits and checkpoints -------------------------------------------------------
 
-    def _commit(self, run_id: str, version: int, document: bytes) -> None:
-        self._journal.append(run_id, version, document)
+    def _entry_of(self, run: dict[str, Any]) -> Entry | None | _Stale:
+        """A run's catalog entry as a commit carries it to ``_durable``: STALE until the
+        engine has attached (described at the next ``catalog``)."""
+        describe = self._describe
+        return describe(run) if describe is not None else STALE
 
-    def _durable(self, batch: list[tuple[str, int, bytes]]) -> None:
-        """(The journal's thread, once a batch is synced.) The documents become the
-        runs' latest; a segment switch waits for this, so a checkpoint taken after
-        it sees every document of the segments it closes."""
+    def _durable(self, batch: list[tuple[str, int, bytes, Any]]) -> None:
+        """(The journal's thread, once a batch is synced, before its writers return.)
+        The documents become the runs' latest, and the catalog lists them; a segment
+        switch waits for this, so a checkpoint taken after it sees every document of
+        the segments it closes, and syncs the catalog before it drops them."""
+        notes: dict[str, Any] = {}
         with self._lock:
             latest = self._latest
-            for run_id, version, document in batch:
+            for run_id, version, document, note in batch:
                 if version >= latest.get(run_id, (-1, b""))[0]:
                     latest[run_id] = (version, document)
+                    notes[run_id] = note
+        entries = [note for note in notes.values() if isinstance(note, Entry)]
+        gone = [run_id for run_id, note in notes.items() if note is None]
+        stale = [run_id for run_id, note in notes.items() if note is STALE]
+        try:
+            self._catalog.put(entries, gone=gone, stale=stale)
+        except sqlite3.Error as exc:
+            raise StorageError(5, f"could not list the commit in the catalog: {exc}") from None
 
-    def checkpoint(self, final: bool = False) -> int:
-        """Write changed runs' files, sync once, drop the journal behind them; then
-        call the hook set by ``after_checkpoint`` (no file changes meanwhile)."""
+    def _describe_into_catalog(self, describe: Describe, runs: Mapping[str, dict[str, Any] | None]) -> None:
+        entries, gone = [], []
+        for run_id, run in runs.items():
+            entry = describe(run) if run is not None else None
+            if entry is None:
+                gone.append(run_id)
+            else:
+                entries.append(entry)
+        self._catalog.put(entries, gone=gone, fresh=runs)
+
+    def checkpoint(self) -> int:
+        """Write changed runs' files, sync once, drop the journal behind them; how many
+        files it wrote."""
         with self._checkpointing:  # two at once could drop a segment the other still needs
-            written = self._checkpoint()
-            if self._after_checkpoint is not None:
-                try:
-                    self._after_checkpoint(final, written)
-                except Exception:  # the hook keeps a cache: the checkpoint itself stands
-                    log.exception("after-checkpoint hook failed")
-            return len(written)
-
-    def after_checkpoint(self, hook: Callable[[bool, list[str]], None]) -> None:
-        """Call ``hook(final, written)`` after every checkpoint: ``final`` for the one at
-        close, ``written`` the ids of the runs whose file it wrote."""
-        self._after_checkpoint = hook
+            return len(self._checkpoint())
 
     def _checkpoint(self) -> list[str]:
         closed = self._journal.rotate()
@@ -244,10 +264,11 @@ class FileRunStore:
         self._stop.set()
         self._checkpointer.join(timeout=10)
         try:
-            self.checkpoint(final=True)
+            self.checkpoint()
         except OSError as exc:
             log.error("final checkpoint failed; the journal will be replayed at start: %s", exc)
         self._journal.close()
+        self._catalog.close()
 
     def _replay(self) -> None:
         """Bring every run file up to the newest document the journal holds for it."""
@@ -259,6 +280,7 @@ class FileRunStore:
             for run_id, version, document in records(self._journal.path(number)):
                 if valid_run_id(run_id) and version >= newest.get(run_id, (-1, b""))[0]:
                     newest[run_id] = (version, document)
+        self._catalog.put([], stale=newest)  # synced by the write-back, before the journal goes
         restored = self._write_back(newest, closed)
         log.info("journal replayed: %d runs brought up to date from %d segments", restored, len(closed))
 
@@ -270,6 +292,10 @@ class FileRunStore:
                 write_atomic(self._path(run_id), document, sync=False)
                 written += 1
         sync_filesystem(self._dir)
+        try:
+            self._catalog.sync()
+        except sqlite3.Error as exc:
+            raise StorageError(5, f"could not sync the catalog: {exc}") from None
         self._journal.delete(segments)
         return written
 
@@ -305,72 +331,67 @@ class FileRunStore:
                     continue
                 yield run
 
-    # -- the saved index --------------------------------------------------------------
+    # -- the catalog ----------------------------------------------------------------------
 
-    def stamps(self) -> dict[str, list[int]]:
-        """Each run file's inode, size, modification and change times. Every write by
-        this store renames a new inode into place (fresh change time, which nothing
-        can set back), so a rewritten file never keeps its stamp."""
-        stamps = {}
-        cut = -len(_SUFFIX)
-        for folder in self._folders():
-            with os.scandir(folder) as entries:
-                for entry in entries:
-                    name = entry.name
-                    if name.endswith(_SUFFIX):
-                        try:
-                            stat = entry.stat()
-                        except FileNotFoundError:
-                            continue
-                        stamps[name[:cut]] = _stamp(stat)
-        return stamps
-
-    def index_cache(self) -> IndexCache:
+    def catalog(self, describe: Describe) -> FileRunStore:
+        """Keep the catalog with ``describe`` from now on: first describe the runs listed
+        stale (changed by a start's replay, or by a tool that could not describe them),
+        or every run file if the catalog was never finished (new, lost or damaged)."""
+        with self._lock:
+            self._describe = describe
+        if not self._catalog.built():
+            self._rebuild(describe)
+            return self
+        stale = self._catalog.stale()
+        for start in range(0, len(stale), _DESCRIBE_BATCH):
+            ids = stale[start : start + _DESCRIBE_BATCH]
+            self._describe_into_catalog(describe, {run_id: self._run(run_id) for run_id in ids})
+        if stale:
+            log.info("catalog: %d runs described again", len(stale))
         return self
 
-    def read_document(self, run_id: str) -> tuple[dict[str, Any], list[int]] | None:
-        """A run file's snapshot and the stamp of that very file (one open); None if
-        it is missing or unreadable (the next start reads it, and says why)."""
-        try:
-            with open(self._path(run_id), "rb") as handle:
-                raw, stamp = handle.read(), _stamp(os.fstat(handle.fileno()))
-            return codec.run_of(orjson.loads(raw), run_id), stamp
-        except (FileNotFoundError, ValueError, CorruptFileError):
-            return None
+    def _rebuild(self, describe: Describe) -> None:
+        started = time.perf_counter()
+        self._catalog.close()
+        self._catalog = SqliteCatalog.fresh(self._catalog.path)
+        batch: dict[str, dict[str, Any] | None] = {}
+        count = 0
+        for run in self.scan():
+            batch[run["id"]] = self._run(run["id"]) if run["id"] in self._latest else run
+            count += 1
+            if len(batch) == _DESCRIBE_BATCH:
+                self._describe_into_catalog(describe, batch)
+                batch = {}
+        self._describe_into_catalog(describe, batch)
+        self._catalog.mark_built()
+        log.info("catalog made from %d run files in %.1f s", count, time.perf_counter() - started)
 
-    def save_index(self, lines: Iterable[bytes], fingerprint: str, stamps: Mapping[str, list[int]]) -> None:
-        """Keep ``lines`` (one JSON value each) with the stamps of the run files they
-        were made from; call it with no checkpoint running (``after_checkpoint``)."""
-        body = list(lines)
-        header = {"fingerprint": fingerprint, "lines": len(body), "stamps": stamps}
-        write_atomic(self._index, b"\n".join([orjson.dumps(header), *body, b""]), fault_point=False)
+    def _run(self, run_id: str) -> dict[str, Any] | None:
+        document = self._document(run_id)
+        return _run(document, run_id) if document is not None else None
 
-    def read_index(self, fingerprint: str) -> tuple[dict[str, list[int]], Iterator[memoryview]] | None:
-        """The saved stamps and lines, if saved by the same code and whole; an index
-        that is not is removed."""
-        try:
-            with open(self._index, "rb") as handle:
-                raw = handle.read()
-        except FileNotFoundError:
-            return None
-        try:
-            end = raw.index(b"\n")
-            header = orjson.loads(raw[:end])
-            if header["fingerprint"] != fingerprint:
-                log.info("saved index is from other code; scanning every run file")
-                self._drop_index()
-                return None
-            if raw.count(b"\n") != header["lines"] + 1 or not isinstance(header["stamps"], dict):
-                raise ValueError("incomplete")
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-            log.warning("saved index unreadable (%s); scanning every run file", exc)
-            self._drop_index()
-            return None
-        return header["stamps"], _lines(memoryview(raw), end + 1)
+    def get(self, run_id: str) -> dict[str, Any] | None:
+        return self._catalog.get(run_id)
 
-    def _drop_index(self) -> None:
-        with contextlib.suppress(OSError):
-            os.unlink(self._index)
+    def lookup(self, kind: str, key: str) -> str | None:
+        return self._catalog.lookup(kind, key)
+
+    def page(
+        self, *, limit: int, cursor: str | None = None, facet: tuple[str, str] | None = None, oldest_first: bool = False
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        return self._catalog.page(limit=limit, cursor=cursor, facet=facet, oldest_first=oldest_first)
+
+    def counts(self, name: str, since: str | None = None) -> dict[str, int]:
+        return self._catalog.counts(name, since)
+
+    def changed_since(self, when: float) -> Iterator[dict[str, Any]]:
+        return self._catalog.changed_since(when)
+
+    def active(self) -> Iterator[dict[str, Any]]:
+        for run_id in self._catalog.ids(ACTIVE):
+            run = self._run(run_id)
+            if run is not None:
+                yield run
 
     def _move_aside(self, path: str, reason: Exception) -> None:
         os.makedirs(self._quarantine, mode=0o700, exist_ok=True)
@@ -380,3 +401,19 @@ class FileRunStore:
         except OSError as exc:
             raise StorageError(exc.errno, f"cannot quarantine {path}: {exc.strerror}") from exc
         log.error("unreadable run file moved to %s: %s", target, reason)
+
+
+def _open_catalog(path: str) -> SqliteCatalog:
+    try:
+        return SqliteCatalog(path)
+    except CatalogDamaged as exc:
+        log.warning("catalog unusable (%s); it is made again from the run files", exc)
+        return SqliteCatalog.fresh(path)
+
+
+def _run(document: bytes, run_id: str) -> dict[str, Any] | None:
+    """The run snapshot of a committed document; None if it has none (left out of lists)."""
+    try:
+        return codec.run_of(orjson.loads(document), run_id)
+    except (CorruptFileError, ValueError):
+        return None

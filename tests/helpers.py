@@ -249,7 +249,7 @@ class StoresAt:
             from userflow.actors.signup import SIGNUP
             from userflow.storage.postgres.stores import PgStores
 
-            stores = PgStores.open(self.url(name), Definitions([SIGNUP]).keys, max_connections=4)
+            stores = PgStores.open(self.url(name), Definitions([SIGNUP]).describe, max_connections=4)
             stores.claim()
             stores.watch()
         self._open.append(stores)

@@ -39,14 +39,14 @@ def test_pages_go_newest_first_and_a_cursor_continues_exactly(catalog: SqliteCat
     catalog.put([entry(n, status="COMPLETED" if n % 3 == 0 else "WAITING") for n in range(1, 26)])
     seen, cursor = [], None
     while True:
-        items, cursor = catalog.page(limit=10, before=cursor)
+        items, cursor = catalog.page(limit=10, cursor=cursor)
         seen += [s["id"] for s in items]
         if cursor is None:
             break
     assert seen == [f"wf_{n:08d}" for n in range(25, 0, -1)]
     done, cursor = catalog.page(limit=4, facet=("status", "COMPLETED"))
     assert [s["id"] for s in done] == [f"wf_{n:08d}" for n in (24, 21, 18, 15)] and cursor == "wf_00000015"
-    rest, cursor = catalog.page(limit=4, before=cursor, facet=("status", "COMPLETED"))
+    rest, cursor = catalog.page(limit=4, cursor=cursor, facet=("status", "COMPLETED"))
     assert [s["id"] for s in rest] == [f"wf_{n:08d}" for n in (12, 9, 6, 3)] and cursor is None
 
 
@@ -68,21 +68,41 @@ def test_a_later_run_takes_a_key_over(catalog: SqliteCatalog) -> None:
     assert catalog.lookup("email", "ann@example.com") == "wf_00000002"
 
 
-def test_what_was_applied_is_kept_with_the_changes_and_survives_a_reopen(tmp_path: Path) -> None:
+def test_a_transaction_is_all_or_nothing_and_survives_a_reopen(tmp_path: Path) -> None:
     path = str(tmp_path / "catalog.sqlite")
     first = SqliteCatalog(path)
-    assert first.applied() is None
-    first.put([entry(1)], applied="segment-3:4096")
+    assert not first.built() and first.stale() == []
+    first.put([entry(1)], stale=["wf_00000009"])
     with pytest.raises(TypeError):
-        first.put([entry(2), Entry("wf_bad", {"x": object()})], applied="segment-3:9999")  # cannot be written: nothing is
+        first.put([entry(2), Entry("wf_bad", {"x": object()})], stale=["wf_00000008"])  # cannot be written: nothing is
+    first.mark_built()
     first.close()
     again = SqliteCatalog(path)
     try:
-        assert again.applied() == "segment-3:4096"
+        assert again.built() and again.stale() == ["wf_00000009"]
         assert again.get("wf_00000001") is not None and again.get("wf_00000002") is None
         assert again.counts("status") == {"WAITING": 1}
+        again.put([entry(9)], fresh=["wf_00000009"])
+        assert again.stale() == []
     finally:
         again.close()
+
+
+def test_a_run_gone_leaves_every_list_count_and_key(catalog: SqliteCatalog) -> None:
+    catalog.put([entry(1), entry(2, "COMPLETED", "ACTIVE")])
+    catalog.put([], gone=["wf_00000002"])
+    assert catalog.get("wf_00000002") is None and catalog.lookup("user", "usr_2") is None
+    assert catalog.counts("status") == {"WAITING": 1} and catalog.counts("user") == {"PENDING": 1}
+    assert [s["id"] for s in catalog.page(limit=10)[0]] == ["wf_00000001"]
+
+
+def test_oldest_first_and_changed_since(catalog: SqliteCatalog) -> None:
+    catalog.put([Entry(f"wf_{n:08d}", {"id": f"wf_{n:08d}"}, {"status": "COMPLETED"}, {}, float(n)) for n in range(1, 8)])
+    first, cursor = catalog.page(limit=3, oldest_first=True, facet=("status", "COMPLETED"))
+    rest, end = catalog.page(limit=10, cursor=cursor, oldest_first=True, facet=("status", "COMPLETED"))
+    assert [s["id"] for s in first + rest] == [f"wf_{n:08d}" for n in range(1, 8)] and end is None
+    assert [s["id"] for s in catalog.changed_since(5.0)] == ["wf_00000005", "wf_00000006", "wf_00000007"]
+    assert catalog.ids(("status", "COMPLETED"))[:2] == ["wf_00000001", "wf_00000002"]
 
 
 def test_a_file_that_is_no_catalog_is_refused_not_read(tmp_path: Path) -> None:

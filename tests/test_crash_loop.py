@@ -71,7 +71,7 @@ def test_kill_9_at_random_moments_loses_nothing_promised(stores_at):
     rng = random.Random(os.environ.get("USERFLOW_SOAK_SEED", "7"))
     # The index is saved often, so kills also land during and between its saves
     # and most restarts take runs from it.
-    flags = ("--email-failure-rate", "0.2", "--index-save-every", "0.3")
+    flags = ("--email-failure-rate", "0.2")
     server = stores_at.server(*flags).start()
     traffic = Traffic(server)
     threads = [threading.Thread(target=traffic.signups, args=(w,), daemon=True) for w in range(3)]

@@ -391,7 +391,7 @@ async def test_live_actors_are_capped(engine, monkeypatch: pytest.MonkeyPatch) -
 
     starts = asyncio.gather(*(runtime.start_run("capped", {"n": n}) for n in range(50)))
     await async_wait_until(lambda: gate.waiting == 4)
-    await async_wait_until(lambda: len(runtime.index) == 50)  # all accepted and indexed
+    await async_wait_until(lambda: runtime.index.active() == 50)  # all accepted and indexed
     assert not starts.done()  # the queued ones are not durable yet, so not answered
     assert len(live_run_actors()) == 4
     gate.release.set()
@@ -663,7 +663,7 @@ async def test_a_run_whose_actor_keeps_failing_is_reactivated_with_growing_delay
 
     def failing_summary(run: Any) -> dict[str, Any]:
         # A bug in the workflow's summary hook: it fails once the step is running,
-        # which stops the actor right after its commit, every time it is activated.
+        # which fails that commit and stops the actor, every time it is activated.
         if run["steps"][0]["status"] == "RUNNING":
             calls.append(time.monotonic())
             raise RuntimeError("summary bug")
@@ -677,7 +677,7 @@ async def test_a_run_whose_actor_keeps_failing_is_reactivated_with_growing_delay
     assert calls[1] - calls[0] >= 0.45
     assert calls[2] - calls[1] >= 0.95
     stored = await runtime.read(result.run_id)
-    assert stored.run["steps"][0]["status"] == "RUNNING"  # the step never got further
+    assert stored.run["steps"][0]["status"] == "PENDING"  # the commit that failed was not kept
     assert stored.run["steps"][0]["output"] is None
 
 

@@ -143,62 +143,66 @@ def test_sigterm_stops_cleanly_and_the_run_resumes(servers, tmp_path):
     assert len(outbox_by_run(again)[run["workflowId"]]) == 1
 
 
-@DATA_DIR_ONLY
-def test_restarts_from_the_saved_index_and_a_kill_after_one_loses_nothing(servers, tmp_path):
+def answers(server: Server, runs: list[dict]) -> dict:
+    """What lists, counts and lookups say about these runs."""
+    return {
+        "workflows": server.get("/api/workflows?limit=100")["workflows"],
+        "completed": server.get("/api/workflows?status=COMPLETED&limit=100")["workflows"],
+        "waiting": server.get("/api/workflows?status=WAITING&limit=3")["workflows"],
+        "users": [server.get(f"/api/users/{run['userId']}") for run in runs],
+        "pending": server.get("/api/users?status=PENDING&limit=100")["users"],
+        "runs": server.get("/readyz")["runs"],
+    }
+
+
+def test_a_start_reads_only_the_active_runs_and_a_kill_loses_nothing_listed(servers, tmp_path):
     first = servers(tmp_path, "--email-failure-rate", "0")
     runs = [first.request("POST", "/api/signup", {"email": f"ix{n}@example.com", "name": "Ix"})[1] for n in range(5)]
     for run in runs:
         first.wait_for(f"/api/workflows/{run['workflowId']}", lambda d: d["status"] == "WAITING")
     links = {run_id: emails[0]["link"] for run_id, emails in outbox_by_run(first).items()}
-    assert first.terminate() == 0
-    assert (tmp_path / "index.snapshot").exists()
-
-    # From the saved index: lookups by token and by email work as before the stop.
-    second = servers(tmp_path, "--email-failure-rate", "0", "--index-save-every", "3600")
-    wait_until(lambda: any("(5 from the saved index)" in line for line in second.stderr))
     verified = runs[0]["workflowId"]
-    assert second.request("GET", f"/api/verify?token={token_of(links[verified])}")[0] == 200
-    second.wait_for(f"/api/workflows/{verified}", lambda d: d["status"] == "COMPLETED")
-    status, again = second.request("POST", "/api/signup", {"email": "ix1@example.com", "name": "Ix"})
-    assert status == 202 and again["workflowId"] == runs[1]["workflowId"]  # the same PENDING user
-    assert second.kill() == -9
+    assert first.request("GET", f"/api/verify?token={token_of(links[verified])}")[0] == 200
+    first.wait_for(f"/api/workflows/{verified}", lambda d: d["status"] == "COMPLETED")
+    before = answers(first, runs)
+    assert first.kill() == -9  # straight after the commits: the catalog had them when they were answered
 
-    # After the kill: the four untouched runs come from the index saved at the
-    # clean stop, the verified one from its file, and what was done is there.
-    third = servers(tmp_path, "--email-failure-rate", "0")
-    wait_until(lambda: any("recovered 5 runs" in line and "(4 from the saved index)" in line for line in third.stderr))
-    assert third.get(f"/api/workflows/{verified}")["status"] == "COMPLETED"
-    assert third.get(f"/api/users/{runs[0]['userId']}")["status"] in ("ACTIVE", "FLAGGED")
-    assert {s["status"] for s in (third.get(f"/api/workflows/{r['workflowId']}") for r in runs[1:])} == {"WAITING"}
+    second = servers(tmp_path, "--email-failure-rate", "0")
+    wait_until(lambda: any("recovered 4 active runs" in line for line in second.stderr))
+    assert answers(second, runs) == before
+    assert second.get(f"/api/workflows/{verified}")["status"] == "COMPLETED"
+    assert second.request("GET", f"/api/verify?token={token_of(links[runs[1]['workflowId']])}")[0] == 200
+    second.wait_for(f"/api/workflows/{runs[1]['workflowId']}", lambda d: d["status"] == "COMPLETED")
+    status, again = second.request("POST", "/api/signup", {"email": "ix2@example.com", "name": "Ix"})
+    assert status == 202 and again["workflowId"] == runs[2]["workflowId"]  # the same PENDING user
+    status, taken = second.request("POST", "/api/signup", {"email": "ix0@example.com", "name": "Ix"})
+    assert status == 409, taken  # the address of a user who finished: found in the catalog
 
 
 @DATA_DIR_ONLY
-def test_the_index_saved_while_running_makes_the_start_after_a_kill_read_no_file(servers, tmp_path):
-    server = servers(tmp_path, "--email-failure-rate", "0", "--index-save-every", "0.2")
-    runs = [server.request("POST", "/api/signup", {"email": f"kx{n}@example.com", "name": "Kx"})[1] for n in range(4)]
+@pytest.mark.parametrize("harm", ["lost", "damaged", "truncated"])
+def test_a_lost_or_damaged_catalog_is_made_again_with_the_same_answers(servers, tmp_path, harm):
+    first = servers(tmp_path, "--email-failure-rate", "0")
+    runs = [first.request("POST", "/api/signup", {"email": f"cx{n}@example.com", "name": "Cx"})[1] for n in range(6)]
     for run in runs:
-        server.wait_for(f"/api/workflows/{run['workflowId']}", lambda d: d["status"] == "WAITING")
-    done = runs[0]["workflowId"]
-    link = outbox_by_run(server)[done][0]["link"]
-    assert server.request("GET", f"/api/verify?token={token_of(link)}")[0] == 200
-    server.wait_for(f"/api/workflows/{done}", lambda d: d["status"] == "COMPLETED")
+        first.wait_for(f"/api/workflows/{run['workflowId']}", lambda d: d["status"] == "WAITING")
+    links = {run_id: emails[0]["link"] for run_id, emails in outbox_by_run(first).items()}
+    for run in runs[:2]:
+        assert first.request("GET", f"/api/verify?token={token_of(links[run['workflowId']])}")[0] == 200
+        first.wait_for(f"/api/workflows/{run['workflowId']}", lambda d: d["status"] == "COMPLETED")
+    before = answers(first, runs)
+    assert first.terminate() == 0
 
-    def saved_covers_every_file() -> bool:
-        try:
-            header = orjson.loads((tmp_path / "index.snapshot").read_bytes().split(b"\n", 1)[0])
-        except (FileNotFoundError, orjson.JSONDecodeError):
-            return False
-        files = {p.stem: os.stat(p) for p in (tmp_path / "runs").rglob("*.json")}
-        current = {r: [s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns] for r, s in files.items()}
-        return len(current) == 4 and header["stamps"] == current
-
-    wait_until(saved_covers_every_file, timeout=20)
-    assert server.kill() == -9
-
-    again = servers(tmp_path, "--email-failure-rate", "0")
-    wait_until(lambda: any("recovered 4 runs" in line and "(4 from the saved index)" in line for line in again.stderr))
-    assert again.get(f"/api/workflows/{done}")["status"] == "COMPLETED"
-    assert again.get(f"/api/users/{runs[0]['userId']}")["status"] in ("ACTIVE", "FLAGGED")
-    link = outbox_by_run(again)[runs[1]["workflowId"]][0]["link"]
-    assert again.request("GET", f"/api/verify?token={token_of(link)}")[0] == 200  # lookups from the saved index
-    again.wait_for(f"/api/workflows/{runs[1]['workflowId']}", lambda d: d["status"] == "COMPLETED")
+    catalog = tmp_path / "catalog.sqlite"
+    if harm == "lost":
+        catalog.unlink()
+    elif harm == "damaged":
+        catalog.write_bytes(b"not a catalog at all " * 500)
+    else:
+        catalog.write_bytes(catalog.read_bytes()[:5000])
+    second = servers(tmp_path, "--email-failure-rate", "0")
+    wait_until(lambda: any("catalog made from 6 run files" in line for line in second.stderr))
+    assert answers(second, runs) == before
+    waiting = runs[3]["workflowId"]
+    assert second.request("GET", f"/api/verify?token={token_of(links[waiting])}")[0] == 200  # token lookups too
+    second.wait_for(f"/api/workflows/{waiting}", lambda d: d["status"] == "COMPLETED")

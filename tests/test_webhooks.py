@@ -188,7 +188,7 @@ def test_sigkill_at_random_moments_loses_no_event_and_keeps_each_users_order(sto
     names = iter(f"{a}{b}{c}" for a in string.ascii_lowercase for b in string.ascii_lowercase for c in "aeiou")
     with Receiver(secret) as hooks:
         hooks.answer = flaky(0.3)
-        args = ("--webhook-retry-schedule", "0.05,0.1,0.2,0.3,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5", "--index-save-every", "0.3")
+        args = ("--webhook-retry-schedule", "0.05,0.1,0.2,0.3,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5")
         server = start(stores_at, "data", [hooks.url], secret, *args)
         users: dict[str, str] = {}  # user id -> run id
         try:

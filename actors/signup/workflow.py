@@ -21,7 +21,7 @@ from userflow.actors.signup.risk import Verdict, assess
 from userflow.actors.signup.templates import EmailTemplates, builtin
 from userflow.actors.signup.tokens import TokenSigner, token_hash
 from userflow.actors.status import RunStatus
-from userflow.actors.timeutil import iso, iso_now, now
+from userflow.actors.timeutil import bucket, epoch, iso, iso_now, now
 from userflow.actors.workflow import Action, ActionRejected, Deadline, SignalRejected, Step, StepContext, Wait, Workflow
 
 NAME = "user-signup"
@@ -315,8 +315,7 @@ def summary(run: Mapping[str, Any]) -> dict[str, Any]:
         for e in run["state"].get("emails", ())
         if e["status"] == "sent"
     ]
-    # The user's id and workflow id are the summary's own: not kept twice (every
-    # run's summary stays in memory, 100,000 waiting runs included).
+    # The user's id and workflow id are the summary's own: not kept twice.
     user = {key: value for key, value in user_of(run).items() if key not in ("id", "workflowId")}
     return {
         "userId": run["input"]["userId"],
@@ -325,6 +324,23 @@ def summary(run: Mapping[str, Any]) -> dict[str, Any]:
         "sendNo": run["state"].get("sendNo", 1),
         "linkExpiresAt": run["state"].get("linkExpiresAt"),  # what the emails say, for the outbox to say it again
     }
+
+
+#: The upper bounds (seconds) of the buckets time to verify is counted in; the last is open.
+VERIFY_BUCKETS = (60, 300, 900, 3600, 6 * 3600, 24 * 3600)
+
+
+def facets(run: Mapping[str, Any]) -> dict[str, str]:
+    """What the users list filters by, the outbox lists and the overview counts."""
+    user = user_of(run)
+    found = {"user": user["status"]}
+    if any(e["status"] == "sent" for e in run["state"].get("emails", ())):
+        found["emails"] = "sent"
+    if user["verifiedAt"]:
+        found["verified"] = bucket(user["verifiedAt"])
+        took = epoch(user["verifiedAt"]) - epoch(run["createdAt"])
+        found["verify-time"] = str(next((upper for upper in VERIFY_BUCKETS if took <= upper), "more"))
+    return found
 
 
 def keys(run: Mapping[str, Any]) -> dict[str, list[str]]:
@@ -391,6 +407,7 @@ SIGNUP = Workflow(
     ),
     keys=keys,
     summary=summary,
+    facets=facets,
     on_duplicate=on_duplicate,
     actions=(Action("resend-verification", resend_verification),),
     on_cancel=cancel_user,

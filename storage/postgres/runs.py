@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Container, Iterator, Mapping
+from collections.abc import Container, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -33,7 +33,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from userflow.storage.atomic import StorageError
-from userflow.storage.port import IndexCache, StoredRun
+from userflow.storage.port import ACTIVE, Describe, Entry, StoredRun
 from userflow.storage.postgres.connect import in_transaction, one_line
 
 log = logging.getLogger(__name__)
@@ -85,16 +85,31 @@ _TRIM_TIMELINES = """
 DELETE FROM timeline USING jsonb_to_recordset(%s::jsonb) AS t (r text, f int)
 WHERE timeline.run_id = t.r AND timeline.seq < t.f
 """
+# The catalog's part of a commit: each run's summary, and its facets made exactly
+# the given ones (a trigger keeps run_counts in step).
+_PUT_SUMMARIES = """
+UPDATE runs SET summary = t.s FROM jsonb_to_recordset(%s::jsonb) AS t (r text, s jsonb) WHERE runs.id = t.r
+"""
+_DROP_FACETS = """
+WITH new AS (SELECT r, n, v FROM jsonb_to_recordset(%s::jsonb) AS t (r text, n text, v text))
+DELETE FROM run_facets f WHERE f.run_id IN (SELECT r FROM new)
+    AND (f.run_id, f.name, f.value) NOT IN (SELECT r, n, v FROM new)
+"""
+_PUT_FACETS = """
+INSERT INTO run_facets (name, value, run_id)
+SELECT n, v, r FROM jsonb_to_recordset(%s::jsonb) AS t (r text, n text, v text)
+ON CONFLICT DO NOTHING
+"""
 _FINISHED = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
-KeysOf = Callable[[Mapping[str, Any]], dict[str, list[str]]]
 SCAN_BATCH = 1000
+PAGE_MAX = 1000
 
 
 class _Commit:
-    __slots__ = ("run", "entries", "done", "error")
+    __slots__ = ("run", "entries", "entry", "done", "error")
 
-    def __init__(self, run: dict[str, Any], entries: list[dict[str, Any]]) -> None:
-        self.run, self.entries = run, entries
+    def __init__(self, run: dict[str, Any], entries: list[dict[str, Any]], entry: Entry | None) -> None:
+        self.run, self.entries, self.entry = run, entries, entry
         self.done = threading.Event()
         self.error: BaseException | None = None
 
@@ -150,9 +165,9 @@ class PgRunHandle:
 
 
 class PgRunStore:
-    def __init__(self, pool: ConnectionPool, keys: KeysOf | None = None) -> None:
+    def __init__(self, pool: ConnectionPool, describe: Describe | None = None) -> None:
         self._pool = pool
-        self._keys_of = keys
+        self._describe = describe
         self._written_keys: dict[str, set[tuple[str, str]]] = {}  # per active run, touched by the committer only
         self._queue: list[_Commit] = []
         self._cond = threading.Condition()
@@ -175,15 +190,6 @@ class PgRunStore:
         except (psycopg.Error, OSError) as exc:
             raise _unavailable("read from", exc) from None
         return StoredRun(row[0], [entry for (entry,) in entries])
-
-    def lookup(self, kind: str, key: str) -> str | None:
-        """The run holding a lookup key, as the database has it."""
-        try:
-            with self._pool.connection() as connection:
-                row = connection.execute("SELECT run_id FROM lookup_keys WHERE kind = %s AND key = %s", (kind, key)).fetchone()
-        except (psycopg.Error, OSError) as exc:
-            raise _unavailable("read from", exc) from None
-        return row[0] if row else None
 
     def scan(self, skip: Container[str] = ()) -> Iterator[dict[str, Any]]:
         """Every run's document, in id order, a batch at a time (keyset paging: no long
@@ -227,8 +233,99 @@ class PgRunStore:
                 except queue.Empty:
                     pass
 
-    def index_cache(self) -> IndexCache | None:
-        return None  # the database answers from its tables; nothing to keep between starts
+    # -- the catalog ----------------------------------------------------------------------
+
+    def catalog(self, describe: Describe) -> PgRunStore:
+        """Keep the catalog with ``describe`` from now on; first describe the runs that
+        have no summary yet (imported, or stored before the catalog existed)."""
+        self._describe = describe
+        described = 0
+        while True:
+            rows = self._query("SELECT document FROM runs WHERE summary IS NULL ORDER BY id LIMIT %s", (SCAN_BATCH,))
+            if not rows:
+                break
+            runs = [document for (document,) in rows]
+            entries = [entry for entry in map(describe, runs) if entry is not None]
+            # A run no workflow here describes gets an empty summary: listed nowhere, never asked again.
+            blank = [{"r": run["id"], "s": {}} for run in runs if run["id"] not in {e.id for e in entries}]
+
+            def write(connection: psycopg.Connection) -> None:
+                _write_catalog(connection, entries)
+                if blank:
+                    connection.execute(_PUT_SUMMARIES, (_json(blank),))
+                if entries:
+                    connection.execute(_PUT_KEYS, (_json(_key_rows(entries)),))
+
+            try:
+                in_transaction(self._pool, write)
+            except (psycopg.Error, OSError) as exc:
+                raise _unavailable("describe the runs of", exc) from None
+            described += len(runs)
+        if described:
+            log.info("catalog: %d runs described", described)
+        return self
+
+    def _query(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        try:
+            with self._pool.connection() as connection:
+                return connection.execute(sql, params).fetchall()
+        except (psycopg.Error, OSError) as exc:
+            raise _unavailable("read from", exc) from None
+
+    def get(self, run_id: str) -> dict[str, Any] | None:
+        rows = self._query("SELECT summary FROM runs WHERE id = %s AND summary <> '{}'", (run_id,))
+        return rows[0][0] if rows and rows[0][0] is not None else None
+
+    def lookup(self, kind: str, key: str) -> str | None:
+        """The run holding a lookup key, as the database has it."""
+        rows = self._query("SELECT run_id FROM lookup_keys WHERE kind = %s AND key = %s", (kind, key))
+        return rows[0][0] if rows else None
+
+    def page(
+        self, *, limit: int, cursor: str | None = None, facet: tuple[str, str] | None = None, oldest_first: bool = False
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        compare, order = (">", "ASC") if oldest_first else ("<", "DESC")
+        limit = min(limit, PAGE_MAX)
+        # No bound without a cursor: a sentinel id would sort by the database's collation.
+        past = (f"AND {{column}} {compare} %s", (cursor,)) if cursor is not None else ("", ())
+        if facet is None:
+            rows = self._query(
+                f"SELECT id, summary FROM runs WHERE summary <> '{{}}' {past[0].format(column='id')} ORDER BY id {order} LIMIT %s",
+                (*past[1], limit + 1),
+            )
+        else:
+            rows = self._query(
+                f"""SELECT runs.id, runs.summary FROM run_facets f JOIN runs ON runs.id = f.run_id
+                    WHERE f.name = %s AND f.value = %s {past[0].format(column='f.run_id')}
+                    ORDER BY f.run_id {order} LIMIT %s""",
+                (facet[0], facet[1], *past[1], limit + 1),
+            )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return [summary for _, summary in rows], (rows[-1][0] if more and rows else None)
+
+    def counts(self, name: str, since: str | None = None) -> dict[str, int]:
+        return dict(self._query("SELECT value, n FROM run_counts WHERE name = %s AND value >= %s AND n > 0", (name, since or "")))
+
+    def changed_since(self, when: float) -> Iterator[dict[str, Any]]:
+        rows = self._query(
+            "SELECT summary FROM runs WHERE updated_at >= to_timestamp(%s) AND summary <> '{}' ORDER BY updated_at", (when,)
+        )
+        return iter([summary for (summary,) in rows])
+
+    def active(self) -> Iterator[dict[str, Any]]:
+        after = ""
+        while True:
+            rows = self._query(
+                """SELECT runs.id, runs.document FROM run_facets f JOIN runs ON runs.id = f.run_id
+                   WHERE f.name = %s AND f.value = %s AND f.run_id > %s ORDER BY f.run_id LIMIT %s""",
+                (*ACTIVE, after, SCAN_BATCH),
+            )
+            if not rows:
+                return
+            for _, document in rows:
+                yield document
+            after = rows[-1][0]
 
     def close(self) -> None:
         with self._cond:
@@ -241,7 +338,9 @@ class PgRunStore:
     def commit(self, run: dict[str, Any], entries: list[dict[str, Any]]) -> None:
         """Return once the run's document and entries are committed; StorageError if not."""
         # The actor goes on changing its run after this returns: the committer gets a copy.
-        item = _Commit(orjson.loads(orjson.dumps(run)), list(entries))
+        # Described here: a hook that fails fails this commit alone, not its group's.
+        entry = self._describe(run) if self._describe is not None else None
+        item = _Commit(orjson.loads(orjson.dumps(run)), list(entries), entry)
         with self._cond:
             if self._stopped:
                 raise StorageError(5, "the run store is closed")
@@ -265,18 +364,22 @@ class PgRunStore:
         try:
             # An upsert cannot touch one row twice: of two commits of one run, the newer.
             newest: dict[str, dict[str, Any]] = {}
+            described: dict[str, Entry] = {}
             for item in batch:
                 held = newest.get(item.run["id"])
                 if held is None or held["version"] < item.run["version"]:
                     newest[item.run["id"]] = item.run
+                    if item.entry is not None:
+                        described[item.run["id"]] = item.entry
             rows = [_json_row(run) for run in newest.values()]
             entries = [{"r": item.run["id"], "e": entry} for item in batch for entry in item.entries]
-            # Likewise a key: two runs of one address in a group, the later takes it.
-            keys = list({(kind, key): {"k": kind, "v": key, "r": run_id} for kind, key, run_id in self._new_keys(batch)}.values())
             trims = [{"r": run["id"], "f": run["timelineFrom"]} for run in newest.values() if run.get("timelineFrom") is not None]
+            # Likewise a key: two runs of one address in a group, the later takes it.
+            keys = list({(kind, key): {"k": kind, "v": key, "r": run_id} for kind, key, run_id in self._new_keys(list(described.values()))}.values())
 
             def write(connection: psycopg.Connection) -> None:  # safe to repeat: nothing goes back
                 connection.execute(_UPSERT_RUNS, (_json(rows),))
+                _write_catalog(connection, list(described.values()))
                 if entries:
                     connection.execute(_INSERT_ENTRIES, (_json(entries),))
                 if keys:
@@ -296,19 +399,32 @@ class PgRunStore:
                 self._written_keys.pop(item.run["id"], None)
             item.done.set()
 
-    def _new_keys(self, batch: list[_Commit]) -> list[tuple[str, str, str]]:
-        if self._keys_of is None:
-            return []
+    def _new_keys(self, entries: list[Entry]) -> list[tuple[str, str, str]]:
+        """The keys of the described runs this store has not written yet (a run's keys
+        only grow: its newest entry has them all)."""
         new: list[tuple[str, str, str]] = []
-        for item in batch:
-            run_id = item.run["id"]
-            written = self._written_keys.setdefault(run_id, set())
-            for kind, values in self._keys_of(item.run).items():
+        for entry in entries:
+            written = self._written_keys.setdefault(entry.id, set())
+            for kind, values in entry.keys.items():
                 for value in values:
                     if (kind, value) not in written:
                         written.add((kind, value))
-                        new.append((kind, value, run_id))
+                        new.append((kind, value, entry.id))
         return new
+
+
+def _write_catalog(connection: psycopg.Connection, entries: list[Entry]) -> None:
+    """The catalog's part of a commit: the summaries and facets of the described runs."""
+    if not entries:
+        return
+    connection.execute(_PUT_SUMMARIES, (_json([{"r": e.id, "s": e.summary} for e in entries]),))
+    facets = [{"r": e.id, "n": name, "v": value} for e in entries for name, value in e.facets.items()]
+    connection.execute(_DROP_FACETS, (_json(facets),))
+    connection.execute(_PUT_FACETS, (_json(facets),))
+
+
+def _key_rows(entries: list[Entry]) -> list[dict[str, str]]:
+    return list({(kind, key): {"k": kind, "v": key, "r": e.id} for e in entries for kind, keys in e.keys.items() for key in keys}.values())
 
 
 def _unavailable(doing: str, exc: BaseException) -> StorageError:

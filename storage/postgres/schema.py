@@ -184,8 +184,49 @@ CREATE TABLE events (
 );
 """
 
+CATALOG = """
+-- The catalog: what lists, filters, counts and lookups read, so that no node
+-- keeps every run in memory. summary is what a list shows of the run, as
+-- the engine describes it (NULL until a node has described the run: a run
+-- imported, or stored before this migration); run_facets the values lists
+-- filter and count by (status, the user's status, ...), one row each, so
+-- "newest first with status S after cursor C" is a walk of one index.
+ALTER TABLE runs ADD COLUMN summary jsonb;
+CREATE INDEX runs_undescribed ON runs (id) WHERE summary IS NULL;
+CREATE INDEX runs_changed ON runs (updated_at);
+CREATE TABLE run_facets (
+    name   text NOT NULL,
+    value  text NOT NULL,
+    run_id text NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    PRIMARY KEY (name, value, run_id)
+);
+CREATE INDEX run_facets_run ON run_facets (run_id);
+
+-- How many runs have each facet value, kept by a trigger in the transaction
+-- that changes the facets: counting a million runs reads a few rows.
+CREATE TABLE run_counts (
+    name  text NOT NULL,
+    value text NOT NULL,
+    n     bigint NOT NULL,
+    PRIMARY KEY (name, value)
+);
+CREATE FUNCTION run_counts_follow() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO run_counts VALUES (NEW.name, NEW.value, 1)
+        ON CONFLICT (name, value) DO UPDATE SET n = run_counts.n + 1;
+    ELSE
+        UPDATE run_counts SET n = n - 1 WHERE name = OLD.name AND value = OLD.value;
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER run_counts_follow AFTER INSERT OR DELETE ON run_facets
+    FOR EACH ROW EXECUTE FUNCTION run_counts_follow();
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "runs, timeline, lookup keys, secrets, operators, webhooks, events, nodes", INITIAL_SCHEMA),
+    Migration(2, "the catalog: run summaries, facets and their counts", CATALOG),
 )
 
 

@@ -14,13 +14,12 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
-from collections.abc import Callable, Mapping
-from typing import Any
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
 from userflow.storage.atomic import StorageError
+from userflow.storage.port import Describe
 from userflow.storage.postgres.connect import APPLICATION_NAME, DatabaseUnavailable, one_line, open_pool, parse, where
 from userflow.storage.postgres.deliveries import PgDeliveries
 from userflow.storage.postgres.events import PgEventJournal
@@ -37,15 +36,12 @@ SERVER_LOCK = 0x75666C6F78
 
 class DatabaseBusy(RuntimeError):
     """Another userflow server uses this database; the message is one line."""
-KeysOf = Callable[[Mapping[str, Any]], dict[str, list[str]]]
-
-
 class PgStores:
-    def __init__(self, pool: ConnectionPool, where: str, keys: KeysOf | None = None) -> None:
+    def __init__(self, pool: ConnectionPool, where: str, describe: Describe | None = None) -> None:
         self.pool = pool
         self.where = where
         self.operators = PgOperators(pool, where)
-        self._keys = keys
+        self._describe = describe
         self._available = True
         self._stop = threading.Event()
         self._probe: threading.Thread | None = None
@@ -53,7 +49,7 @@ class PgStores:
         self._lock: psycopg.Connection | None = None
 
     @classmethod
-    def open(cls, url: str, keys: KeysOf | None = None, *, max_connections: int = 10) -> PgStores:
+    def open(cls, url: str, describe: Describe | None = None, *, max_connections: int = 10) -> PgStores:
         """Connect, migrate, and start watching; DatabaseUnavailable, SchemaTooNew or SchemaBusy if not."""
         pool = open_pool(url, min_size=2, max_size=max_connections, timeout=5.0)
         try:
@@ -62,14 +58,14 @@ class PgStores:
         except BaseException:
             pool.close()
             raise
-        stores = cls(pool, f"database {where(parse(url))}", keys)
+        stores = cls(pool, f"database {where(parse(url))}", describe)
         stores._url = url
         if applied:
             log.info("database schema migrated to version %d", applied[-1])
         return stores
 
     def run_store(self) -> PgRunStore:
-        return PgRunStore(self.pool, self._keys)
+        return PgRunStore(self.pool, self._describe)
 
     def deliveries(self) -> PgDeliveries:
         return PgDeliveries(self.pool)
