@@ -88,7 +88,8 @@ class Definitions(Mapping[str, Workflow]):
             "finishedAt": run.get("finishedAt"),
             "definition": run.get("definition", 1),
             "events": len(run.get("events", ())),  # how many the run has told of (webhooks)
-            "detailsDropped": run.get("detailsDropped"),  # by retention
+            "detailsDropped": run.get("detailsDropped"),  # by retention or erasure
+            "erasedAt": run.get("erasedAt"),
         }
         summary.update(self._follows(run).summary(run))
         return summary

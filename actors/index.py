@@ -132,6 +132,15 @@ class RunIndex:
         with self._lock:
             return len(self._summaries)
 
+    def lookup_active(self, kind: str, value: str) -> str | None:
+        """The run holding the key in memory (an active run, or a reservation), or None."""
+        with self._lock:
+            return self._keys.get(kind, {}).get(value)
+
+    def get_active(self, run_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self._summaries.get(run_id)
+
     # -- every run (the catalog) ------------------------------------------------------------
 
     def get(self, run_id: str) -> dict[str, Any] | None:

@@ -13,12 +13,16 @@ from typing import Any, NamedTuple
 
 
 class StartRun(NamedTuple):
-    """Start a run of ``workflow`` unless ``dedupe`` names a run that should answer instead."""
+    """Start a run of ``workflow`` unless ``dedupe`` names a run that should answer instead.
+    ``stored`` is the run the store's catalog had with that key, and its summary, read
+    before asking (the supervisor itself never waits on the store); an active run
+    holding the key in memory comes first."""
 
     workflow: str
     input: dict[str, Any]
     dedupe: tuple[str, str] | None
     reply: Future[Any]
+    stored: tuple[str, dict[str, Any]] | None = None
 
 
 class Deliver(NamedTuple):

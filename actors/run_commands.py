@@ -20,6 +20,8 @@ from userflow.actors.run_control import RunControl
 
 #: The command retention sends a finished run (actors/retention.py).
 DROP_DETAILS = "drop-details"
+#: The command that erases the person from a finished run (the workflow's ``erase`` hook).
+ERASE = "erase"
 
 
 class Commands:
@@ -40,6 +42,8 @@ class Commands:
                 self._cancel(by)
             elif message.name == DROP_DETAILS:
                 self._drop_details(str(message.args.get("why") or "retention"))
+            elif message.name == ERASE:
+                self._erase(by)
             else:
                 self._action(message.name, message.args)
         except ActionRejected as exc:
@@ -63,6 +67,19 @@ class Commands:
         if run.status not in FINISHED or run.document.get("detailsDropped"):
             raise ActionRejected("conflict", f"only a finished run's details can be dropped, once; this one is {run.status}")
         run.drop_details(why)
+        self._control.commit()
+
+    def _erase(self, by: str) -> None:
+        run, workflow = self._control.run, self._control.workflow
+        assert workflow is not None
+        if workflow.erase is None:
+            raise ActionRejected("conflict", "this workflow keeps no personal data to erase")
+        if run.status not in FINISHED or run.document.get("erasedAt"):
+            raise ActionRejected("conflict", f"only a finished run can be erased, once; this one is {run.status}")
+        context = self._control.context("erase", 1)
+        input = workflow.erase(context)
+        run.erase(input, by)
+        self._control.keep(context)
         self._control.commit()
 
     def _cancel(self, by: str) -> None:

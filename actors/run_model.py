@@ -252,6 +252,28 @@ class Run:
         steps' outputs, the timeline but the one entry saying so). ``timelineFrom``
         tells the store which entries go."""
         self._require(self.status in FINISHED and not self.document.get("detailsDropped"), "drop its details")
+        self._strip()
+        self.document["detailsDropped"] = iso_now()
+        self.log("details-dropped", f"step details and timeline dropped: {why}")
+        self.document["timelineFrom"] = self.document["seq"]
+
+    def erase(self, input: dict[str, Any], by: str) -> None:
+        """Erasure: a finished run loses how it went, as with retention, and the data its
+        events told; ``input`` (the workflow's, without the person) replaces its input.
+        The workflow's hook has removed the person from its state."""
+        self._require(self.status in FINISHED and not self.document.get("erasedAt"), "be erased")
+        self._strip()
+        for event in self.document.get("events", ()):
+            event["data"] = {}
+        at = iso_now()
+        self.document["input"] = input
+        self.document["detailsDropped"] = self.document.get("detailsDropped") or at
+        self.document["erasedAt"] = at
+        self.log("erased", f"personal data erased at the request of {by}")
+        self.document["timelineFrom"] = self.document["seq"]
+
+    def _strip(self) -> None:
+        """Each step's attempts and outputs, and the signals, go; how a wait ended stays."""
         for step in self.steps:
             step["attempts"] = []
             step["attemptBase"] = 0
@@ -260,9 +282,6 @@ class Run:
             step.pop("deadlines", None)
             step.pop("deadlineTries", None)
         self.document["signals"] = []
-        self.document["detailsDropped"] = iso_now()
-        self.log("details-dropped", f"step details and timeline dropped: {why}")
-        self.document["timelineFrom"] = self.document["seq"]
 
     def retry(self) -> StepRecord:
         """A FAILED run runs its failed step again, with a fresh attempt budget."""

@@ -23,7 +23,7 @@ from userflow.actors.run_actor import RunActor
 from userflow.actors.supervisor import Supervisor
 from userflow.actors.timers import TimerQueue
 from userflow.actors.definitions import Definitions
-from userflow.actors.workflow import Workflow
+from userflow.actors.workflow import ActionRejected, SignalRejected, Workflow
 from userflow.storage import RunStore, StoredRun
 
 DEFAULT_MAX_LIVE = 256
@@ -92,14 +92,31 @@ class Runtime:
         self, workflow: str, input: dict[str, Any], dedupe: tuple[str, str] | None = None
     ) -> StartResult:
         """Start a run; returns once its first snapshot is durable."""
-        return await self._ask(lambda reply: StartRun(workflow, input, dedupe, reply))
+        stored = await asyncio.to_thread(self._stored, dedupe) if dedupe is not None else None
+        return await self._ask(lambda reply: StartRun(workflow, input, dedupe, reply, stored))
+
+    def _stored(self, dedupe: tuple[str, str]) -> tuple[str, dict[str, Any]] | None:
+        run_id = self.index.lookup(*dedupe)
+        summary = self.index.get(run_id) if run_id is not None else None
+        return (run_id, summary) if run_id is not None and summary is not None else None
+
+    def _refuse_unservable(self, run_id: str) -> None:
+        """Raise if the stored run cannot be activated: its version is neither shipped nor
+        migrated (it is listed, left as it is, never run on other steps)."""
+        summary = self.index.get(run_id)
+        if summary is None or self.parts.workflows.can_run(summary):
+            return
+        why = self.parts.workflows.why_not(summary)
+        raise SignalRejected("unservable", why) if summary.get("status") == "WAITING" else ActionRejected("conflict", why)
 
     async def signal(self, run_id: str, name: str, payload: dict[str, Any]) -> Delivered:
         """Deliver a signal; returns once it is durably recorded (or was already)."""
+        await asyncio.to_thread(self._refuse_unservable, run_id)
         return await self._ask(lambda reply: Deliver(run_id, name, payload, reply))
 
     async def command(self, run_id: str, name: str, args: dict[str, Any] | None = None) -> StartResult:
         """Run an operator action (retry, cancel, or a workflow action); returns once durable."""
+        await asyncio.to_thread(self._refuse_unservable, run_id)
         return await self._ask(lambda reply: Command(run_id, name, args or {}, reply))
 
     def live_actors(self) -> int:

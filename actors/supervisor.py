@@ -128,8 +128,10 @@ class Supervisor(pykka.ThreadingActor):
         workflow = self._parts.workflows[message.workflow]
         index = self._parts.index
         if message.dedupe is not None:
-            existing = index.lookup(*message.dedupe)
-            summary = index.get(existing) if existing else None
+            existing = index.lookup_active(*message.dedupe)
+            summary = index.get_active(existing) if existing else None
+            if summary is None and message.stored is not None:
+                existing, summary = message.stored
             if existing and summary is not None:
                 decision = workflow.on_duplicate(summary)
                 if decision == "conflict":

@@ -216,6 +216,25 @@ class Webhooks:
             counts[delivery.status] += 1
         return counts
 
+    # -- erasure ---------------------------------------------------------------------------
+
+    async def erase(self, run_id: str) -> int:
+        """The run's payloads still to be sent lose the person (address and name), and the
+        store keeps no earlier copy; how many were rewritten."""
+        changed = []
+        for delivery in self._by_run.get(run_id, ()):
+            if delivery.payload is None:
+                continue
+            body = orjson.loads(delivery.payload)
+            if isinstance(body.get("data"), dict):
+                body["data"].update(email=None, name=None)
+            delivery.payload = orjson.dumps(body)
+            changed.append(delivery.record())
+        if changed:
+            await self._saver.save(changed)
+        await self._saver.compact(self._live_records)
+        return len(changed)
+
     # -- an operator's retry ---------------------------------------------------------------
 
     async def retry(self, delivery_id: str, by: str) -> Delivery:
@@ -358,6 +377,7 @@ class _Saver:
     def __init__(self, store: DeliveryStore) -> None:
         self._store = store
         self._batch: list[tuple[list[dict[str, Any]], asyncio.Future[None]]] = []
+        self._compactions: list[tuple[Callable[[], list[dict[str, Any]]], asyncio.Future[None]]] = []
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -370,6 +390,14 @@ class _Saver:
         self._ready.set()
         await future
 
+    async def compact(self, live: Callable[[], list[dict[str, Any]]]) -> None:
+        """Keep only ``live()`` (every state now), between two saves: earlier copies of
+        a record (an erased person's payloads) leave the store."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._compactions.append((live, future))
+        self._ready.set()
+        await future
+
     async def _run(self) -> None:
         while True:
             await self._ready.wait()
@@ -378,18 +406,23 @@ class _Saver:
             await asyncio.sleep(GATHER)
             self._ready.clear()
             batch, self._batch = self._batch, []
-            if not batch:
-                continue
-            try:
-                await asyncio.to_thread(self._store.save, [item for items, _ in batch for item in items])
-            except Exception as exc:  # noqa: BLE001 - each waiter learns of it
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for _, future in batch:
+            if batch:
+                await self._settle(batch, lambda: self._store.save([item for items, _ in batch for item in items]))
+            compactions, self._compactions = self._compactions, []
+            for live, future in compactions:
+                await self._settle([([], future)], lambda live=live: self._store.compact(live()))
+
+    async def _settle(self, waiters: list[tuple[list[dict[str, Any]], asyncio.Future[None]]], work: Callable[[], None]) -> None:
+        try:
+            await asyncio.to_thread(work)
+        except Exception as exc:  # noqa: BLE001 - each waiter learns of it
+            for _, future in waiters:
                 if not future.done():
-                    future.set_result(None)
+                    future.set_exception(exc)
+            return
+        for _, future in waiters:
+            if not future.done():
+                future.set_result(None)
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -224,6 +224,8 @@ class Workflow:
     - ``actions``: operator actions beyond retry and cancel;
     - ``on_cancel(context)``: bring the workflow's state to an end when cancelled;
     - ``on_failed(context, error)``: the run has just FAILED (to emit an event);
+    - ``erase(context)``: remove the person from a finished run's state, and return
+      its input without them (the engine drops the rest: details, events' data);
     - ``version``: recorded by every run it starts; a release that adds, moves or
       removes a step ships a new version beside the old one (runs in flight keep
       theirs) or a ``Migration`` that moves them.
@@ -238,6 +240,7 @@ class Workflow:
     actions: tuple[Action, ...] = ()
     on_cancel: StepFunction | None = None
     on_failed: Callable[[StepContext, str], None] | None = None
+    erase: Callable[[StepContext], dict[str, Any]] | None = None
     version: int = 1
     migrations: tuple[Migration, ...] = ()
 

@@ -20,6 +20,7 @@ from userflow.actors.signup.smtp import SmtpTransport
 from userflow.actors.signup.templates import EmailTemplates
 from userflow.actors.signup.tokens import TokenSigner
 from userflow.actors.signup.workflow import RiskChecker
+from userflow.http.erasure import erase_user
 from userflow.http.overview import get_overview
 from userflow.http import api, auth, pages, signin, webhooks
 from userflow.http.webhooks import WEBHOOKS
@@ -224,6 +225,7 @@ ROUTES = (
     ("POST", "/api/workflows/{id}/cancel", api.cancel_workflow, OPERATOR),
     ("GET", "/api/users", api.list_users, VIEWER),
     ("GET", "/api/users/{id}", api.get_user, VIEWER),
+    ("DELETE", "/api/users/{id}", erase_user, OPERATOR),
     ("POST", "/api/users/{id}/resend-verification", api.resend_verification, OPERATOR),
     ("GET", "/api/outbox", api.outbox, VIEWER),
     ("GET", "/api/events", events_stream, VIEWER),

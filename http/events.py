@@ -31,6 +31,7 @@ from userflow.storage.port import EventJournal
 
 
 RING = 20_000
+ERASED = b"event: erased\ndata: {}\n\n"  # what a frame of an erased run becomes
 HEARTBEAT = 15.0
 RECHECK = 2.0  # seconds between looks at whether the client may still watch
 WRITE_TIMEOUT = 10.0
@@ -66,6 +67,18 @@ class EventHub:
         frames = [("timeline", {"workflowId": run["id"], **entry}) for entry in entries]
         frames.append(("run", views.workflow_summary(summary)))
         self.publish(frames)
+
+    async def forget(self, run_id: str) -> None:
+        """Erasure: the run's frames in the ring and the journal become ``erased`` frames
+        of the same number (which the dashboard ignores); the run's erased summary
+        follows as a new frame."""
+        needle = orjson.dumps(run_id)
+        boot = self.boot.encode()
+        for n, (seq, frame) in enumerate(self._ring):
+            if needle in frame:
+                self._ring[n] = (seq, b"id: %s-%d\n%s" % (boot, seq, ERASED))
+        if self._journal is not None:
+            await asyncio.to_thread(self._journal.forget, needle.decode(), ERASED)
 
     def publish(self, frames: list[tuple[str, Any]]) -> None:
         self._inbox.append(frames)

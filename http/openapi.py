@@ -14,6 +14,7 @@ from userflow.http.openapi_schemas import (
     ID,
     LIMIT,
     NSTR,
+    SEARCH,
     SCHEMAS,
     STR,
     TOKEN,
@@ -83,10 +84,16 @@ def document(roles: Mapping[tuple[str, str], str]) -> dict[str, Any]:
                 "responses": {"200": json_body(ref("Verified"), "verified"), **errors(*BODY_ERRORS, 404, 410, 429)},
             },
         },
+        "/api/overview": {
+            "get": {
+                "summary": "Counts over every stored run: the funnel, conversion, time to verify, the last hour and day",
+                "responses": {"200": json_body(ref("Overview"), "the overview"), **errors(503)},
+            }
+        },
         "/api/workflows": {
             "get": {
-                "summary": "Workflow runs, newest first",
-                "parameters": [{"name": "status", "in": "query", "schema": STR}, LIMIT, CURSOR],
+                "summary": "Workflow runs, newest first; q finds one by email address, workflow id or user id",
+                "parameters": [{"name": "status", "in": "query", "schema": STR}, SEARCH, LIMIT, CURSOR],
                 "responses": {
                     "200": json_body(
                         obj(["workflows", "nextCursor"], workflows={"type": "array", "items": ref("WorkflowSummary")}, nextCursor=NSTR),
@@ -138,8 +145,8 @@ def document(roles: Mapping[tuple[str, str], str]) -> dict[str, Any]:
         },
         "/api/users": {
             "get": {
-                "summary": "Users, newest first",
-                "parameters": [{"name": "status", "in": "query", "schema": STR}, LIMIT, CURSOR],
+                "summary": "Users, newest first; q finds one by email address, user id or workflow id",
+                "parameters": [{"name": "status", "in": "query", "schema": STR}, SEARCH, LIMIT, CURSOR],
                 "responses": {
                     "200": json_body(obj(["users", "nextCursor"], users={"type": "array", "items": ref("User")}, nextCursor=NSTR), "one page"),
                     **errors(400, 503),
@@ -147,7 +154,17 @@ def document(roles: Mapping[tuple[str, str], str]) -> dict[str, Any]:
             }
         },
         "/api/users/{id}": {
-            "get": {"summary": "One user", "parameters": [ID], "responses": {"200": json_body(ref("User"), "the user"), **errors(404, 503)}}
+            "get": {"summary": "One user", "parameters": [ID], "responses": {"200": json_body(ref("User"), "the user"), **errors(404, 503)}},
+            "delete": {
+                "summary": "Erase the person: address and name gone from everything kept (a running signup is cancelled first)",
+                "parameters": [ID],
+                "responses": {
+                    "200": json_body(
+                        obj(["user", "workflowId", "erasedAt"], user=ref("User"), workflowId=STR, erasedAt=STR), "erased (durable); again: the same"
+                    ),
+                    **errors(404, 409, 503),
+                },
+            },
         },
         "/api/outbox": {
             "get": {

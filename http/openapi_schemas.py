@@ -41,6 +41,7 @@ def errors(*codes: int) -> dict[str, Any]:
 
 LIMIT = {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200}}
 CURSOR = {"name": "cursor", "in": "query", "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}}
+SEARCH = {"name": "q", "in": "query", "schema": {"type": "string", "maxLength": 320}}
 TOKEN = {"name": "token", "in": "query", "required": True, "schema": {"type": "string"}}
 ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
 BODY_ERRORS = (400, 413, 415, 503)
@@ -66,7 +67,7 @@ SCHEMAS: dict[str, Any] = {
         ["id", "eventId", "type", "url", "userId", "workflowId", "status", "attempts"],
         id=STR,
         eventId={"type": "string", "description": "the webhook-id header, the same on every attempt"},
-        type={"enum": ["user.created", "user.verified", "user.active", "user.flagged", "user.expired", "user.cancelled", "workflow.failed"]},
+        type={"enum": ["user.created", "user.verified", "user.active", "user.flagged", "user.expired", "user.cancelled", "user.erased", "workflow.failed"]},
         url=STR,
         userId=NSTR,
         workflowId=STR,
@@ -106,14 +107,39 @@ SCHEMAS: dict[str, Any] = {
             "latencyMs": {"type": ["number", "null"]},
         },
     },
+    "Overview": obj(
+        ["runs", "users", "funnel", "conversion", "timeToVerify", "lastHour", "lastDay"],
+        runs={"type": "object", "additionalProperties": {"type": "integer"}},
+        users={"type": "object", "additionalProperties": {"type": "integer"}},
+        funnel=obj(
+            ["signedUp", "verified", "active", "flagged", "expired", "cancelled"],
+            **{k: {"type": "integer"} for k in ("signedUp", "verified", "active", "flagged", "expired", "cancelled")},
+        ),
+        conversion=obj(["verified", "active"], verified={"type": ["number", "null"]}, active={"type": ["number", "null"]}),
+        timeToVerify=obj(
+            ["buckets", "medianUpTo"],
+            buckets={"type": "array", "items": obj(["upTo", "count"], upTo={"type": ["integer", "null"]}, count={"type": "integer"})},
+            medianUpTo={"type": ["integer", "null"]},
+        ),
+        lastHour={"type": "array", "items": {"$ref": "#/components/schemas/CountsAt"}},
+        lastDay={"type": "array", "items": {"$ref": "#/components/schemas/CountsAt"}},
+    ),
+    "CountsAt": obj(
+        ["at", "signups", "verified", "failures"],
+        at=STR,
+        signups={"type": "integer"},
+        verified={"type": "integer"},
+        failures={"type": "integer"},
+    ),
     "User": obj(
         ["id", "email", "name", "status", "risk", "createdAt", "verifiedAt", "finishedAt"],
         id=STR,
-        email=STR,
-        name=STR,
+        email=NSTR,
+        name=NSTR,
         status={"enum": ["PENDING", "ACTIVE", "FLAGGED", "EXPIRED", "CANCELLED"]},
         risk=ref("Risk"),
         workflowId=STR,
+        erasedAt=NTIME,
         createdAt=TIME,
         verifiedAt=NTIME,
         finishedAt=NTIME,
@@ -125,7 +151,7 @@ SCHEMAS: dict[str, Any] = {
         status={"enum": ["RUNNING", "WAITING", "COMPLETED", "FAILED", "CANCELLED"]},
         currentStep=NSTR,
         userId=STR,
-        email=STR,
+        email=NSTR,
         userStatus=STR,
         outcome=NSTR,
         error={"type": ["object", "null"]},

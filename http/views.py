@@ -39,6 +39,7 @@ def user(summary: dict[str, Any]) -> dict[str, Any]:
             "latencyMs": risk.get("latencyMs"),
         },
         "workflowId": summary["id"],
+        "erasedAt": summary.get("erasedAt"),
         "createdAt": u["createdAt"],
         "verifiedAt": u["verifiedAt"],
         "finishedAt": u["finishedAt"],

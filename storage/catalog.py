@@ -38,7 +38,7 @@ from typing import Any
 
 import orjson
 
-from userflow.storage.port import Entry
+from userflow.storage.port import ACTIVE, Entry
 
 #: The layout of the catalog file; another is rebuilt, never read.
 FORMAT = 2
@@ -74,6 +74,8 @@ class SqliteCatalog:
         self._write_lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
+        # Made owner-only before SQLite opens it: its log and shared-memory files take its mode.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         try:
             connection = self._connection()
             connection.executescript(_SCHEMA)
@@ -111,6 +113,7 @@ class SqliteCatalog:
             connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute("PRAGMA synchronous = NORMAL")
+            connection.execute("PRAGMA secure_delete = ON")  # what a run no longer has (an erased address) is zeroed
             self._local.connection = connection
             with self._connections_lock:
                 self._connections.append(connection)
@@ -149,8 +152,19 @@ class SqliteCatalog:
                     "INSERT INTO counts VALUES (?, ?, 1) ON CONFLICT (name, value) DO UPDATE SET n = n + 1", (name, value)
                 )
         for kind, values in entry.keys.items():
+            values = list(values)
             for value in values:
-                connection.execute("INSERT OR REPLACE INTO keys VALUES (?, ?, ?)", (kind, value, entry.id))
+                # Only a later run takes a key over (ids sort by creation): an old run's
+                # commit (retention, erasure) must not take back its address from a newer signup.
+                connection.execute(
+                    "INSERT INTO keys VALUES (?, ?, ?) ON CONFLICT (kind, key) DO UPDATE SET run_id = excluded.run_id"
+                    " WHERE excluded.run_id > keys.run_id",
+                    (kind, value, entry.id),
+                )
+            if ACTIVE[0] not in entry.facets:  # a finished run's keys are exactly its own (erasure drops some)
+                held = [key for (key,) in connection.execute("SELECT key FROM keys WHERE run_id = ? AND kind = ?", (entry.id, kind))]
+                for key in set(held) - set(values):
+                    connection.execute("DELETE FROM keys WHERE kind = ? AND key = ? AND run_id = ?", (kind, key, entry.id))
 
     def _remove(self, connection: sqlite3.Connection, run_id: str) -> None:
         for name, value in connection.execute("SELECT name, value FROM facets WHERE run_id = ?", (run_id,)).fetchall():
@@ -180,6 +194,15 @@ class SqliteCatalog:
                     connection.execute("INSERT OR REPLACE INTO meta VALUES ('synced', 'yes')")
             finally:
                 connection.execute("PRAGMA synchronous = NORMAL")
+
+    def drop_old_copies(self) -> None:
+        """Empty the write-ahead log into the file and truncate it: the log still holds
+        the pages as they were before the latest changes (an erased address)."""
+        connection = self._connection()
+        with self._write_lock:
+            busy, _, _ = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            raise sqlite3.OperationalError("readers kept the catalog's log from being emptied")
 
     # -- reading ----------------------------------------------------------------------
 

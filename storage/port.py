@@ -110,6 +110,10 @@ class RunStore(Protocol):
         was lost)."""
         ...
 
+    def drop_old_copies(self) -> None:
+        """Keep no copy of what runs had before their latest commits (erasure; blocking)."""
+        ...
+
     def close(self) -> None:
         """Make everything committed durable where it belongs; stop background work."""
         ...
@@ -126,4 +130,8 @@ class EventJournal(Protocol):
 
     def tail(self, count: int) -> list[tuple[int, bytes]]:
         """The newest ``count`` frames and their numbers, oldest first (blocking)."""
+        ...
+
+    def forget(self, needle: str, instead: bytes) -> int:
+        """Replace the frames that contain ``needle`` by ``instead`` (blocking); how many."""
         ...

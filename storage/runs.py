@@ -259,6 +259,16 @@ class FileRunStore:
             except OSError as exc:
                 log.error("checkpoint failed, the journal keeps everything meanwhile: %s", exc)
 
+    def drop_old_copies(self) -> None:
+        """Keep no copy of what runs had before their latest commits: write every
+        run's file now (the journal segments holding older documents go), and empty
+        the catalog's log. Erasure asks for it."""
+        self.checkpoint()
+        try:
+            self._catalog.drop_old_copies()
+        except sqlite3.Error as exc:
+            raise StorageError(5, f"could not empty the catalog's log: {exc}") from None
+
     def close(self) -> None:
         """Final checkpoint, then stop: the next start finds an empty journal."""
         self._stop.set()

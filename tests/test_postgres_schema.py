@@ -26,6 +26,8 @@ TABLES = {
     "webhook_urls",
     "webhook_deliveries",
     "events",
+    "run_facets",
+    "run_counts",
 }
 
 

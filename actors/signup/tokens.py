@@ -27,6 +27,12 @@ class TokenSigner:
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
+    def keyed(self, purpose: str, value: str) -> str:
+        """A keyed hash of ``value``: the same for the same value, not to be reversed or
+        guessed from a list of addresses without the secret."""
+        return hmac.new(self._secret, f"{purpose}:{value}".encode(), hashlib.sha256).hexdigest()
+
+
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 

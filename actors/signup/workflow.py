@@ -259,6 +259,26 @@ def failed(ctx: StepContext, error: str) -> None:
     ctx.emit("workflow.failed", {**told(ctx), "error": {"step": ctx.step_id, "message": error}})
 
 
+def erase(ctx: StepContext) -> dict[str, Any]:
+    """Erasure: the person's address and name leave the user's record and the emails
+    sent; the tokens go; the address's key is kept only as a keyed hash (so the
+    same address signs up again as a new user); ``user.erased`` tells the product."""
+    services: SignupServices = ctx.services
+    user = ctx.state.get("user")
+    if user is None:  # the run ended before create-user: the record as lists showed it
+        user = ctx.state["user"] = user_of({"id": ctx.run_id, "input": ctx.input, "state": {}, "steps": [], "signals": []})
+        for key in ("verifiedAt", "workflowId"):
+            user.pop(key, None)
+    user.update(email=None, name=None)
+    for email in ctx.state.get("emails", ()):
+        email.update(to=None, subject=None)
+    ctx.state["tokenHashes"] = []
+    ctx.state["tokenHash"] = None
+    input = {**ctx.input, "email": None, "name": None, "emailKey": "erased:" + services.tokens.keyed("email", ctx.input["emailKey"])}
+    ctx.emit("user.erased", {**told(ctx), "erasedAt": iso_now()})
+    return input
+
+
 def told(ctx: StepContext) -> dict[str, Any]:
     """The user record as events tell it (SPEC section 3's user, and its workflow)."""
     user = ctx.state.get("user") or {}
@@ -411,5 +431,6 @@ SIGNUP = Workflow(
     on_duplicate=on_duplicate,
     actions=(Action("resend-verification", resend_verification),),
     on_cancel=cancel_user,
+    erase=erase,
     on_failed=failed,
 )

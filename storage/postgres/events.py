@@ -65,6 +65,19 @@ class PgEventJournal:
             raise StorageError(5, f"events cannot be stored in the database: {one_line(exc)}") from None
         return seqs
 
+    def forget(self, needle: str, instead: bytes) -> int:
+        """Replace the frames that contain ``needle`` (a run's id, quoted: erasure) by
+        ``instead``, keeping their numbers; how many."""
+        try:
+            return in_transaction(
+                self._pool,
+                lambda connection: connection.execute(
+                    "UPDATE events SET frame = %s WHERE strpos(frame, %s) > 0", (instead.decode(), needle)
+                ).rowcount,
+            )
+        except (psycopg.Error, OSError) as exc:
+            raise StorageError(5, f"events cannot be removed from the database: {one_line(exc)}") from None
+
     def tail(self, count: int) -> list[tuple[int, bytes]]:
         """The newest ``count`` frames, oldest first."""
         try:

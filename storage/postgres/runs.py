@@ -53,7 +53,7 @@ INSERT_ENTRY = "INSERT INTO timeline (run_id, seq, entry) VALUES (%s, %s, %s) ON
 # A key names one run at a time: a later run takes it over, as in the engine's index.
 PUT_KEY = """
 INSERT INTO lookup_keys (kind, key, run_id) VALUES (%s, %s, %s)
-ON CONFLICT (kind, key) DO UPDATE SET run_id = excluded.run_id WHERE lookup_keys.run_id <> excluded.run_id
+ON CONFLICT (kind, key) DO UPDATE SET run_id = excluded.run_id WHERE lookup_keys.run_id < excluded.run_id
 """
 # The committer's forms of the same: one statement per table for a whole group of
 # commits, its rows passed as one JSON array (orjson writes it in one call, where
@@ -74,10 +74,17 @@ INSERT INTO timeline (run_id, seq, entry)
 SELECT r, (e ->> 'seq')::int, e FROM jsonb_to_recordset(%s::jsonb) AS t (r text, e jsonb)
 ON CONFLICT DO NOTHING
 """
+# Only a later run takes a key over (ids sort by creation): an old run's commit
+# (retention, erasure) must not take back its address from a newer signup.
 _PUT_KEYS = """
 INSERT INTO lookup_keys (kind, key, run_id)
 SELECT k, v, r FROM jsonb_to_recordset(%s::jsonb) AS t (k text, v text, r text)
-ON CONFLICT (kind, key) DO UPDATE SET run_id = excluded.run_id WHERE lookup_keys.run_id <> excluded.run_id
+ON CONFLICT (kind, key) DO UPDATE SET run_id = excluded.run_id WHERE lookup_keys.run_id < excluded.run_id
+"""
+# A finished run's keys are exactly its own: those its entry no longer names go (erasure).
+_DROP_KEYS = """
+DELETE FROM lookup_keys l USING jsonb_to_recordset(%s::jsonb) AS t (r text, k text, v jsonb)
+WHERE l.run_id = t.r AND l.kind = t.k AND NOT (t.v ? l.key)
 """
 # Retention: a document naming the first entry it keeps (timelineFrom) drops the older ones
 # in the commit that says so.
@@ -233,6 +240,9 @@ class PgRunStore:
                 except queue.Empty:
                     pass
 
+    def drop_old_copies(self) -> None:
+        """Nothing to do: a row's old versions are the database's to reclaim (VACUUM)."""
+
     # -- the catalog ----------------------------------------------------------------------
 
     def catalog(self, describe: Describe) -> PgRunStore:
@@ -273,11 +283,15 @@ class PgRunStore:
             raise _unavailable("read from", exc) from None
 
     def get(self, run_id: str) -> dict[str, Any] | None:
+        if "\x00" in run_id:
+            return None  # text in PostgreSQL cannot hold one: no run has it
         rows = self._query("SELECT summary FROM runs WHERE id = %s AND summary <> '{}'", (run_id,))
         return rows[0][0] if rows and rows[0][0] is not None else None
 
     def lookup(self, kind: str, key: str) -> str | None:
         """The run holding a lookup key, as the database has it."""
+        if "\x00" in key:
+            return None  # text in PostgreSQL cannot hold one: no key has it
         rows = self._query("SELECT run_id FROM lookup_keys WHERE kind = %s AND key = %s", (kind, key))
         return rows[0][0] if rows else None
 
@@ -376,6 +390,9 @@ class PgRunStore:
             trims = [{"r": run["id"], "f": run["timelineFrom"]} for run in newest.values() if run.get("timelineFrom") is not None]
             # Likewise a key: two runs of one address in a group, the later takes it.
             keys = list({(kind, key): {"k": kind, "v": key, "r": run_id} for kind, key, run_id in self._new_keys(list(described.values()))}.values())
+            exact = [
+                {"r": e.id, "k": kind, "v": list(values)} for e in described.values() if ACTIVE[0] not in e.facets for kind, values in e.keys.items()
+            ]
 
             def write(connection: psycopg.Connection) -> None:  # safe to repeat: nothing goes back
                 connection.execute(_UPSERT_RUNS, (_json(rows),))
@@ -384,6 +401,8 @@ class PgRunStore:
                     connection.execute(_INSERT_ENTRIES, (_json(entries),))
                 if keys:
                     connection.execute(_PUT_KEYS, (_json(keys),))
+                if exact:
+                    connection.execute(_DROP_KEYS, (_json(exact),))
                 if trims:
                     connection.execute(_TRIM_TIMELINES, (_json(trims),))
 
