@@ -244,7 +244,9 @@ def _found(request: web.Request) -> list[dict[str, Any]] | None:
     return [summary] if summary else []
 
 
-def _facet_and_found(request: web.Request, name: str, allowed: tuple[str, ...], field: Callable[[dict[str, Any]], str]):
+def _facet_and_found(
+    request: web.Request, name: str, allowed: tuple[str, ...], field: Callable[[dict[str, Any]], str]
+) -> tuple[list[dict[str, Any]], str | None]:
     """A list's page: ``q``'s run if asked for (and of the status asked, if any), or one page of the facet."""
     status = _choice(request, "status", allowed)
     limit, cursor = query_limit(request), query_cursor(request, valid_run_id)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import re
 import logging.handlers
 import queue
 import sys
@@ -120,6 +121,16 @@ def entry_level(type: str) -> int:
     return logging.DEBUG if type in _ROUTINE else logging.INFO
 
 
+# An address starts after a space or punctuation, not after "<" (a Message-ID is no one's).
+_ADDRESS = re.compile(r"(?<![^\s(\[,;:\"'])[^\s@<>()\[\],;:\"']+@([^\s@<>()\[\],;:\"']+)")
+
+
+def masked(message: str) -> str:
+    """A timeline message as the log shows it: addresses masked (``…@example.com``),
+    because a log line outlives erasure (it is the operator's, not ours, to delete)."""
+    return _ADDRESS.sub(lambda found: "…@" + found.group(1), message)
+
+
 def log_entries(run: Mapping[str, Any], summary: dict[str, Any], entries: list[dict[str, Any]]) -> None:
     """The index listener: one log line per timeline entry, at its entry's level."""
     for entry in entries:
@@ -128,6 +139,6 @@ def log_entries(run: Mapping[str, Any], summary: dict[str, Any], entries: list[d
             continue
         run_log.log(
             level,
-            entry["message"],
+            masked(entry["message"]),
             extra={"runId": run["id"], "step": entry["step"], "attempt": entry["attempt"], "event": entry["type"]},
         )

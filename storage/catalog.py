@@ -33,7 +33,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import orjson
@@ -270,3 +270,36 @@ class SqliteCatalog:
             connections, self._connections = self._connections, []
         for connection in connections:
             connection.close()
+
+
+class DataDirCatalog:
+    """The data dir's :class:`~userflow.storage.port.Catalog`: the SQLite catalog's
+    answers, and the active runs' documents read as the store has them (``read``:
+    newer than its file if committed since the last checkpoint)."""
+
+    def __init__(self, catalog: SqliteCatalog, read: Callable[[str], dict[str, Any] | None]) -> None:
+        self._catalog = catalog
+        self._read = read
+
+    def get(self, run_id: str) -> dict[str, Any] | None:
+        return self._catalog.get(run_id)
+
+    def lookup(self, kind: str, key: str) -> str | None:
+        return self._catalog.lookup(kind, key)
+
+    def page(
+        self, *, limit: int, cursor: str | None = None, facet: tuple[str, str] | None = None, oldest_first: bool = False
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        return self._catalog.page(limit=limit, cursor=cursor, facet=facet, oldest_first=oldest_first)
+
+    def counts(self, name: str, since: str | None = None) -> dict[str, int]:
+        return self._catalog.counts(name, since)
+
+    def changed_since(self, when: float) -> Iterator[dict[str, Any]]:
+        return self._catalog.changed_since(when)
+
+    def active(self) -> Iterator[dict[str, Any]]:
+        for run_id in self._catalog.ids(ACTIVE):
+            run = self._read(run_id)
+            if run is not None:
+                yield run

@@ -45,8 +45,8 @@ from tinydb import TinyDB
 from userflow.storage import codec
 from userflow.storage.atomic import AtomicJSONStorage, CorruptFileError, StorageError, read_json, sync_filesystem, write_atomic
 from userflow.storage.journal import Journal, records
-from userflow.storage.catalog import CatalogDamaged, SqliteCatalog
-from userflow.storage.port import ACTIVE, Describe, Entry, StoredRun, valid_run_id
+from userflow.storage.catalog import CatalogDamaged, DataDirCatalog, SqliteCatalog
+from userflow.storage.port import Describe, Entry, StoredRun, valid_run_id
 
 log = logging.getLogger(__name__)
 
@@ -343,7 +343,7 @@ class FileRunStore:
 
     # -- the catalog ----------------------------------------------------------------------
 
-    def catalog(self, describe: Describe) -> FileRunStore:
+    def catalog(self, describe: Describe) -> DataDirCatalog:
         """Keep the catalog with ``describe`` from now on: first describe the runs listed
         stale (changed by a start's replay, or by a tool that could not describe them),
         or every run file if the catalog was never finished (new, lost or damaged)."""
@@ -351,14 +351,14 @@ class FileRunStore:
             self._describe = describe
         if not self._catalog.built():
             self._rebuild(describe)
-            return self
+            return DataDirCatalog(self._catalog, self._run)
         stale = self._catalog.stale()
         for start in range(0, len(stale), _DESCRIBE_BATCH):
             ids = stale[start : start + _DESCRIBE_BATCH]
             self._describe_into_catalog(describe, {run_id: self._run(run_id) for run_id in ids})
         if stale:
             log.info("catalog: %d runs described again", len(stale))
-        return self
+        return DataDirCatalog(self._catalog, self._run)
 
     def _rebuild(self, describe: Describe) -> None:
         started = time.perf_counter()
@@ -379,29 +379,6 @@ class FileRunStore:
     def _run(self, run_id: str) -> dict[str, Any] | None:
         document = self._document(run_id)
         return _run(document, run_id) if document is not None else None
-
-    def get(self, run_id: str) -> dict[str, Any] | None:
-        return self._catalog.get(run_id)
-
-    def lookup(self, kind: str, key: str) -> str | None:
-        return self._catalog.lookup(kind, key)
-
-    def page(
-        self, *, limit: int, cursor: str | None = None, facet: tuple[str, str] | None = None, oldest_first: bool = False
-    ) -> tuple[list[dict[str, Any]], str | None]:
-        return self._catalog.page(limit=limit, cursor=cursor, facet=facet, oldest_first=oldest_first)
-
-    def counts(self, name: str, since: str | None = None) -> dict[str, int]:
-        return self._catalog.counts(name, since)
-
-    def changed_since(self, when: float) -> Iterator[dict[str, Any]]:
-        return self._catalog.changed_since(when)
-
-    def active(self) -> Iterator[dict[str, Any]]:
-        for run_id in self._catalog.ids(ACTIVE):
-            run = self._run(run_id)
-            if run is not None:
-                yield run
 
     def _move_aside(self, path: str, reason: Exception) -> None:
         os.makedirs(self._quarantine, mode=0o700, exist_ok=True)

@@ -34,6 +34,7 @@ from psycopg_pool import ConnectionPool
 
 from userflow.storage.atomic import StorageError
 from userflow.storage.port import ACTIVE, Describe, Entry, StoredRun
+from userflow.storage.postgres.catalog import PgCatalog
 from userflow.storage.postgres.connect import in_transaction, one_line
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,6 @@ ON CONFLICT DO NOTHING
 """
 _FINISHED = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
 SCAN_BATCH = 1000
-PAGE_MAX = 1000
 
 
 class _Commit:
@@ -245,13 +245,13 @@ class PgRunStore:
 
     # -- the catalog ----------------------------------------------------------------------
 
-    def catalog(self, describe: Describe) -> PgRunStore:
+    def catalog(self, describe: Describe) -> PgCatalog:
         """Keep the catalog with ``describe`` from now on; first describe the runs that
         have no summary yet (imported, or stored before the catalog existed)."""
         self._describe = describe
         described = 0
         while True:
-            rows = self._query("SELECT document FROM runs WHERE summary IS NULL ORDER BY id LIMIT %s", (SCAN_BATCH,))
+            rows = PgCatalog(self._pool).rows("SELECT document FROM runs WHERE summary IS NULL ORDER BY id LIMIT %s", (SCAN_BATCH,))
             if not rows:
                 break
             runs = [document for (document,) in rows]
@@ -273,73 +273,7 @@ class PgRunStore:
             described += len(runs)
         if described:
             log.info("catalog: %d runs described", described)
-        return self
-
-    def _query(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        try:
-            with self._pool.connection() as connection:
-                return connection.execute(sql, params).fetchall()
-        except (psycopg.Error, OSError) as exc:
-            raise _unavailable("read from", exc) from None
-
-    def get(self, run_id: str) -> dict[str, Any] | None:
-        if "\x00" in run_id:
-            return None  # text in PostgreSQL cannot hold one: no run has it
-        rows = self._query("SELECT summary FROM runs WHERE id = %s AND summary <> '{}'", (run_id,))
-        return rows[0][0] if rows and rows[0][0] is not None else None
-
-    def lookup(self, kind: str, key: str) -> str | None:
-        """The run holding a lookup key, as the database has it."""
-        if "\x00" in key:
-            return None  # text in PostgreSQL cannot hold one: no key has it
-        rows = self._query("SELECT run_id FROM lookup_keys WHERE kind = %s AND key = %s", (kind, key))
-        return rows[0][0] if rows else None
-
-    def page(
-        self, *, limit: int, cursor: str | None = None, facet: tuple[str, str] | None = None, oldest_first: bool = False
-    ) -> tuple[list[dict[str, Any]], str | None]:
-        compare, order = (">", "ASC") if oldest_first else ("<", "DESC")
-        limit = min(limit, PAGE_MAX)
-        # No bound without a cursor: a sentinel id would sort by the database's collation.
-        past = (f"AND {{column}} {compare} %s", (cursor,)) if cursor is not None else ("", ())
-        if facet is None:
-            rows = self._query(
-                f"SELECT id, summary FROM runs WHERE summary <> '{{}}' {past[0].format(column='id')} ORDER BY id {order} LIMIT %s",
-                (*past[1], limit + 1),
-            )
-        else:
-            rows = self._query(
-                f"""SELECT runs.id, runs.summary FROM run_facets f JOIN runs ON runs.id = f.run_id
-                    WHERE f.name = %s AND f.value = %s {past[0].format(column='f.run_id')}
-                    ORDER BY f.run_id {order} LIMIT %s""",
-                (facet[0], facet[1], *past[1], limit + 1),
-            )
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return [summary for _, summary in rows], (rows[-1][0] if more and rows else None)
-
-    def counts(self, name: str, since: str | None = None) -> dict[str, int]:
-        return dict(self._query("SELECT value, n FROM run_counts WHERE name = %s AND value >= %s AND n > 0", (name, since or "")))
-
-    def changed_since(self, when: float) -> Iterator[dict[str, Any]]:
-        rows = self._query(
-            "SELECT summary FROM runs WHERE updated_at >= to_timestamp(%s) AND summary <> '{}' ORDER BY updated_at", (when,)
-        )
-        return iter([summary for (summary,) in rows])
-
-    def active(self) -> Iterator[dict[str, Any]]:
-        after = ""
-        while True:
-            rows = self._query(
-                """SELECT runs.id, runs.document FROM run_facets f JOIN runs ON runs.id = f.run_id
-                   WHERE f.name = %s AND f.value = %s AND f.run_id > %s ORDER BY f.run_id LIMIT %s""",
-                (*ACTIVE, after, SCAN_BATCH),
-            )
-            if not rows:
-                return
-            for _, document in rows:
-                yield document
-            after = rows[-1][0]
+        return PgCatalog(self._pool)
 
     def close(self) -> None:
         with self._cond:
