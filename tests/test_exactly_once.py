@@ -8,11 +8,14 @@ layer only), messages at a real SMTP server, by Message-ID.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 from tests.fake_gemini import ServedGemini, verdict
 from tests.server import Server
-from tests.test_crash_points import try_request
+from tests.smtp_server import SmtpServer
+from tests.test_crash_points import link_in, try_request
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -68,3 +71,70 @@ def test_a_restart_after_the_risk_verdict_never_asks_the_model_again(tmp_path, p
         finally:
             doomed.stop()
             survivor.stop()
+
+
+# -- emails, counted at a real SMTP server ------------------------------------------------------
+
+
+def delivered(smtp: SmtpServer) -> Counter:
+    """How many times the SMTP server accepted each Message-ID."""
+    return Counter(m["Message-ID"] for m in smtp.handler.messages)
+
+
+def waiting_signup(server: Server, smtp: SmtpServer) -> dict:
+    status, accepted = server.request("POST", "/api/signup", ANN)
+    assert status == 202, accepted
+    server.wait_for(f"/api/workflows/{accepted['workflowId']}", lambda d: d["status"] == "WAITING")
+    smtp.handler.wait_for(1)
+    return accepted
+
+
+def verify_and_finish(server: Server, smtp: SmtpServer, run_id: str, message_id: str) -> dict:
+    """Click the link of the email ``message_id`` (the newest with it); the COMPLETED run."""
+    message = [m for m in smtp.handler.messages if m["Message-ID"] == message_id][-1]
+    status, answer = server.request("GET", f"/api/verify?token={token_of(link_in(message))}")
+    assert status == 200, answer
+    detail = server.wait_for(f"/api/workflows/{run_id}", lambda d: d["status"] == "COMPLETED")
+    assert detail["user"]["status"] == "ACTIVE"
+    return detail
+
+
+# after-send: the SMTP server had accepted the resend, the record of it was lost, so the
+# one send in flight is repeated, with the same Message-ID. before-commit: the send was
+# recorded, only the step's completion was lost: nothing is sent again.
+@pytest.mark.parametrize("point,copies", [("after-send", 2), ("before-commit", 1)])
+def test_a_resend_across_a_crash_is_sent_once_more_at_most(tmp_path, point, copies):
+    with SmtpServer() as smtp:
+        flags = ("--smtp-url", smtp.url)
+        first = Server(str(tmp_path), *flags)
+        # Armed only once the first email is out: the same points would fire at its send.
+        doomed = Server(str(tmp_path), *flags, env={"USERFLOW_FAULTS": f"crash:send-verification-email:{point}"})
+        survivor = Server(str(tmp_path), *flags)
+        try:
+            first.start()
+            accepted = waiting_signup(first, smtp)
+            run_id, user_id = accepted["workflowId"], accepted["userId"]
+            assert first.terminate() == 0
+
+            doomed.start()
+            status, _ = try_request(doomed, "POST", f"/api/users/{user_id}/resend-verification")
+            assert status in (202, None)  # None: the process died before the answer left
+            assert doomed.wait_exit(30) == 137
+            assert f"fault injected at crash:send-verification-email:{point}" in "".join(doomed.stderr)
+            resend = f"<{run_id}.resend.2@userflow>"
+            assert delivered(smtp)[resend] == 1  # accepted before the crash, at both points
+
+            survivor.start()
+            detail = survivor.wait_for(
+                f"/api/workflows/{run_id}",
+                lambda d: d["status"] == "WAITING" and step(d, "send-verification-email")["status"] == "COMPLETED",
+            )
+            attempts = step(detail, "send-verification-email")["attempts"]
+            assert attempts[-2]["error"].startswith("interrupted") and attempts[-1]["error"] is None, attempts
+            done = verify_and_finish(survivor, smtp, run_id, resend)
+            assert delivered(smtp) == {f"<{run_id}.verification.1@userflow>": 1, resend: copies}
+            assert [u["id"] for u in survivor.get("/api/users")["users"]] == [user_id]
+            assert done["outcome"] == "completed"
+        finally:
+            for server in (first, doomed, survivor):
+                server.stop()
