@@ -138,3 +138,56 @@ def test_a_resend_across_a_crash_is_sent_once_more_at_most(tmp_path, point, copi
         finally:
             for server in (first, doomed, survivor):
                 server.stop()
+
+
+REMINDER_FLAGS = ("--reminder-after", "1", "--verify-ttl", "600")
+
+
+def test_a_reminder_cut_off_by_a_kill_is_sent_after_the_restart(tmp_path):
+    with SmtpServer() as smtp:
+        flags = ("--smtp-url", smtp.url, *REMINDER_FLAGS)
+        doomed = Server(str(tmp_path), *flags)
+        survivor = Server(str(tmp_path), *flags)
+        try:
+            smtp.handler.hold = lambda envelope: b".reminder.1@userflow" in (envelope.original_content or envelope.content)
+            doomed.start()
+            run_id = waiting_signup(doomed, smtp)["workflowId"]
+            reminder = f"<{run_id}.reminder.1@userflow>"
+            smtp.handler.wait_held(1)  # the reminder is in flight: at DATA, not accepted
+            assert doomed.kill() == -9
+            smtp.handler.hold = lambda envelope: False
+            smtp.handler.let_go()
+            assert delivered(smtp)[reminder] == 0
+
+            survivor.start()
+            # Its deadline passed while the server was down: it is due at once.
+            smtp.handler.wait_for(2)
+            verify_and_finish(survivor, smtp, run_id, f"<{run_id}.verification.1@userflow>")
+            assert delivered(smtp) == {f"<{run_id}.verification.1@userflow>": 1, reminder: 1}
+        finally:
+            doomed.stop()
+            survivor.stop()
+
+
+def test_a_reminder_accepted_just_before_a_crash_is_sent_once_more_at_most(tmp_path):
+    with SmtpServer() as smtp:
+        flags = ("--smtp-url", smtp.url, *REMINDER_FLAGS)
+        # The reminder's send belongs to the wait: its point is the wait's after-send.
+        doomed = Server(str(tmp_path), *flags, env={"USERFLOW_FAULTS": "crash:wait-for-verification:after-send"})
+        survivor = Server(str(tmp_path), *flags)
+        try:
+            doomed.start()
+            run_id = waiting_signup(doomed, smtp)["workflowId"]
+            assert doomed.wait_exit(30) == 137
+            assert "fault injected at crash:wait-for-verification:after-send" in "".join(doomed.stderr)
+            reminder = f"<{run_id}.reminder.1@userflow>"
+            assert delivered(smtp)[reminder] == 1
+
+            survivor.start()
+            done = verify_and_finish(survivor, smtp, run_id, f"<{run_id}.verification.1@userflow>")
+            assert delivered(smtp) == {f"<{run_id}.verification.1@userflow>": 1, reminder: 2}
+            reached = [e for e in done["timeline"] if e["type"] == "deadline" and "reminder" in e["message"]]
+            assert len(reached) == 1, reached
+        finally:
+            doomed.stop()
+            survivor.stop()
