@@ -10,7 +10,10 @@ waited for, not a moment it guessed.
 from __future__ import annotations
 
 import errno
+import json
 import os
+import signal
+import socket
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -94,3 +97,72 @@ def test_readyz_answers_503_until_recovery_has_ended(tmp_path):
         assert done["user"]["status"] in ("ACTIVE", "FLAGGED")
     finally:
         second.stop()
+
+
+def send_headers(server: Server, method: str, path: str, length: int) -> socket.socket:
+    """A request's head with ``Expect: 100-continue``, once the server has answered 100
+    Continue: the request is read and routed, and its handler waits for the body."""
+    host, port = server.url.removeprefix("http://").split(":")
+    conn = socket.create_connection((host, int(port)), timeout=15)
+    conn.sendall(
+        f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\nExpect: 100-continue\r\n\r\n".encode()
+    )
+    interim = b""
+    while not interim.endswith(b"\r\n\r\n"):
+        chunk = conn.recv(1)
+        assert chunk, f"the connection closed before 100 Continue: {interim!r}"
+        interim += chunk
+    assert interim.startswith(b"HTTP/1.1 100 Continue"), interim
+    return conn
+
+
+def refused(server: Server) -> bool:
+    """Whether the server no longer takes new connections."""
+    host, port = server.url.removeprefix("http://").split(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def read_response(conn: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    with conn.makefile("rb") as stream:
+        line = stream.readline()
+        assert line, "the connection was closed with no answer"
+        status = int(line.split()[1])
+        headers = {}
+        while (line := stream.readline().rstrip(b"\r\n")):
+            name, _, value = line.decode().partition(":")
+            headers[name.strip().lower()] = value.strip()
+        return status, headers, stream.read(int(headers["content-length"]))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_finishes_the_request_in_flight_then_exits_0_with_it_durable(tmp_path, signum):
+    server = Server(str(tmp_path), *FLAGS).start()
+    again = Server(str(tmp_path), *FLAGS)
+    try:
+        earlier = waiting_run(server, "ann@example.com")
+        body = json.dumps({"email": "cy@example.com", "name": "Cy Young"}).encode()
+        conn = send_headers(server, "POST", "/api/signup", len(body))
+        with conn:
+            server.proc.send_signal(signum)
+            wait_until(lambda: "stopping: finishing requests in flight" in "".join(server.stderr), timeout=10)
+            wait_until(lambda: refused(server), timeout=10, message="still taking new connections")
+            conn.sendall(body)  # the rest of the request in flight, while the server stops
+            status, headers, answer = read_response(conn)
+        assert status == 202, answer
+        accepted = json.loads(answer)
+        assert server.wait_exit(20) == 0
+        assert "Traceback" not in "".join(server.stderr)
+
+        again.start()
+        for run in (earlier, accepted):  # what was accepted, also while stopping, is there
+            again.wait_for(f"/api/workflows/{run['workflowId']}", lambda d: d["status"] == "WAITING")
+        assert sorted(u["email"] for u in again.get("/api/users")["users"]) == ["ann@example.com", "cy@example.com"]
+        assert sorted(e["to"] for e in again.get("/api/outbox")["emails"]) == ["ann@example.com", "cy@example.com"]
+    finally:
+        server.stop()
+        again.stop()
