@@ -57,8 +57,9 @@ def test_readyz_answers_503_until_recovery_has_ended(tmp_path):
         assert first.terminate() == 0
     finally:
         first.stop()
-    # No saved index: the start reads the run's file, which becomes a pipe nobody writes yet.
-    (tmp_path / "index.snapshot").unlink()
+    # No saved index (where there is one): the start reads the run's file, which becomes
+    # a pipe nobody writes yet.
+    (tmp_path / "index.snapshot").unlink(missing_ok=True)
     [path] = (tmp_path / "runs").rglob(f"{run_id}.json")
     content = path.read_bytes()
     path.unlink()
