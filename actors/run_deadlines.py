@@ -43,7 +43,7 @@ class Deadlines:
 
     def reached(self, wait: Wait, deadline: Deadline) -> None:
         run = self._control.run
-        del run.timers[deadline.name]
+        due = run.timers.pop(deadline.name)
         step = run.step(wait.id)
         if run.status in FINISHED or step["status"] == StepStatus.COMPLETED:
             return
@@ -62,9 +62,14 @@ class Deadlines:
         number = tries[deadline.name] = tries.get(deadline.name, 0) + 1
         if deadline.action is not None:
             context = self._control.context(wait, number)
+            # Armed in the snapshot while the action runs: an action cut off by a crash (a
+            # reminder's send in flight, its intent already committed) runs again after the
+            # restart, as an interrupted step does, instead of being lost with the process.
+            run.timers[deadline.name] = due
             try:
                 self._control.call(deadline.action, context)
             except Exception as exc:  # noqa: BLE001 - recorded, retried or given up
+                del run.timers[deadline.name]
                 self._control.take_entries(context)
                 if deadline.retry.should_retry(number, exc):
                     delay = deadline.retry.backoff(number)
@@ -77,6 +82,7 @@ class Deadlines:
                     self._control.commit()
                     return
             else:
+                del run.timers[deadline.name]
                 self._control.keep(context)
         run.log("deadline", f"{wait.name}: {deadline.name} deadline reached", wait.id)
         if deadline.outcome is not None:

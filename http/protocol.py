@@ -7,10 +7,18 @@ error answers are the JSON error of every other refusal, and say nothing of
 what was sent. aiohttp has no public hook for this: ``_make_server`` and the
 ``Server`` it returns are the narrowest place, and
 ``tests/test_hostile.py`` fails if an upgrade of aiohttp moves them.
+
+The same ``Server`` lets a request in flight at a stop finish: aiohttp closes
+every connection as it begins to stop, and a closing connection drops what it
+receives, so a request whose body was still arriving waited for it in vain
+until the shutdown timeout cancelled it, unanswered. Its connection now stays
+open until the request has finished (``tests/test_lifecycle.py``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from http import HTTPStatus
 
 import orjson
@@ -44,6 +52,24 @@ class _JsonErrors(RequestHandler):
 class _Server(web.Server):
     def __call__(self) -> RequestHandler:
         return _JsonErrors(self, loop=self._loop, **self._kwargs)
+
+    def pre_shutdown(self) -> None:
+        # The listening socket is closed: idle connections close now, busy ones once done.
+        for conn in self._connections:
+            if not conn._request_in_progress:
+                conn.close()
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(deadline):
+                while any(conn._request_in_progress for conn in self._connections):
+                    await asyncio.sleep(0.02)
+        for conn in self._connections:
+            conn.close()
+        # aiohttp's own wait, then the cancel of what is left; never 0, which it reads as no limit.
+        await super().shutdown(None if deadline is None else max(1.0, deadline - loop.time()))
 
 
 class Runner(web.AppRunner):

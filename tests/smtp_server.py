@@ -5,6 +5,9 @@ RSET, QUIT), so tests can see connections being kept and closed, and can cut
 connections off: ``drop_open()`` closes every open one from the server's side,
 ``handler.drop_at_mail`` closes the next N at their MAIL command.
 
+It can hold a message at its DATA command (``handler.hold`` picks which) and let
+it go unaccepted later: a send in flight, for as long as a test needs one.
+
 It can speak TLS with a certificate the test provides: implicit TLS
 (``smtps://``) or STARTTLS, which it then requires before MAIL. Each
 accepted message's TLS version (None for plaintext) is kept beside it, so a
@@ -44,6 +47,8 @@ class Recorder:
         self.quits = 0
         self.drop_at_mail = 0  # close this many connections at their next MAIL command
         self.hang_quit = False  # never answer QUIT, as a hung server would not
+        self.hold: Callable[[Envelope], bool] = lambda envelope: False  # keep this DATA unanswered until let_go()
+        self._held: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
     async def handle_MAIL(self, server, session, envelope: Envelope, address: str, options: list[str]) -> str:  # noqa: N802
         if self.drop_at_mail > 0:
@@ -67,6 +72,14 @@ class Recorder:
         return "221 Bye"
 
     async def handle_DATA(self, server, session, envelope: Envelope) -> str:  # noqa: N802 - aiosmtpd's hook name
+        if self.hold(envelope):
+            loop = asyncio.get_running_loop()
+            let_go: asyncio.Future[None] = loop.create_future()
+            with self.received:
+                self._held.append((loop, let_go))
+                self.received.notify_all()
+            await let_go
+            return "451 4.3.0 held, then let go without accepting it"
         refusal = self.reply(envelope)
         if refusal:
             return refusal
@@ -77,6 +90,19 @@ class Recorder:
             self.messages.append(message_from_bytes(envelope.original_content or envelope.content))
             self.received.notify_all()
         return "250 2.0.0 Ok: queued as TEST"
+
+    def wait_held(self, count: int = 1, timeout: float = 15.0) -> None:
+        """Until ``count`` messages have been held at DATA (none of them accepted)."""
+        with self.received:
+            if not self.received.wait_for(lambda: len(self._held) >= count, timeout):
+                raise TimeoutError(f"expected {count} held messages, got {len(self._held)}")
+
+    def let_go(self) -> None:
+        """Answer every held DATA with a 451 (to a client that may be gone by now)."""
+        with self.received:
+            held, self._held = self._held, []
+        for loop, future in held:
+            loop.call_soon_threadsafe(lambda f=future: f.done() or f.set_result(None))
 
     def wait_for(self, count: int, timeout: float = 15.0) -> list[Message]:
         with self.received:

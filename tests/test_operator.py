@@ -14,9 +14,9 @@ import pytest
 from aiohttp.test_utils import TestClient
 from userflow.http.app import build_app
 from userflow.http.config import Settings
-from userflow.http.keys import RUNTIME
+from userflow.http.keys import RUNTIME, SERVICES
 
-from tests.helpers import StoresAt, epoch
+from tests.helpers import ONE_STORE, StoresAt, epoch
 from tests.http_helpers import (
     PUBLIC_URL,
     MakeClient,
@@ -33,6 +33,7 @@ from tests.http_helpers import (
     wait_run,
     waiting_signup,
 )
+from tests.smtp_server import SmtpServer
 
 UNKNOWN_RUN_ID = "wf_000000000000aaaaaaaaaa"
 MALFORMED_RUN_IDS = ["not-a-run", "wf_", "WF_000000000000AAAAAAAAAA", "wf_000000000000aaaaaaaaaa%0A"]
@@ -269,3 +270,38 @@ async def test_a_resend_times_the_new_send_not_the_wait_before_it(make_client: M
     count = next(float(line.split()[-1]) for line in lines if "_count" in line)
     total = next(float(line.split()[-1]) for line in lines if "_sum" in line)
     assert count == 2 and total < gap, "neither send is recorded as lasting the wait before it"
+
+
+@ONE_STORE
+async def test_at_most_five_resends_and_the_sixth_sends_nothing(make_client: MakeClient) -> None:
+    with SmtpServer() as smtp:
+        client = await make_client(smtp_url=smtp.url)
+        # The spacing between two resends (30 s) is another rule, tested above; here it is
+        # taken out of the way so that only the cap can refuse.
+        client.app[SERVICES].resend_interval = 0
+        accepted = await signup(client, "rae@example.com", "Rae Resend")
+        run_id, user_id = accepted["workflowId"], accepted["userId"]
+        await wait_run(client, run_id, "WAITING")
+        for n in range(2, 7):  # resends 1 to 5 are sends 2 to 6
+            resp = await client.post(f"/api/users/{user_id}/resend-verification")
+            assert resp.status == 202, (n, await resp.text())
+            await wait_run(
+                client, run_id, "WAITING",
+                also=lambda d: len(step_of(d, "send-verification-email")["attempts"]) == n
+                and step_of(d, "send-verification-email")["status"] == "COMPLETED",
+            )  # fmt: skip
+        ids = [m["Message-ID"] for m in smtp.handler.messages]
+        assert ids == [f"<{run_id}.verification.1@userflow>"] + [f"<{run_id}.resend.{n}@userflow>" for n in range(2, 7)]
+
+        resp = await expect_error(await client.post(f"/api/users/{user_id}/resend-verification"), 429, "rate_limited")
+        assert "at most 5" in resp["error"]["message"], resp
+
+        # The refusal changed nothing: the fifth resend's link still verifies, and once the
+        # run has ended (no send can follow), the SMTP server has had six messages, not seven.
+        last = smtp.handler.messages[-1]
+        text = next(p for p in last.walk() if p.get_content_type() == "text/plain").get_payload(decode=True).decode()
+        link = next(word for word in text.split() if "/verify?token=" in word)
+        await verify(client, token_of(link))
+        done = await wait_run(client, run_id, "COMPLETED")
+        assert len(entries(done, "resend-requested")) == 5
+        assert [m["Message-ID"] for m in smtp.handler.messages] == ids
