@@ -166,8 +166,9 @@ async def _command(request: web.Request, run_id: str, name: str) -> Any:
         return await runtime.command(run_id, name, {"by": by})
     except ActionRejected as exc:
         if exc.reason == "rate_limited":
-            retry_after = str(max(1, round(exc.retry_after or 60)))
-            raise ApiError(429, "rate_limited", exc.message, {"Retry-After": retry_after}) from None
+            # No Retry-After for a limit that waiting does not lift (the cap on resends).
+            headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else {}
+            raise ApiError(429, "rate_limited", exc.message, headers) from None
         raise ApiError(409, "conflict", exc.message) from None
 
 

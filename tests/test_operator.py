@@ -293,7 +293,9 @@ async def test_at_most_five_resends_and_the_sixth_sends_nothing(make_client: Mak
         ids = [m["Message-ID"] for m in smtp.handler.messages]
         assert ids == [f"<{run_id}.verification.1@userflow>"] + [f"<{run_id}.resend.{n}@userflow>" for n in range(2, 7)]
 
-        resp = await expect_error(await client.post(f"/api/users/{user_id}/resend-verification"), 429, "rate_limited")
+        sixth = await client.post(f"/api/users/{user_id}/resend-verification")
+        assert "Retry-After" not in sixth.headers  # waiting does not lift the cap
+        resp = await expect_error(sixth, 429, "rate_limited")
         assert "at most 5" in resp["error"]["message"], resp
 
         # The refusal changed nothing: the fifth resend's link still verifies, and once the
