@@ -61,8 +61,18 @@ def open_dashboard(context: Any, url: str) -> Any:
     return page
 
 
+def run_row(page: Any, email: str) -> Any:
+    """The row of the (only) run for ``email`` in the table of runs."""
+    return page.locator(f"#runs tr.run-row[data-email={json.dumps(email)}]")
+
+
 def run_card(page: Any, email: str) -> Any:
-    """The run card of the (only) run for ``email``."""
+    """The detail of the (only) run for ``email``: its row is opened first if it is not open
+    (once the row is there: a run signed up a moment ago may still be on its way)."""
+    row = run_row(page, email)
+    row.wait_for()
+    if row.get_attribute("aria-expanded") != "true":
+        row.click()
     return page.locator("article.run").filter(has=page.locator(".run-title .email", has_text=email))
 
 
@@ -148,6 +158,10 @@ def other_site(pages: dict[str, str], host: str = "127.0.0.1") -> Iterator[str]:
 # Everything the page shows that must not depend on when it was opened:
 # relative times ("3 s ago") are left out, statuses and counts are kept.
 SNAPSHOT_JS = """() => ({
+  rows: [...document.querySelectorAll('#runs tr.run-row')].map(r => [r.dataset.runId, r.dataset.status, r.dataset.userStatus,
+    r.getAttribute('aria-expanded'), r.querySelector('[data-role=progress]').dataset.steps, r.querySelector('.c-person').textContent]),
+  filters: [...document.querySelectorAll('#filters button')].map(b => b.textContent),
+  funnel: [...document.querySelectorAll('#funnel li')].map(li => li.textContent),
   runs: [...document.querySelectorAll('#runs article.run')].map(a => ({
     id: a.dataset.runId, status: a.dataset.status, user: a.dataset.userStatus,
     actions: [...a.querySelectorAll('.actions button')].map(b => b.textContent),

@@ -30,6 +30,7 @@ from tests.browser_support import (
     other_site,
     remove_operator,
     run_card,
+    run_row,
     snapshot,
     step,
     wait_same_snapshot,
@@ -179,7 +180,8 @@ def test_signup_retry_verify_live_without_reload(start_server: Callable[..., Ser
     expect(page.locator("#runs-empty")).to_have_text("No runs yet: sign someone up.")
 
     # Sign up through the form until some run's email went out after at least one
-    # failed attempt (each run: 1/2 for a first failure, 1/32 to then give up).
+    # failed attempt (each run: 1/2 for a first failure, 1/32 to then give up). Each
+    # run is opened as it appears: an open run's detail follows it live.
     emails: list[str] = []
     retried = page.locator(
         f'article.run[data-status="WAITING"]:has(li.step[data-step="{EMAIL_STEP}"][data-status="COMPLETED"] .attempt-error)'
@@ -188,10 +190,13 @@ def test_signup_retry_verify_live_without_reload(start_server: Callable[..., Ser
         for n in range(6):
             email = f"user{batch}x{n}@example.com"
             sign_up(page, HOSTILE_NAME if not emails else f"User {chr(65 + len(emails) % 26)} Example", email)
+            run_card(page, email)
             emails.append(email)
         # The steps advance in the page as the runs do: each one leaves RUNNING.
+        expect(page.locator("#runs tr.run-row")).to_have_count(len(emails))
         expect(page.locator("#runs article.run")).to_have_count(len(emails))
         expect(page.locator('#runs article.run[data-status="RUNNING"]')).to_have_count(0, timeout=20_000)
+        expect(page.locator('#runs tr.run-row[data-status="RUNNING"]')).to_have_count(0)
         if retried.count():
             break
     assert retried.count(), "no run needed a second email attempt in 18 signups at a failure rate of 0.5"
@@ -212,6 +217,7 @@ def test_signup_retry_verify_live_without_reload(start_server: Callable[..., Ser
     # A hostile name is text, never markup.
     first = run_card(page, emails[0])
     expect(first.locator(".run-title .who")).to_have_text(" ".join(HOSTILE_NAME.split()))
+    expect(run_row(page, emails[0]).locator(".c-person .who")).to_have_text(" ".join(HOSTILE_NAME.split()))
     assert page.locator("#runs img, #users img, #runs b").count() == 0
     assert page.evaluate("() => window.__pwned") is None
 
@@ -223,6 +229,7 @@ def test_signup_retry_verify_live_without_reload(start_server: Callable[..., Ser
     expect(card).to_have_attribute("data-status", "COMPLETED")
     for step_id in ("wait-for-verification", "ai-risk-check", "finalize-user"):
         expect(step(card, step_id)).to_have_attribute("data-status", "COMPLETED")
+    expect(run_row(page, email).locator("[data-role=progress]")).to_have_attribute("data-steps", " ".join(["COMPLETED"] * 5))
     row = page.locator(f'#users tbody tr[data-email="{email}"]')
     expect(row).to_have_attribute("data-status", re.compile("^(ACTIVE|FLAGGED)$"))
     expect(row.locator(".u-status")).to_have_text(re.compile("ACTIVE|FLAGGED"))
@@ -267,6 +274,8 @@ def test_second_tab_shows_the_same_state(start_server: Callable[..., Server], co
     expect(first.locator("#sign-out")).to_be_hidden()
 
     second = open_dashboard(context, server.url)
+    for email in run_ids:
+        run_card(second, email)
     expect(run_card(second, done)).to_have_attribute("data-status", "COMPLETED")
     expect(second.locator("#runs li.step")).to_have_count(15)
     expect(second.locator("#users tbody tr")).to_have_count(3)
@@ -274,6 +283,7 @@ def test_second_tab_shows_the_same_state(start_server: Callable[..., Server], co
     expect(second.locator(f'#users tr[data-email="{done}"] .u-reasons li')).not_to_have_count(0)
     state = snapshot(second)
     assert [r["status"] for r in state["runs"]] == ["CANCELLED", "WAITING", "COMPLETED"]
+    assert [r[1] for r in state["rows"]] == ["CANCELLED", "WAITING", "COMPLETED"]
     wait_same_snapshot(first, state)
 
     # An action taken in the new tab reaches the old one by the event stream.
@@ -325,7 +335,7 @@ def test_invalid_signup_shows_the_message_and_creates_nothing(start_server: Call
 
     assert server.get("/api/workflows")["workflows"] == []
     assert server.get("/api/users")["users"] == []
-    expect(page.locator("#runs article.run")).to_have_count(0)
+    expect(page.locator("#runs tr.run-row")).to_have_count(0)
     expect(page.locator("#users tbody tr")).to_have_count(0)
 
 
@@ -425,10 +435,11 @@ def test_waiting_run_resend_link_and_cancel(start_server: Callable[..., Server],
 
     # Filtering by status, and the phone layout: nothing wider than the screen.
     page.get_by_role("button", name=re.compile("^Waiting")).click()
-    expect(page.locator("#runs article.run")).to_have_count(0)
+    expect(page.locator("#runs tr.run-row")).to_have_count(0)
     expect(page.locator("#runs-empty")).to_have_text("No waiting runs.")
     page.get_by_role("button", name=re.compile("^Cancelled")).click()
-    expect(page.locator("#runs article.run")).to_have_count(1)
+    expect(page.locator("#runs tr.run-row")).to_have_count(1)
+    expect(card).to_be_visible()  # still open: the filter shows its row again
     page.set_viewport_size(PHONE)
     page.get_by_role("button", name=re.compile("^All")).click()
     expect(card).to_be_visible()
@@ -907,7 +918,7 @@ def test_retry_all_failed_asks_first_then_resumes_every_failed_run(
         viewer_context = browser.new_context(viewport=LAPTOP)
         try:
             viewer = sign_in(viewer_context, site, "vera")
-            expect(viewer.locator('#runs article.run[data-status="FAILED"]')).to_have_count(2)
+            expect(viewer.locator('#runs tr.run-row[data-status="FAILED"]')).to_have_count(2)
             expect(viewer.locator("#bulk")).to_be_hidden()
             assert viewer.get_by_role("button", name=re.compile("Retry")).count() == 0
         finally:
