@@ -314,7 +314,8 @@
   function takeSummary(summary) {
     if (!putSummary(summary)) return;
     const id = summary.id;
-    if (rowEls.has(id) && state.rows.includes(id)) {
+    // On the page already, even if its <tr> is only made at the next frame.
+    if (state.rows.includes(id)) {
       renderRow(id);
       if (shown(id)) updateCardHead(id);
     } else if (belongsHere(summary)) {
@@ -333,6 +334,7 @@
   }
 
   function insertRow(id) {
+    if (state.rows.includes(id)) return;
     state.rows.push(id);
     state.rows.sort((a, b) => (a < b ? 1 : a > b ? -1 : 0));
     // Still one page: the oldest rows go, unless open or in use (the page grows instead).
@@ -535,8 +537,8 @@
       if (answer.ok) {
         const detail = answer.body;
         const { steps, timeline, user, ...summary } = detail;
+        putUser(user);  // first: a row this answer puts in has its name
         takeSummary(summary);
-        putUser(user);
         // Only an open run keeps its detail: the others show their summary.
         if (state.open.has(id)) {
           state.details.set(id, detail);
@@ -815,6 +817,7 @@
     }
     while (cursor) { const next = cursor.nextSibling; cursor.remove(); cursor = next; }
     for (const [id, row] of rowEls) row.setAttribute("aria-expanded", String(state.open.has(id)));
+    setRowTabStop();
 
     const rows = state.rows.length;
     $("#runs-wrap").hidden = rows === 0;
@@ -846,26 +849,39 @@
     let row = rowEls.get(id);
     if (!row) {
       row = el("tr", {
-        class: "run-row", "data-run-id": id, tabindex: "0", "aria-expanded": "false",
+        class: "run-row", "data-run-id": id, tabindex: "-1", "aria-expanded": "false",
         "aria-controls": `run-detail-${id}`,
       });
+      row.addEventListener("focus", () => { if (focusRow !== id) { focusRow = id; setRowTabStop(); } });
       row.addEventListener("click", () => {
         if (String(window.getSelection() || "")) return;  // selecting an address to copy it
         toggleRun(id);
       });
       row.addEventListener("keydown", (event) => {
         if (event.target !== row || event.altKey || event.ctrlKey || event.metaKey) return;
-        if (event.key === "Enter" || event.key === " ") { event.preventDefault(); toggleRun(id); }
-        else if (event.key === "ArrowDown" || event.key === "ArrowUp") {
-          event.preventDefault();
-          const next = state.rows[state.rows.indexOf(id) + (event.key === "ArrowDown" ? 1 : -1)];
-          if (next && rowEls.get(next)) rowEls.get(next).focus();
-        }
+        if (event.key === "Enter" || event.key === " ") { event.preventDefault(); toggleRun(id); return; }
+        const at = state.rows.indexOf(id);
+        const to = { ArrowDown: at + 1, ArrowUp: at - 1, Home: 0, End: state.rows.length - 1 }[event.key];
+        if (to === undefined) return;
+        event.preventDefault();
+        const next = rowEls.get(state.rows[to]);
+        if (next && next.isConnected) next.focus();
       });
       rowEls.set(id, row);
       renderRow(id);
     }
     return row;
+  }
+
+  // The table is one stop for Tab, at the row last focused (else the first):
+  // the arrow keys, Home and End move between rows.
+  let focusRow = null;
+  function setRowTabStop() {
+    const stop = state.rows.includes(focusRow) ? focusRow : state.rows[0];
+    for (const id of state.rows) {
+      const row = rowEls.get(id);
+      if (row) row.tabIndex = id === stop ? 0 : -1;
+    }
   }
 
   // The row of a run, rebuilt in place (the <tr> stays: focus and position survive).
@@ -1592,7 +1608,9 @@
     state.nextCursor = null;
     state.pageLoaded = false;
     renderList();
-    if (await loadPage(start)) tellPage();
+    if (!(await loadPage(start))) return;
+    renderList();  // now, not at the next frame: what is told is what is shown
+    tellPage();
   }
 
   function tellPage() {
