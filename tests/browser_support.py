@@ -207,7 +207,7 @@ PEOPLE = [
 
 
 def make_screenshot(path: str | Path = ROOT / "static" / "screenshot.png") -> Path:
-    """The dashboard mid-run at laptop size: retrying, waiting, and completed runs with risk reasons.
+    """The dashboard mid-run: the overview, and the runs retrying, waiting, and completed, two of them open.
 
     Deterministic: the first three signups run on a server with no email
     failures; it is then restarted on the same data dir with every email
@@ -242,10 +242,14 @@ def make_screenshot(path: str | Path = ROOT / "static" / "screenshot.png") -> Pa
         with sync_playwright() as p:
             browser = launch(p)
             try:
-                context = browser.new_context(viewport=LAPTOP, device_scale_factor=1, color_scheme="light")
+                # Taller than LAPTOP: the overview, the table and two open runs.
+                context = browser.new_context(viewport={"width": 1280, "height": 1180}, device_scale_factor=1, color_scheme="light")
                 page = open_dashboard(context, server.url)
                 name, email = PEOPLE[3]
                 assert server.request("POST", "/api/signup", {"name": name, "email": email})[0] == 202
+                page.wait_for_selector("#overview[data-loaded=true]", state="attached")
+                run_card(page, PEOPLE[2][1])  # flagged, with its reasons
+                run_card(page, email)
                 # Two attempts failed, the third is due: the step shows its errors and retry time.
                 page.wait_for_selector('li.step[data-status="RETRYING"]:has(.attempt-error[data-attempts="1,2"])')
                 page.mouse.move(0, 0)
