@@ -402,6 +402,7 @@
     for (const id of state.rows) if (rowEls.has(id)) renderRow(id);
     forgetUnshown();
     renderSoon("list");
+    renderSoon("outbox");  // its notes ("link expired") read the runs' summaries, which may come after it
   }
 
   // The names on a page: a list without a filter has its users in the same order,
