@@ -1,9 +1,18 @@
 // The userflow dashboard: plain DOM, no framework, no build step.
 //
+// Built for a store of millions of runs: nothing here ever holds or draws them
+// all. The overview (GET /api/overview) is counted by the server over the whole
+// store; the runs are a table of one page at a time (GET /api/workflows with a
+// cursor, or q= for one run by email or id), and only the runs an operator
+// opens get their full detail (steps, attempts, timeline, actions).
+//
 // It updates live from the Server-Sent Events at /api/events: a `run` event
-// refetches that run's detail (debounced per run) and re-renders only that
-// run; `reset` (and the first connection) reloads the lists. There is no
-// polling loop; a one-second ticker only rewrites relative times ("3 s ago").
+// updates that run's row in place (or puts a new run on the first page), and
+// refetches the detail only of an open run (debounced per run); the overview
+// is fetched again at most every two seconds while runs change. `reset` (and
+// the first connection) reloads the page of runs and the lists. A one-second
+// ticker only rewrites relative times ("3 s ago"); the overview is also
+// fetched once a minute, so that its last-hour buckets move on a quiet server.
 //
 // Everything shown is built with textContent and setAttribute, never
 // innerHTML: user names and emails are hostile input.
@@ -21,23 +30,38 @@
 
 (() => {
   const STEP_ORDER = ["create-user", "send-verification-email", "wait-for-verification", "ai-risk-check", "finalize-user"];
+  // A row shows its progress from the run's summary, which has no step names.
+  const STEP_NAMES = {
+    "create-user": "Create user", "send-verification-email": "Send verification email",
+    "wait-for-verification": "Wait for verification", "ai-risk-check": "AI risk check", "finalize-user": "Finalize user",
+  };
   const PAGE = 50;
   const DETAIL_DEBOUNCE_MS = 120;
   const DETAIL_CONCURRENCY = 4;
+  const OVERVIEW_EVERY_MS = 2000;   // at most this often while runs change
+  const OVERVIEW_IDLE_MS = 60000;   // and this often anyway: the time buckets move
+  const KEEP_SUMMARIES = 2000;      // summaries seen live, beyond which those not shown are forgotten
 
   const $ = (sel, root = document) => root.querySelector(sel);
 
   // -- state -----------------------------------------------------------------------
 
   const state = {
-    runs: new Map(),        // id -> summary
-    details: new Map(),     // id -> detail
+    runs: new Map(),        // id -> summary (of the runs shown, and of those seen live)
+    details: new Map(),     // id -> detail, of open runs only
     detailText: new Map(),  // id -> JSON of the last rendered detail (skip needless re-renders)
     users: new Map(),       // userId -> user
     outbox: [],             // emails, newest first
     outboxEnabled: true,
     filter: "",
+    query: "",              // the search shown ("": the list)
+    rows: [],               // ids on the page shown, newest first
+    pageStart: null,        // the cursor this page starts at (null: the newest runs)
+    pageStack: [],          // the starts of the newer pages, for "Newer"
     nextCursor: null,
+    pageLoaded: false,
+    open: new Set(),        // runs whose detail is open (below their row)
+    overview: null,         // GET /api/overview
     runMessages: new Map(), // id -> {text, kind}
     mailMessages: new Map(),// messageId -> {text, kind}
     openTimelines: new Set(),
@@ -50,7 +74,9 @@
     resending: new Map(),   // id -> its version when an operator here sent it again: the outcome is told
     confirmingRetryAll: false,
   };
-  const cards = new Map();  // id -> <article>
+  const cards = new Map();  // id -> <article>, the detail of an open run
+  const rowEls = new Map(); // id -> <tr> of the table
+  const detailRows = new Map(); // id -> <tr> holding its <article>
 
   // -- small helpers ---------------------------------------------------------------
 
@@ -266,6 +292,8 @@
     if (user && summary.userStatus && user.status !== summary.userStatus) {
       state.users.set(summary.userId, { ...user, status: summary.userStatus });
       renderSoon("users");
+      // A user who moved on has more to show than a status: a risk decision, when it ended.
+      scheduleUser(summary.userId);
     }
     return true;
   }
@@ -276,24 +304,127 @@
     renderSoon("users");
     renderSoon("outbox");
     renderSoon("deliveries");
+    const row = rowEls.get(user.workflowId);
+    if (row) renderRow(user.workflowId);
   }
 
-  async function loadRuns(append) {
-    const params = new URLSearchParams({ limit: String(PAGE) });
-    if (state.filter) params.set("status", state.filter);
-    if (append && state.nextCursor) params.set("cursor", state.nextCursor);
-    const answer = await api(`/api/workflows?${params}`);
-    if (!answer.ok) return false;
-    state.nextCursor = answer.body.nextCursor;
-    const ids = [];
-    for (const summary of answer.body.workflows) {
-      const known = state.runs.get(summary.id);
-      putSummary(summary);
-      if (!state.details.has(summary.id) || !known || known.updatedAt !== summary.updatedAt) ids.push(summary.id);
+  // A run's summary, from the stream or from a fetch: its row changes in place; a
+  // new run this page would list (the first page, no search, its status if
+  // filtered) goes in at its place, newest first.
+  function takeSummary(summary) {
+    if (!putSummary(summary)) return;
+    const id = summary.id;
+    // On the page already, even if its <tr> is only made at the next frame.
+    if (state.rows.includes(id)) {
+      renderRow(id);
+      if (shown(id)) updateCardHead(id);
+    } else if (belongsHere(summary)) {
+      insertRow(id);
+      if (!state.users.has(summary.userId)) scheduleUser(summary.userId);  // its name
+    }
+    if (state.outbox.some((email) => email.workflowId === id)) renderSoon("outbox");
+    if (state.runs.size > KEEP_SUMMARIES) forgetUnshown();
+  }
+
+  function belongsHere(summary) {
+    if (!state.pageLoaded || state.query || state.pageStart) return false;
+    if (state.filter && summary.status !== state.filter) return false;
+    const last = state.rows[state.rows.length - 1];
+    return !state.nextCursor || (last !== undefined && summary.id > last);  // ids sort by creation
+  }
+
+  function insertRow(id) {
+    if (state.rows.includes(id)) return;
+    state.rows.push(id);
+    state.rows.sort((a, b) => (a < b ? 1 : a > b ? -1 : 0));
+    // Still one page: the oldest rows go, unless open or in use (the page grows instead).
+    while (state.rows.length > PAGE && !inUse(state.rows[state.rows.length - 1])) {
+      state.rows.pop();
+      state.nextCursor = state.rows[state.rows.length - 1];
     }
     renderSoon("list");
-    await fetchDetails(ids);
+  }
+
+  function inUse(id) {
+    if (state.open.has(id)) return true;
+    const active = document.activeElement;
+    const row = rowEls.get(id);
+    return Boolean(row && active && row.contains(active));
+  }
+
+  const shown = (id) => state.open.has(id) && state.rows.includes(id);
+
+  function forgetUnshown() {
+    const keep = new Set([...state.rows, ...state.open, ...state.outbox.map((email) => email.workflowId)]);
+    for (const id of [...state.runs.keys()]) {
+      if (!keep.has(id)) state.runs.delete(id);
+    }
+    for (const id of [...rowEls.keys()]) {
+      if (!keep.has(id)) rowEls.delete(id);
+    }
+  }
+
+  // One page of runs: from `start` (a cursor; null for the newest), or the run
+  // the search names. Only the answer to the latest request is shown.
+  let pageSeq = 0;
+  async function loadPage(start = state.pageStart) {
+    const seq = ++pageSeq;
+    const params = new URLSearchParams({ limit: String(PAGE) });
+    if (state.filter) params.set("status", state.filter);
+    if (state.query) params.set("q", state.query);
+    else if (start) params.set("cursor", start);
+    const answer = await api(`/api/workflows?${params}`);
+    if (seq !== pageSeq) return true;  // a newer page was asked for meanwhile
+    if (!answer.ok) {
+      if (answer.status === 400 && state.query) {  // not an address or an id: nothing to find
+        showPage(start, [], null);
+        return true;
+      }
+      return false;
+    }
+    showPage(start, answer.body.workflows, state.query ? null : answer.body.nextCursor);
+    fetchUsersOf(answer.body.workflows, params);
+    // Open runs on this page show their detail as it is now.
+    await fetchDetails(state.rows.filter((id) => state.open.has(id)));
     return true;
+  }
+
+  function showPage(start, summaries, nextCursor) {
+    for (const summary of summaries) {
+      putSummary(summary);
+      const detail = state.details.get(summary.id);
+      if (detail && detail.updatedAt < state.runs.get(summary.id).updatedAt) state.details.delete(summary.id);
+    }
+    state.pageStart = start;
+    state.rows = summaries.map((summary) => summary.id);
+    state.nextCursor = nextCursor;
+    state.pageLoaded = true;
+    for (const id of state.rows) if (rowEls.has(id)) renderRow(id);
+    forgetUnshown();
+    renderSoon("list");
+    renderSoon("outbox");  // its notes ("link expired") read the runs' summaries, which may come after it
+  }
+
+  // The names on a page: a list without a filter has its users in the same order,
+  // a page of them for the same cursor; otherwise the few unknown ones, one by one.
+  async function fetchUsersOf(summaries, params) {
+    const unknown = summaries.filter((summary) => !state.users.has(summary.userId));
+    if (!unknown.length) return;
+    if (!state.filter && !state.query) {
+      const answer = await api(`/api/users?${params}`);
+      if (answer.ok) for (const user of answer.body.users) putUser(user);
+    }
+    for (const summary of unknown) if (!state.users.has(summary.userId)) scheduleUser(summary.userId);
+  }
+
+  const userTimers = new Map();  // userId -> timer
+  function scheduleUser(userId) {
+    if (!userId || userTimers.has(userId)) return;
+    userTimers.set(userId, setTimeout(async () => {
+      userTimers.delete(userId);
+      const answer = await api(`/api/users/${encodeURIComponent(userId)}`);
+      if (answer.ok) putUser(answer.body);
+    }, DETAIL_DEBOUNCE_MS));
   }
 
   async function fetchDetails(ids) {
@@ -329,6 +460,33 @@
     return true;
   }
 
+  // The overview: on load, then at most every OVERVIEW_EVERY_MS while runs change
+  // (it is the server counting, cheap, but not per event), and after a quiet minute.
+  let overviewAt = 0;
+  let overviewTimer = null;
+  let overviewIdle = null;
+  let overviewSeq = 0;
+  function scheduleOverview() {
+    if (overviewTimer || leaving) return;
+    const wait = Math.max(0, overviewAt + OVERVIEW_EVERY_MS - Date.now());
+    overviewTimer = setTimeout(() => { overviewTimer = null; loadOverview(); }, wait);
+  }
+
+  async function loadOverview() {
+    const seq = ++overviewSeq;
+    overviewAt = Date.now();
+    clearTimeout(overviewIdle);
+    overviewIdle = setTimeout(scheduleOverview, OVERVIEW_IDLE_MS);
+    const answer = await api("/api/overview");
+    if (!answer.ok) return false;
+    if (seq === overviewSeq) {
+      state.overview = answer.body;
+      renderSoon("overview");
+      renderSoon("list");  // the filters' counts
+    }
+    return true;
+  }
+
   // Everything from scratch: at the first connection and on `reset`. A reset that
   // arrives during a load loads again after it; a failed load (the server is
   // starting: 503) is tried again a little later.
@@ -342,7 +500,7 @@
     loading = (async () => {
       let ok = false;
       try {
-        const results = await Promise.all([loadUsers(), loadOutbox(), loadRuns(false), loadDeliveries(false)]);
+        const results = await Promise.all([loadUsers(), loadOutbox(), loadPage(), loadDeliveries(false), loadOverview()]);
         ok = results.every(Boolean);
       } finally {
         loading = null;
@@ -380,11 +538,14 @@
       if (answer.ok) {
         const detail = answer.body;
         const { steps, timeline, user, ...summary } = detail;
-        putSummary(summary);
-        state.details.set(id, detail);
-        putUser(user);
-        renderRun(id);
-        renderSoon("list");
+        putUser(user);  // first: a row this answer puts in has its name
+        takeSummary(summary);
+        // Only an open run keeps its detail: the others show their summary.
+        if (state.open.has(id)) {
+          state.details.set(id, detail);
+          renderRun(id);
+          renderRow(id);
+        }
       }
     } finally {
       inflight.delete(id);
@@ -411,7 +572,7 @@
     }
     renderSoon("deliveries");
     // The run's timeline lists its webhook attempts: only its detail has them.
-    if (live && state.runs.has(delivery.workflowId)) scheduleRun(delivery.workflowId);
+    if (live && shown(delivery.workflowId)) scheduleRun(delivery.workflowId);
   }
 
   async function loadDeliveries(append) {
@@ -472,11 +633,9 @@
     es.addEventListener("run", (event) => {
       lastEventId = event.lastEventId || lastEventId;
       const summary = JSON.parse(event.data);
-      if (putSummary(summary)) {
-        updateCardHead(summary.id);
-        renderSoon("list");
-      }
-      scheduleRun(summary.id);
+      takeSummary(summary);
+      if (shown(summary.id)) scheduleRun(summary.id);
+      scheduleOverview();
     });
     es.addEventListener("delivery", (event) => {
       lastEventId = event.lastEventId || lastEventId;
@@ -501,6 +660,7 @@
     frame = 0;
     const parts = [...dirty];
     dirty.clear();
+    if (parts.includes("overview")) renderOverview();
     if (parts.includes("list")) renderList();
     if (parts.includes("users")) renderUsers();
     if (parts.includes("outbox")) renderOutbox();
@@ -510,36 +670,330 @@
   document.addEventListener("visibilitychange", () => { if (!document.hidden && dirty.size) flush(); });
   setInterval(() => { if (document.hidden && dirty.size) flush(); }, 1000);
 
+  // -- rendering: the overview --------------------------------------------------------
+
+  const SVG_NS = "http://www.w3.org/2000/svg";
+  function svg(tag, attrs, ...children) {
+    const node = document.createElementNS(SVG_NS, tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (value !== null && value !== undefined) node.setAttribute(key, String(value));
+    }
+    for (const child of children) if (child !== null && child !== undefined) node.append(child);
+    return node;
+  }
+
+  const percent = (f) => (f === null || f === undefined ? "—" : `${(Math.round(f * 1000) / 10).toLocaleString("en-US")}%`);
+
+  function renderOverview() {
+    const o = state.overview;
+    if (!o) return;
+    $("#overview").dataset.loaded = "true";
+    renderFunnel(o);
+    renderTimeToVerify(o.timeToVerify || { buckets: [], medianUpTo: null }, o.funnel.verified);
+    renderActivity($("#activity-hour"), o.lastHour || [], "hour");
+    renderActivity($("#activity-day"), o.lastDay || [], "day");
+  }
+
+  function renderFunnel(o) {
+    const f = o.funnel;
+    const share = (n) => (f.signedUp ? n / f.signedUp : null);
+    const conv = o.conversion || {};
+    const stages = [
+      ["signedUp", "Signed up", f.signedUp, f.signedUp ? 1 : null],
+      ["verified", "Verified", f.verified, conv.verified ?? share(f.verified)],
+      ["active", "Active", f.active, conv.active ?? share(f.active)],
+      ["flagged", "Flagged", f.flagged, share(f.flagged)],
+      ["expired", "Expired", f.expired, share(f.expired)],
+      ["cancelled", "Cancelled", f.cancelled, share(f.cancelled)],
+    ];
+    $("#funnel").replaceChildren(...stages.map(([key, label, n, fraction]) => {
+      const fill = el("span", { class: "st-fill" });
+      fill.style.width = `${Math.min(1, fraction || 0) * 100}%`;  // CSSOM: the page's CSP allows it, unlike a style attribute
+      return el("li", { class: `stage st-${key}`, "data-stage": key },
+        el("span", { class: "st-label" }, label),
+        el("span", { class: "st-bar", "aria-hidden": "true" }, fill),
+        el("span", { class: "st-n", "data-role": "n" }, num(n)),
+        el("span", { class: "st-pct", "data-role": "pct", title: key === "signedUp" ? null : "of everyone who signed up" },
+          key === "signedUp" ? "" : percent(fraction),
+          key === "signedUp" ? null : el("span", { class: "visually-hidden" }, " of signups")));
+    }));
+    const pending = (o.users && o.users.PENDING) || 0;
+    $("#funnel-note").textContent = pending ? `${num(pending)} still pending: not verified yet, or being checked.` : "";
+  }
+
+  function spanText(seconds, short) {
+    if (seconds === null || seconds === undefined) return short ? ">1d" : "more than a day";
+    if (seconds < 3600) return short ? `${seconds / 60}m` : `${seconds / 60} min`;
+    if (seconds < 86400) return short ? `${seconds / 3600}h` : `${seconds / 3600} h`;
+    return short ? `${seconds / 86400}d` : plural(seconds / 86400, "day");
+  }
+
+  function renderTimeToVerify(ttv, verified) {
+    const median = $("#ttv-median");
+    median.textContent = !verified ? "—"
+      : ttv.medianUpTo === null ? "over a day" : `≤ ${spanText(ttv.medianUpTo)}`;
+    $("#ttv-note").textContent = verified ? `median · ${num(verified)} verified` : "no one verified yet";
+    const max = Math.max(1, ...ttv.buckets.map((b) => b.count));
+    const medianIndex = verified ? ttv.buckets.findIndex((b) => b.upTo === ttv.medianUpTo) : -1;
+    $("#ttv-chart").replaceChildren(...ttv.buckets.map((b, i) => {
+      const fill = el("span", { class: "hist-fill" });
+      fill.style.height = `${(b.count / max) * 100}%`;
+      const within = b.upTo === null ? "after more than a day" : `within ${spanText(b.upTo)}`;
+      return el("li", { class: `hist-col${i === medianIndex ? " is-median" : ""}`, "data-up-to": b.upTo === null ? "more" : b.upTo,
+        "data-count": b.count, title: `${num(b.count)} verified ${within}` },
+      el("span", { class: "hist-bar", "aria-hidden": "true" }, fill),
+      el("span", { class: "hist-label", "aria-hidden": "true" }, b.upTo === null ? ">1d" : `≤${spanText(b.upTo, true)}`),
+      el("span", { class: "visually-hidden" }, `${num(b.count)} verified ${within}${i === medianIndex ? " (the median)" : ""}`));
+    }));
+  }
+
+  const SERIES = [["signups", "Signups"], ["verified", "Verified"], ["failures", "Failures"]];
+
+  function hhmm(at) {
+    const t = Date.parse(at);
+    return Number.isNaN(t) ? "" : new Date(t).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hour12: false });
+  }
+
+  function renderActivity(box, points, span) {
+    const unit = span === "hour" ? "5 minutes" : "hour";
+    const over = span === "hour" ? "the last hour" : "the last 24 hours";
+    const n = points.length;
+    const rows = SERIES.map(([key, label]) => {
+      const values = points.map((p) => Number(p[key]) || 0);
+      const total = values.reduce((a, b) => a + b, 0);
+      const max = Math.max(0, ...values);
+      const peak = values.indexOf(max);
+      const bars = values.map((v, i) => {
+        const h = max ? Math.max(2, (v / max) * 30) : 0;
+        const end = points[i + 1] ? hhmm(points[i + 1].at) : "now";
+        return svg("rect", { class: v ? "bar" : "bar zero", x: i * 10 + 1, width: 8, y: v ? 32 - h : 31, height: v ? h : 1 },
+          svg("title", {}, `${hhmm(points[i].at)}–${end}: ${num(v)} ${label.toLowerCase()}`));
+      });
+      const chart = svg("svg", {
+        class: "spark-chart", viewBox: `0 0 ${Math.max(1, n) * 10} 32`, preserveAspectRatio: "none", role: "img",
+        "aria-label": `${label} over ${over}: ${num(total)}${max ? `; at most ${num(max)} in one ${unit}, from ${hhmm(points[peak].at)}` : ""}`,
+      }, ...bars);
+      return el("div", { class: `spark sp-${key}`, "data-series": key },
+        el("span", { class: "spark-label" }, label),
+        el("span", { class: "spark-total", "data-role": "total" }, num(total)),
+        chart);
+    });
+    const axis = n ? el("div", { class: "spark-axis", "aria-hidden": "true" },
+      el("span", {}, hhmm(points[0].at)), el("span", {}, "now")) : null;
+    box.replaceChildren(...rows, axis || "");
+  }
+
   // -- rendering: runs ------------------------------------------------------------
 
   const byNewest = (a, b) => (a.createdAt < b.createdAt ? 1 : a.createdAt > b.createdAt ? -1 : a.id < b.id ? 1 : -1);
 
+  const num = (n) => Number(n || 0).toLocaleString("en-US");
+
+  // Counts over the whole store, from the overview (not from the page shown).
+  function runCounts() {
+    const runs = state.overview && state.overview.runs;
+    if (!runs) return null;
+    const counts = { "": Object.values(runs).reduce((a, b) => a + b, 0) };
+    for (const [status, n] of Object.entries(runs)) counts[status] = n;
+    return counts;
+  }
+
   function renderList() {
-    const all = [...state.runs.values()].sort(byNewest);
-    // Counts per status among the runs loaded so far.
-    const counts = { "": all.length };
-    for (const run of all) counts[run.status] = (counts[run.status] || 0) + 1;
+    const counts = runCounts();
     for (const button of document.querySelectorAll("#filters button")) {
-      const n = counts[button.dataset.filter] || 0;
-      $(".n", button).textContent = String(n);
+      $(".n", button).textContent = counts ? num(counts[button.dataset.filter]) : "";
     }
-    const shown = all.filter((run) => !state.filter || run.status === state.filter);
-    const container = $("#runs");
-    const wanted = shown.map((run) => cardFor(run.id));
+    const body = $("#runs");
+    const wanted = [];
+    for (const id of state.rows) {
+      if (!state.runs.has(id)) continue;
+      wanted.push(rowFor(id));
+      if (state.open.has(id)) wanted.push(detailRowFor(id));
+    }
     // Reorder only where needed, so focus and open timelines survive.
-    let cursor = container.firstChild;
-    for (const card of wanted) {
-      if (card === cursor) { cursor = cursor.nextSibling; continue; }
-      container.insertBefore(card, cursor);
+    let cursor = body.firstChild;
+    for (const row of wanted) {
+      if (row === cursor) { cursor = cursor.nextSibling; continue; }
+      body.insertBefore(row, cursor);
     }
     while (cursor) { const next = cursor.nextSibling; cursor.remove(); cursor = next; }
+    for (const [id, row] of rowEls) row.setAttribute("aria-expanded", String(state.open.has(id)));
+    setRowTabStop();
+
+    const rows = state.rows.length;
+    $("#runs-wrap").hidden = rows === 0;
     const empty = $("#runs-empty");
-    empty.hidden = shown.length > 0;
-    empty.textContent = !state.loaded ? "Loading…" : state.filter
-      ? `No ${state.filter.toLowerCase()} runs.`
-      : "No runs yet: sign someone up.";
-    $("#runs-more").hidden = !state.nextCursor;
-    renderBulk(counts.FAILED || 0);
+    empty.hidden = rows > 0;
+    const among = state.filter ? ` among ${state.filter.toLowerCase()} runs` : "";
+    empty.textContent = !state.pageLoaded ? "Loading…"
+      : state.query ? `No run matches “${state.query}”${among}.`
+      : state.filter ? `No ${state.filter.toLowerCase()} runs${state.pageStart ? " older than these" : ""}.`
+      : state.pageStart ? "No older runs." : "No runs yet: sign someone up.";
+    renderPager(counts);
+    renderBulk(counts ? counts.FAILED || 0 : 0);
+  }
+
+  // "41–60 of 1,316": where this page is among all the runs it pages through.
+  function renderPager(counts) {
+    const paged = !state.query && (state.nextCursor || state.pageStart);
+    $("#pager").hidden = !paged;
+    $("#runs-newer").disabled = !state.pageStart;
+    $("#runs-older").disabled = !state.nextCursor;
+    const range = $("#runs-range");
+    if (!paged || !state.rows.length) { range.textContent = ""; return; }
+    const first = state.pageStack.length * PAGE + 1;
+    const total = counts ? counts[state.filter] : null;
+    range.textContent = `${num(first)}–${num(first + state.rows.length - 1)}${total ? ` of ${num(total)}` : ""}`;
+  }
+
+  function rowFor(id) {
+    let row = rowEls.get(id);
+    if (!row) {
+      row = el("tr", {
+        class: "run-row", "data-run-id": id, tabindex: "-1", "aria-expanded": "false",
+        "aria-controls": `run-detail-${id}`,
+      });
+      row.addEventListener("focus", () => { if (focusRow !== id) { focusRow = id; setRowTabStop(); } });
+      row.addEventListener("click", () => {
+        if (String(window.getSelection() || "")) return;  // selecting an address to copy it
+        toggleRun(id);
+      });
+      row.addEventListener("keydown", (event) => {
+        if (event.target !== row || event.altKey || event.ctrlKey || event.metaKey) return;
+        if (event.key === "Enter" || event.key === " ") { event.preventDefault(); toggleRun(id); return; }
+        const at = state.rows.indexOf(id);
+        const to = { ArrowDown: at + 1, ArrowUp: at - 1, Home: 0, End: state.rows.length - 1 }[event.key];
+        if (to === undefined) return;
+        event.preventDefault();
+        const next = rowEls.get(state.rows[to]);
+        if (next && next.isConnected) next.focus();
+      });
+      rowEls.set(id, row);
+      renderRow(id);
+    }
+    return row;
+  }
+
+  // The table is one stop for Tab, at the row last focused (else the first):
+  // the arrow keys, Home and End move between rows.
+  let focusRow = null;
+  function setRowTabStop() {
+    const stop = state.rows.includes(focusRow) ? focusRow : state.rows[0];
+    for (const id of state.rows) {
+      const row = rowEls.get(id);
+      if (row) row.tabIndex = id === stop ? 0 : -1;
+    }
+  }
+
+  // The row of a run, rebuilt in place (the <tr> stays: focus and position survive).
+  function renderRow(id) {
+    const row = rowEls.get(id);
+    const run = state.runs.get(id);
+    if (!row || !run) return;
+    const user = state.users.get(run.userId);
+    const name = user && user.name;
+    const steps = progressOf(run, currentDetail(id));
+    const key = JSON.stringify([run.status, run.userStatus, run.email, name, steps, run.createdAt]);
+    if (row.dataset.key === key) return;
+    row.dataset.key = key;
+    row.className = `run-row r-${run.status}`;
+    row.dataset.status = run.status;
+    row.dataset.userStatus = run.userStatus || "";
+    row.dataset.email = run.email || "";
+    const status = runStatusBadge(run.status);
+    status.dataset.role = "row-status";
+    row.replaceChildren(
+      el("td", { class: "c-person", "data-label": "Person" },
+        name ? el("span", { class: "who" }, name) : null,
+        el("span", { class: "email" }, run.email || run.userId)),
+      el("td", { class: "c-status", "data-label": "Run" }, status),
+      el("td", { class: "c-user", "data-label": "User" },
+        el("span", { class: `badge b-${run.userStatus}`, "data-role": "row-user-status" }, run.userStatus || "?")),
+      el("td", { class: "c-progress", "data-label": "Progress" }, progressEl(run, steps)),
+      el("td", { class: "c-age", "data-label": "Started" }, timeEl(run.createdAt, "ago")));
+  }
+
+  // The detail, if it is not older than the summary (which the stream updates first).
+  function currentDetail(id) {
+    const detail = state.details.get(id);
+    const run = state.runs.get(id);
+    return detail && run && detail.updatedAt >= run.updatedAt ? detail : null;
+  }
+
+  // Each of the five steps' state: from the detail when it is current, else
+  // derived from the summary: the steps before currentStep are done.
+  function progressOf(run, detail) {
+    if (detail && detail.steps) {
+      const byId = new Map(detail.steps.map((step) => [step.id, step.status]));
+      return STEP_ORDER.map((id) => (byId.get(id) || "PENDING"));
+    }
+    const finished = ["COMPLETED", "CANCELLED", "FAILED"].includes(run.status);
+    const at = run.currentStep ? STEP_ORDER.indexOf(run.currentStep) : STEP_ORDER.length;
+    return STEP_ORDER.map((id, k) => {
+      if (k < at) return "COMPLETED";
+      if (k > at) return finished && run.status !== "FAILED" ? "SKIPPED" : "PENDING";
+      if (run.status === "COMPLETED") return "COMPLETED";  // the wait ended by its expiry
+      if (run.status === "CANCELLED") return "SKIPPED";
+      return run.status;  // RUNNING, WAITING or FAILED
+    });
+  }
+
+  function progressText(run, steps) {
+    const at = steps.findIndex((status) => !["COMPLETED", "SKIPPED"].includes(status));
+    if (run.status === "COMPLETED") return run.outcome === "expired" ? "link expired" : "all steps done";
+    if (run.status === "CANCELLED") return "cancelled";
+    if (at < 0) return "";
+    const stepId = STEP_ORDER[at];
+    const name = STEP_NAMES[stepId] || stepId;
+    const how = { FAILED: "failed at", RETRYING: "retrying", WAITING: "", RUNNING: "", PENDING: "" }[steps[at]] || "";
+    return `${how ? `${how} ` : ""}${how ? name.toLowerCase() : name}`;
+  }
+
+  function progressEl(run, steps) {
+    const text = progressText(run, steps);
+    const done = steps.filter((status) => status === "COMPLETED").length;
+    const label = `${done} of ${STEP_ORDER.length} steps done${text ? `: ${text}` : ""}`;
+    return el("span", { class: "progress", "data-role": "progress", "data-steps": steps.join(" "), title: label },
+      el("span", { class: "segs", "aria-hidden": "true" },
+        ...steps.map((status, k) => el("span", {
+          class: `seg g-${status}`, "data-step": STEP_ORDER[k], "data-status": status,
+          title: `${k + 1}. ${STEP_NAMES[STEP_ORDER[k]]}: ${status.toLowerCase()}`,
+        }))),
+      el("span", { class: "visually-hidden" }, label),
+      el("span", { class: "prog-text", "aria-hidden": "true" }, text));
+  }
+
+  function detailRowFor(id) {
+    let row = detailRows.get(id);
+    if (!row) {
+      row = el("tr", { class: "run-detail", id: `run-detail-${id}`, "data-run-id": id },
+        el("td", { colspan: "5" }, cardFor(id)));
+      row.addEventListener("keydown", (event) => {
+        if (event.key !== "Escape" || event.defaultPrevented || event.target.closest(".confirm")) return;
+        event.preventDefault();
+        toggleRun(id, false);
+        const back = rowEls.get(id);
+        if (back) back.focus();
+      });
+      detailRows.set(id, row);
+    }
+    return row;
+  }
+
+  function toggleRun(id, open = !state.open.has(id)) {
+    if (open === state.open.has(id)) return;
+    if (open) {
+      state.open.add(id);
+      fetchRun(id);  // the detail as it is now: only open runs follow theirs
+    } else {
+      state.open.delete(id);
+      state.details.delete(id);
+      state.detailText.delete(id);
+      cards.delete(id);
+      detailRows.delete(id);
+    }
+    renderList();
+    renderRow(id);
   }
 
   function cardFor(id) {
@@ -811,7 +1265,7 @@
     const active = document.activeElement;
     const hadFocus = active && bulk.contains(active);
     bulk.hidden = !offered;
-    const known = !state.nextCursor || state.filter === "FAILED";  // every run is loaded: the count is all
+    const known = Boolean(state.overview);  // counted over the whole store
     $("#retry-failed").hidden = state.confirmingRetryAll;
     $("#retry-failed-note").hidden = state.confirmingRetryAll;
     $("#retry-failed-note").textContent = known ? `${plural(failed, "run")} failed` : "";
@@ -847,7 +1301,10 @@
       const n = answer.body.retried;
       bulkMessage(n ? `Retried ${plural(n, "failed run")}: each runs again from the step it failed at.`
         : "No run was failed any more: nothing to retry.", "ok");
-      for (const id of ids) scheduleRun(id, 0);  // the truth, even if the event stream is down
+      // The truth, even if the event stream is down: the page's rows, the open runs, the counts.
+      for (const id of ids) if (shown(id)) scheduleRun(id, 0);
+      loadPage();
+      scheduleOverview();
     } else {
       bulkMessage(`${answer.status ? `${answer.status}: ` : ""}${answer.message}`, "error");
       if (answer.status === 403) whoami();
@@ -1141,7 +1598,29 @@
     }
   });
 
-  // -- filters and paging --------------------------------------------------------------
+  // -- filters, search and paging ------------------------------------------------------
+
+  // A new list of runs (another filter, search or page): the rows go at once,
+  // "Loading…" until the answer; the live region says what is shown then.
+  async function goTo(start, stack) {
+    state.pageStack = stack;
+    state.rows = [];
+    state.pageStart = start;
+    state.nextCursor = null;
+    state.pageLoaded = false;
+    renderList();
+    if (!(await loadPage(start))) return;
+    renderList();  // now, not at the next frame: what is told is what is shown
+    tellPage();
+  }
+
+  function tellPage() {
+    const n = state.rows.length;
+    const range = $("#runs-range").textContent;
+    $("#runs-live").textContent = state.query
+      ? (n ? `Found the run for ${state.query}.` : $("#runs-empty").textContent)
+      : n ? `Showing runs ${range || `1–${n}`}.` : $("#runs-empty").textContent;
+  }
 
   for (const button of document.querySelectorAll("#filters button")) {
     button.addEventListener("click", () => {
@@ -1149,12 +1628,38 @@
       for (const other of document.querySelectorAll("#filters button")) {
         other.setAttribute("aria-pressed", String(other === button));
       }
-      state.nextCursor = null;
-      renderList();
-      loadRuns(false);  // older runs of this status than the ones loaded
+      goTo(null, []);
     });
   }
-  $("#runs-more").addEventListener("click", () => loadRuns(true));
+
+  $("#runs-older").addEventListener("click", () => {
+    if (!state.nextCursor) return;
+    goTo(state.nextCursor, [...state.pageStack, state.pageStart]).then(showTableTop);
+  });
+  $("#runs-newer").addEventListener("click", () => {
+    if (!state.pageStart) return;
+    const stack = [...state.pageStack];
+    goTo(stack.pop() || null, stack).then(showTableTop);
+  });
+  // The pager is under the table: the new page starts above, maybe out of sight.
+  function showTableTop() {
+    const head = $("#runs-table thead");
+    if (head.getBoundingClientRect().top < 0) $("#runs-h").scrollIntoView({ block: "start" });
+  }
+
+  const search = $("#runs-q");
+  $("#runs-search").addEventListener("submit", (event) => {
+    event.preventDefault();
+    state.query = search.value.trim();
+    goTo(null, []);
+  });
+  // Cleared (its x, Escape, or deleting the text): back to the list.
+  search.addEventListener("input", () => {
+    if (!search.value.trim() && state.query) {
+      state.query = "";
+      goTo(null, []);
+    }
+  });
 
   // -- start -------------------------------------------------------------------------
 

@@ -61,8 +61,18 @@ def open_dashboard(context: Any, url: str) -> Any:
     return page
 
 
+def run_row(page: Any, email: str) -> Any:
+    """The row of the (only) run for ``email`` in the table of runs."""
+    return page.locator(f"#runs tr.run-row[data-email={json.dumps(email)}]")
+
+
 def run_card(page: Any, email: str) -> Any:
-    """The run card of the (only) run for ``email``."""
+    """The detail of the (only) run for ``email``: its row is opened first if it is not open
+    (once the row is there: a run signed up a moment ago may still be on its way)."""
+    row = run_row(page, email)
+    row.wait_for()
+    if row.get_attribute("aria-expanded") != "true":
+        row.click()
     return page.locator("article.run").filter(has=page.locator(".run-title .email", has_text=email))
 
 
@@ -148,6 +158,10 @@ def other_site(pages: dict[str, str], host: str = "127.0.0.1") -> Iterator[str]:
 # Everything the page shows that must not depend on when it was opened:
 # relative times ("3 s ago") are left out, statuses and counts are kept.
 SNAPSHOT_JS = """() => ({
+  rows: [...document.querySelectorAll('#runs tr.run-row')].map(r => [r.dataset.runId, r.dataset.status, r.dataset.userStatus,
+    r.getAttribute('aria-expanded'), r.querySelector('[data-role=progress]').dataset.steps, r.querySelector('.c-person').textContent]),
+  filters: [...document.querySelectorAll('#filters button')].map(b => b.textContent),
+  funnel: [...document.querySelectorAll('#funnel li')].map(li => li.textContent),
   runs: [...document.querySelectorAll('#runs article.run')].map(a => ({
     id: a.dataset.runId, status: a.dataset.status, user: a.dataset.userStatus,
     actions: [...a.querySelectorAll('.actions button')].map(b => b.textContent),
@@ -193,7 +207,7 @@ PEOPLE = [
 
 
 def make_screenshot(path: str | Path = ROOT / "static" / "screenshot.png") -> Path:
-    """The dashboard mid-run at laptop size: retrying, waiting, and completed runs with risk reasons.
+    """The dashboard mid-run: the overview, and the runs retrying, waiting, and completed, two of them open.
 
     Deterministic: the first three signups run on a server with no email
     failures; it is then restarted on the same data dir with every email
@@ -228,10 +242,14 @@ def make_screenshot(path: str | Path = ROOT / "static" / "screenshot.png") -> Pa
         with sync_playwright() as p:
             browser = launch(p)
             try:
-                context = browser.new_context(viewport=LAPTOP, device_scale_factor=1, color_scheme="light")
+                # Taller than LAPTOP: the overview, the table and two open runs.
+                context = browser.new_context(viewport={"width": 1280, "height": 1180}, device_scale_factor=1, color_scheme="light")
                 page = open_dashboard(context, server.url)
                 name, email = PEOPLE[3]
                 assert server.request("POST", "/api/signup", {"name": name, "email": email})[0] == 202
+                page.wait_for_selector("#overview[data-loaded=true]", state="attached")
+                run_card(page, PEOPLE[2][1])  # flagged, with its reasons
+                run_card(page, email)
                 # Two attempts failed, the third is due: the step shows its errors and retry time.
                 page.wait_for_selector('li.step[data-status="RETRYING"]:has(.attempt-error[data-attempts="1,2"])')
                 page.mouse.move(0, 0)

@@ -30,6 +30,7 @@ from tests.browser_support import (
     other_site,
     remove_operator,
     run_card,
+    run_row,
     snapshot,
     step,
     wait_same_snapshot,
@@ -179,7 +180,8 @@ def test_signup_retry_verify_live_without_reload(start_server: Callable[..., Ser
     expect(page.locator("#runs-empty")).to_have_text("No runs yet: sign someone up.")
 
     # Sign up through the form until some run's email went out after at least one
-    # failed attempt (each run: 1/2 for a first failure, 1/32 to then give up).
+    # failed attempt (each run: 1/2 for a first failure, 1/32 to then give up). Each
+    # run is opened as it appears: an open run's detail follows it live.
     emails: list[str] = []
     retried = page.locator(
         f'article.run[data-status="WAITING"]:has(li.step[data-step="{EMAIL_STEP}"][data-status="COMPLETED"] .attempt-error)'
@@ -188,10 +190,13 @@ def test_signup_retry_verify_live_without_reload(start_server: Callable[..., Ser
         for n in range(6):
             email = f"user{batch}x{n}@example.com"
             sign_up(page, HOSTILE_NAME if not emails else f"User {chr(65 + len(emails) % 26)} Example", email)
+            run_card(page, email)
             emails.append(email)
         # The steps advance in the page as the runs do: each one leaves RUNNING.
+        expect(page.locator("#runs tr.run-row")).to_have_count(len(emails))
         expect(page.locator("#runs article.run")).to_have_count(len(emails))
         expect(page.locator('#runs article.run[data-status="RUNNING"]')).to_have_count(0, timeout=20_000)
+        expect(page.locator('#runs tr.run-row[data-status="RUNNING"]')).to_have_count(0)
         if retried.count():
             break
     assert retried.count(), "no run needed a second email attempt in 18 signups at a failure rate of 0.5"
@@ -212,6 +217,7 @@ def test_signup_retry_verify_live_without_reload(start_server: Callable[..., Ser
     # A hostile name is text, never markup.
     first = run_card(page, emails[0])
     expect(first.locator(".run-title .who")).to_have_text(" ".join(HOSTILE_NAME.split()))
+    expect(run_row(page, emails[0]).locator(".c-person .who")).to_have_text(" ".join(HOSTILE_NAME.split()))
     assert page.locator("#runs img, #users img, #runs b").count() == 0
     assert page.evaluate("() => window.__pwned") is None
 
@@ -223,6 +229,7 @@ def test_signup_retry_verify_live_without_reload(start_server: Callable[..., Ser
     expect(card).to_have_attribute("data-status", "COMPLETED")
     for step_id in ("wait-for-verification", "ai-risk-check", "finalize-user"):
         expect(step(card, step_id)).to_have_attribute("data-status", "COMPLETED")
+    expect(run_row(page, email).locator("[data-role=progress]")).to_have_attribute("data-steps", " ".join(["COMPLETED"] * 5))
     row = page.locator(f'#users tbody tr[data-email="{email}"]')
     expect(row).to_have_attribute("data-status", re.compile("^(ACTIVE|FLAGGED)$"))
     expect(row.locator(".u-status")).to_have_text(re.compile("ACTIVE|FLAGGED"))
@@ -267,6 +274,8 @@ def test_second_tab_shows_the_same_state(start_server: Callable[..., Server], co
     expect(first.locator("#sign-out")).to_be_hidden()
 
     second = open_dashboard(context, server.url)
+    for email in run_ids:
+        run_card(second, email)
     expect(run_card(second, done)).to_have_attribute("data-status", "COMPLETED")
     expect(second.locator("#runs li.step")).to_have_count(15)
     expect(second.locator("#users tbody tr")).to_have_count(3)
@@ -274,6 +283,7 @@ def test_second_tab_shows_the_same_state(start_server: Callable[..., Server], co
     expect(second.locator(f'#users tr[data-email="{done}"] .u-reasons li')).not_to_have_count(0)
     state = snapshot(second)
     assert [r["status"] for r in state["runs"]] == ["CANCELLED", "WAITING", "COMPLETED"]
+    assert [r[1] for r in state["rows"]] == ["CANCELLED", "WAITING", "COMPLETED"]
     wait_same_snapshot(first, state)
 
     # An action taken in the new tab reaches the old one by the event stream.
@@ -325,7 +335,7 @@ def test_invalid_signup_shows_the_message_and_creates_nothing(start_server: Call
 
     assert server.get("/api/workflows")["workflows"] == []
     assert server.get("/api/users")["users"] == []
-    expect(page.locator("#runs article.run")).to_have_count(0)
+    expect(page.locator("#runs tr.run-row")).to_have_count(0)
     expect(page.locator("#users tbody tr")).to_have_count(0)
 
 
@@ -425,10 +435,11 @@ def test_waiting_run_resend_link_and_cancel(start_server: Callable[..., Server],
 
     # Filtering by status, and the phone layout: nothing wider than the screen.
     page.get_by_role("button", name=re.compile("^Waiting")).click()
-    expect(page.locator("#runs article.run")).to_have_count(0)
+    expect(page.locator("#runs tr.run-row")).to_have_count(0)
     expect(page.locator("#runs-empty")).to_have_text("No waiting runs.")
     page.get_by_role("button", name=re.compile("^Cancelled")).click()
-    expect(page.locator("#runs article.run")).to_have_count(1)
+    expect(page.locator("#runs tr.run-row")).to_have_count(1)
+    expect(card).to_be_visible()  # still open: the filter shows its row again
     page.set_viewport_size(PHONE)
     page.get_by_role("button", name=re.compile("^All")).click()
     expect(card).to_be_visible()
@@ -907,7 +918,7 @@ def test_retry_all_failed_asks_first_then_resumes_every_failed_run(
         viewer_context = browser.new_context(viewport=LAPTOP)
         try:
             viewer = sign_in(viewer_context, site, "vera")
-            expect(viewer.locator('#runs article.run[data-status="FAILED"]')).to_have_count(2)
+            expect(viewer.locator('#runs tr.run-row[data-status="FAILED"]')).to_have_count(2)
             expect(viewer.locator("#bulk")).to_be_hidden()
             assert viewer.get_by_role("button", name=re.compile("Retry")).count() == 0
         finally:
@@ -956,3 +967,257 @@ def test_an_expired_runs_email_says_its_link_expired(start_server: Callable[...,
     server.wait_for(f"/api/workflows/{run_id}", lambda d: d["outcome"] == "expired")
     page = open_dashboard(context, server.url)
     expect(page.locator('#outbox li.mail[data-to="expired@example.com"] .mail-note')).to_have_text("link expired")
+
+
+# -- 7. a store larger than a page: the overview, the table of runs, search, paging ----------
+#
+# One server per store for these tests, seeded once with a known mix of 60 runs: the
+# table's page is 50. They read it in order; only the last one adds runs.
+
+SCALE_PAGE = 50
+SCALE_VERIFIED = (5, 20, 40, 59)  # the last one's user is FLAGGED, the others ACTIVE
+SCALE_CANCELLED = 30
+
+
+@dataclass
+class Seeded:
+    server: Server
+    runs: list[tuple[str, str, str]]  # (workflow id, name, email), oldest first
+
+    @property
+    def newest_first(self) -> list[str]:
+        return [run_id for run_id, _, _ in reversed(self.runs)]
+
+
+@pytest.fixture(scope="module", params=["files", "postgres"])
+def seeded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
+    """60 signups: 55 waiting for their click, 4 verified (3 ACTIVE, 1 FLAGGED), 1 cancelled."""
+    env: dict[str, str] = {}
+    database = None
+    if request.param == "postgres":
+        cluster = request.getfixturevalue("postgres_cluster")
+        database = cluster.create_database("browser_seeded")
+        env["USERFLOW_DATABASE_URL"] = cluster.url(database)
+    server = Server(str(tmp_path_factory.mktemp("seeded") / "data"), "--email-failure-rate", "0", env=env).start()
+    try:
+        people = [(f"Scale {chr(65 + i // 26)}{chr(97 + i % 26)}", f"scale{i:02d}@example.com") for i in range(59)]
+        people.append(("Support Team", "support@mailinator.com"))  # a disposable domain and a role address: FLAG
+        runs = [(api_signup(server, name, email), name, email) for name, email in people]
+        server.wait_for("/api/overview", lambda o: o["runs"]["WAITING"] == len(runs))
+        for i in SCALE_VERIFIED:
+            verify_by_api(server, runs[i][2])
+        assert server.request("POST", f"/api/workflows/{runs[SCALE_CANCELLED][0]}/cancel")[0] == 200
+        server.wait_for("/api/overview", lambda o: o["runs"]["COMPLETED"] == len(SCALE_VERIFIED) and o["runs"]["CANCELLED"] == 1)
+        yield Seeded(server, runs)
+    finally:
+        if server.proc is not None and server.proc.poll() is None:
+            server.terminate()
+        server.stop()
+        if database is not None:
+            request.getfixturevalue("postgres_cluster").drop_database(database)
+
+
+def row_ids(page: Page) -> list[str]:
+    return list(page.locator("#runs tr.run-row").evaluate_all("rows => rows.map(r => r.dataset.runId)"))
+
+
+def filter_button(page: Page, label: str, n: int) -> Any:
+    return page.locator("#filters").get_by_role("button", name=f"{label} {n}", exact=True)
+
+
+def test_overview_counts_the_whole_store(seeded: Seeded, context: BrowserContext) -> None:
+    overview = seeded.server.get("/api/overview")
+    assert overview["funnel"] == {"signedUp": 60, "verified": 4, "active": 3, "flagged": 1, "expired": 0, "cancelled": 1}
+    page = open_dashboard(context, seeded.server.url)
+    funnel = page.locator("#funnel")
+    for stage, n, share in [("signedUp", "60", ""), ("verified", "4", "6.7%"), ("active", "3", "5%"),
+                            ("flagged", "1", "1.7%"), ("expired", "0", "0%"), ("cancelled", "1", "1.7%")]:  # fmt: skip
+        item = funnel.locator(f'li[data-stage="{stage}"]')
+        expect(item.locator("[data-role=n]")).to_have_text(n)
+        expect(item.locator("[data-role=pct]")).to_have_text(f"{share} of signups" if share else "")
+    expect(page.locator("#funnel-note")).to_have_text("55 still pending: not verified yet, or being checked.")
+
+    # Every click came within a minute: the median and the whole histogram are in the first bucket.
+    expect(page.locator("#ttv-median")).to_have_text("≤ 1 min")
+    bars = page.locator("#ttv-chart li")
+    expect(bars).to_have_count(7)
+    assert bars.evaluate_all("cols => cols.map(c => [c.dataset.upTo, c.dataset.count])") == [
+        ["60", "4"], ["300", "0"], ["900", "0"], ["3600", "0"], ["21600", "0"], ["86400", "0"], ["more", "0"]
+    ]
+    expect(page.locator("#ttv-chart li.is-median")).to_have_attribute("data-up-to", "60")
+
+    for box, buckets in (("#activity-hour", 12), ("#activity-day", 24)):
+        for series, total in (("signups", "60"), ("verified", "4"), ("failures", "0")):
+            chart = page.locator(f'{box} [data-series="{series}"]')
+            expect(chart.locator("[data-role=total]")).to_have_text(total)
+            expect(chart.locator("svg rect")).to_have_count(buckets)
+        expect(page.locator(f'{box} [data-series="signups"] svg')).to_have_attribute("aria-label", re.compile(r"^Signups over the last .*: 60;"))
+
+
+def test_runs_table_shows_one_page_with_counts_over_the_store(seeded: Seeded, context: BrowserContext) -> None:
+    page = open_dashboard(context, seeded.server.url)
+    rows = page.locator("#runs tr.run-row")
+    expect(rows).to_have_count(SCALE_PAGE)
+    for label, n in (("All", 60), ("Running", 0), ("Waiting", 55), ("Completed", 4), ("Failed", 0), ("Cancelled", 1)):
+        expect(filter_button(page, label, n)).to_be_visible()
+    expect(page.locator("#runs-range")).to_have_text("1–50 of 60")
+    newest = seeded.newest_first
+    assert row_ids(page) == newest[:SCALE_PAGE]
+    # Compact: a row is a line, not a card (50 cards used to make a page 19,000 px tall).
+    assert page.locator("#runs-table").evaluate("t => t.getBoundingClientRect().height") < SCALE_PAGE * 45
+    assert page.locator("#runs article.run").count() == 0  # no detail until asked for
+
+    # Each row says where its run is, from its summary alone.
+    runs = seeded.runs
+    for i, status, user, steps in [
+        (59, "COMPLETED", "FLAGGED", ["COMPLETED"] * 5),
+        (58, "WAITING", "PENDING", ["COMPLETED", "COMPLETED", "WAITING", "PENDING", "PENDING"]),
+        (SCALE_CANCELLED, "CANCELLED", "CANCELLED", ["COMPLETED", "COMPLETED", "SKIPPED", "SKIPPED", "SKIPPED"]),
+    ]:
+        row = run_row(page, runs[i][2])
+        expect(row).to_have_attribute("data-status", status)
+        expect(row.locator("[data-role=row-user-status]")).to_have_text(user)
+        expect(row.locator("[data-role=progress]")).to_have_attribute("data-steps", " ".join(steps))
+        expect(row.locator(".c-person .who")).to_have_text(runs[i][1])
+    expect(run_row(page, runs[58][2]).locator(".prog-text")).to_have_text("Wait for verification")
+
+    # One Tab stop for the whole table, from the Cancelled filter; the arrow keys move between rows.
+    expect(page.locator('#runs tr.run-row[tabindex="0"]')).to_have_count(1)
+    page.locator("#filters button").last.focus()
+    page.keyboard.press("Tab")
+    expect(rows.first).to_be_focused()
+    page.keyboard.press("ArrowDown")
+    expect(rows.nth(1)).to_be_focused()
+    page.keyboard.press("End")
+    expect(rows.last).to_be_focused()
+    page.keyboard.press("Home")
+    expect(rows.first).to_be_focused()
+
+    # The next page: the older runs, none of the first page's again; and back.
+    page.get_by_role("button", name="Older →").click()
+    expect(rows).to_have_count(60 - SCALE_PAGE)
+    assert row_ids(page) == newest[SCALE_PAGE:]
+    expect(page.locator("#runs-range")).to_have_text("51–60 of 60")
+    expect(page.get_by_role("button", name="Older →")).to_be_disabled()
+    page.get_by_role("button", name="← Newer").click()
+    expect(rows).to_have_count(SCALE_PAGE)
+    assert row_ids(page) == newest[:SCALE_PAGE]
+    expect(page.get_by_role("button", name="← Newer")).to_be_disabled()
+
+    # A filter pages through its own runs: 55 waiting, 50 and then 5.
+    filter_button(page, "Waiting", 55).click()
+    expect(rows.first).to_have_attribute("data-run-id", newest[1])
+    expect(rows).to_have_count(SCALE_PAGE)
+    waiting = row_ids(page)
+    page.get_by_role("button", name="Older →").click()
+    expect(page.locator("#runs-range")).to_have_text("51–55 of 55")
+    waiting += row_ids(page)
+    expected = [run_id for run_id in newest if run_id not in {runs[i][0] for i in (*SCALE_VERIFIED, SCALE_CANCELLED)}]
+    assert waiting == expected
+    filter_button(page, "Completed", 4).click()
+    expect(rows).to_have_count(4)
+    expect(page.locator("#pager")).to_be_hidden()
+    assert row_ids(page) == [runs[i][0] for i in reversed(SCALE_VERIFIED)]
+
+
+def test_search_by_address_or_id_finds_the_run_and_its_row_opens_it(seeded: Seeded, context: BrowserContext) -> None:
+    run_id, name, email = seeded.runs[SCALE_VERIFIED[0]]  # an old run, on the second page
+    user_id = seeded.server.get(f"/api/workflows/{run_id}")["userId"]
+    page = open_dashboard(context, seeded.server.url)
+    rows = page.locator("#runs tr.run-row")
+    expect(rows).to_have_count(SCALE_PAGE)
+    search = page.get_by_role("searchbox", name=re.compile("^Find a run"))
+    search.fill(email)
+    search.press("Enter")
+    expect(rows).to_have_count(1)
+    row = run_row(page, email)
+    expect(row).to_have_attribute("data-status", "COMPLETED")
+    expect(row.locator(".c-person .who")).to_have_text(name)
+    expect(page.locator("#pager")).to_be_hidden()
+    expect(page.locator("#runs-live")).to_have_text(f"Found the run for {email}.")
+
+    # Enter on the row opens its detail: steps, risk decision, timeline.
+    row.focus()
+    page.keyboard.press("Enter")
+    expect(row).to_have_attribute("aria-expanded", "true")
+    card = page.locator("#runs article.run")
+    expect(card.locator(".run-title .email")).to_have_text(email)
+    expect(card.locator("li.step")).to_have_count(5)
+    expect(step(card, "finalize-user")).to_have_attribute("data-status", "COMPLETED")
+    expect(step(card, "ai-risk-check").locator("[data-role=risk]")).to_contain_text("ALLOW")
+    expect(card.locator("details.timeline summary")).to_contain_text("Timeline")
+    # Escape in the detail closes it, back on its row.
+    card.locator("details.timeline summary").focus()
+    page.keyboard.press("Escape")
+    expect(card).to_have_count(0)
+    expect(row).to_be_focused()
+    expect(row).to_have_attribute("aria-expanded", "false")
+
+    # The same run by its workflow id and by its user id; nobody by an address no one signed up with.
+    for query in (run_id, user_id):
+        search.fill(query)
+        search.press("Enter")
+        expect(page.locator("#runs-live")).to_have_text(f"Found the run for {query}.")
+        assert row_ids(page) == [run_id]
+    search.fill("nobody@example.com")
+    search.press("Enter")
+    expect(rows).to_have_count(0)
+    expect(page.locator("#runs-empty")).to_have_text("No run matches “nobody@example.com”.")
+
+    # Cleared: the list again.
+    search.fill("")
+    expect(rows).to_have_count(SCALE_PAGE)
+    assert row_ids(page) == seeded.newest_first[:SCALE_PAGE]
+
+
+def test_live_runs_update_their_rows_and_a_new_one_goes_on_top(seeded: Seeded, context: BrowserContext) -> None:
+    """(Last of these tests: it adds runs to the seeded store.)"""
+    server, runs = seeded.server, seeded.runs
+    page = open_dashboard(context, server.url)
+    rows = page.locator("#runs tr.run-row")
+    expect(rows).to_have_count(SCALE_PAGE)
+    marker = mark(page)
+    fetched: list[str] = []
+    page.on("request", lambda r: fetched.append(r.url) if "/api/workflows" in r.url else None)
+
+    # A change to a run on the page changes its row, the same element, in place.
+    changed = run_row(page, runs[58][2])
+    changed.evaluate("row => { row.__uf_same = true; }")
+    assert server.request("POST", f"/api/workflows/{runs[58][0]}/cancel")[0] == 200
+    expect(changed).to_have_attribute("data-status", "CANCELLED")
+    expect(changed.locator("[data-role=progress]")).to_have_attribute("data-steps", "COMPLETED COMPLETED SKIPPED SKIPPED SKIPPED")
+    assert changed.evaluate("row => row.__uf_same === true")
+    expect(filter_button(page, "Cancelled", 2)).to_be_visible()
+
+    # A signup elsewhere goes on top, with its name; the page stays one page long. Frames
+    # come late, as on a busy machine: the run's first events arrive before its row is drawn.
+    page.evaluate("""() => {
+      const raf = window.requestAnimationFrame.bind(window);
+      window.requestAnimationFrame = (draw) => raf(() => setTimeout(() => raf(draw), 400));
+    }""")
+    email = "live.signup@example.com"
+    new_id = api_signup(server, "Liv Live", email)
+    expect(rows.first).to_have_attribute("data-run-id", new_id)
+    expect(rows.first.locator(".c-person .who")).to_have_text("Liv Live")
+    expect(rows.first).to_have_attribute("data-status", "WAITING")
+    expect(rows).to_have_count(SCALE_PAGE)
+    expect(filter_button(page, "All", 61)).to_be_visible()
+    expect(page.locator('#funnel li[data-stage="signedUp"] [data-role=n]')).to_have_text("61")
+    expect(page.locator("#runs-range")).to_have_text("1–50 of 61")
+    # None of that fetched a list or a detail: the events carry the rows.
+    assert fetched == [], fetched
+
+    # The run that left the first page is on the next one: nothing lost, nothing twice.
+    first_page = row_ids(page)
+    page.get_by_role("button", name="Older →").click()
+    expect(rows).to_have_count(61 - SCALE_PAGE)
+    assert first_page + row_ids(page) == [new_id, *seeded.newest_first]
+
+    # A filter that excludes a new run keeps it out.
+    filter_button(page, "Completed", 4).click()
+    expect(rows).to_have_count(4)
+    api_signup(server, "Nel Notshown", "not.shown@example.com")
+    expect(filter_button(page, "All", 62)).to_be_visible()  # the event has come
+    expect(rows).to_have_count(4)
+    assert run_row(page, "not.shown@example.com").count() == 0
+    assert_not_reloaded(page, marker)
