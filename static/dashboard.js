@@ -1522,9 +1522,11 @@
     const users = [...state.users.values()].sort((a, b) => (a.createdAt < b.createdAt ? 1 : a.createdAt > b.createdAt ? -1 : 0));
     const rows = users.map((u) => {
       const risk = u.risk;
-      return el("tr", { "data-user-id": u.id, "data-email": u.email, "data-status": u.status },
-        el("td", { "data-label": "Email", class: "u-email" }, u.email),
-        el("td", { "data-label": "Name", class: "u-name" }, u.name),
+      // An erased user keeps its id, status and decision; who it was is gone.
+      const erased = u.erasedAt ? el("span", { class: "muted" }, "erased") : null;
+      return el("tr", { "data-user-id": u.id, "data-email": u.email || "", "data-status": u.status },
+        el("td", { "data-label": "Email", class: "u-email" }, u.email || erased),
+        el("td", { "data-label": "Name", class: "u-name" }, u.name || (erased && erased.cloneNode(true))),
         el("td", { "data-label": "Status", class: "u-status" }, badge(u.status)),
         el("td", { "data-label": "Risk", class: "u-risk" }, risk ? badge(risk.decision) : el("span", { class: "muted" }, "—")),
         el("td", { "data-label": "Score", class: "u-score" }, risk ? Number(risk.score).toFixed(2) : "—"),

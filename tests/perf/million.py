@@ -1,6 +1,6 @@
 """A store of a million users: start, memory, lists, signups and disk, on either store.
 
-    python -m tests.perf.million --finished 1000000 --waiting 10000 [--database-url URL] [--repeat 3]
+    python -m tests.perf.million --finished 1000000 --waiting 10000 [--postgres] [--repeat 3]
 
 A real server signs up two users (one verified to COMPLETED, one left
 waiting for its click); their stored runs are the templates. The generator
@@ -231,9 +231,23 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--rate", type=float, default=50.0)
     parser.add_argument("--duration", type=float, default=20.0)
-    parser.add_argument("--database-url", help="a database of its own (emptied first); else a new data dir")
-    parser.add_argument("--empty-database-url", help="a second database, for the empty-store signups")
+    parser.add_argument("--postgres", action="store_true", help="on a throwaway PostgreSQL cluster (Debian's), else a new data dir")
     args = parser.parse_args()
+    args.database_url = args.empty_database_url = None
+    cluster = None
+    if args.postgres:
+        from tests.postgres import Cluster
+
+        cluster = Cluster().create()
+        args.database_url, args.empty_database_url = (cluster.url(cluster.create_database(name)) for name in ("million", "empty"))
+    try:
+        measure(args)
+    finally:
+        if cluster is not None:
+            cluster.remove()
+
+
+def measure(args: argparse.Namespace) -> None:
     env = {"USERFLOW_DATABASE_URL": args.database_url} if args.database_url else {}
     data_dir = tempfile.mkdtemp(prefix="userflow-million-")
     done, waiting = templates(data_dir, env)
