@@ -302,7 +302,7 @@ async def outbox(request: web.Request) -> web.Response:
     run_id = request.query.get("workflowId")
     if run_id is not None:
         summary = index.get(run_id) if valid_run_id(run_id) else None
-        summaries = [summary] if summary else []
+        summaries = [summary] if summary and not summary.get("erasedAt") else []
     else:
         summaries = await asyncio.to_thread(lambda: list(index.each(("emails", "sent"))))
     # (sentAt, messageId) orders every email, resends and reminders included.

@@ -354,8 +354,8 @@ def facets(run: Mapping[str, Any]) -> dict[str, str]:
     """What the users list filters by, the outbox lists and the overview counts."""
     user = user_of(run)
     found = {"user": user["status"]}
-    if any(e["status"] == "sent" for e in run["state"].get("emails", ())):
-        found["emails"] = "sent"
+    if run["input"]["email"] is not None and any(e["status"] == "sent" for e in run["state"].get("emails", ())):
+        found["emails"] = "sent"  # the outbox lists them (an erased person's, never)
     if user["verifiedAt"]:
         found["verified"] = bucket(user["verifiedAt"])
         took = epoch(user["verifiedAt"]) - epoch(run["createdAt"])
