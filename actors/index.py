@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
 import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from userflow.actors.definitions import ACTIVE_STATUSES, Definitions

@@ -57,9 +57,7 @@ def test_readyz_answers_503_until_recovery_has_ended(tmp_path):
         assert first.terminate() == 0
     finally:
         first.stop()
-    # No saved index (where there is one): the start reads the run's file, which becomes
-    # a pipe nobody writes yet.
-    (tmp_path / "index.snapshot").unlink(missing_ok=True)
+    # The start reads the waiting run's file, which becomes a pipe nobody writes yet.
     [path] = (tmp_path / "runs").rglob(f"{run_id}.json")
     content = path.read_bytes()
     path.unlink()
