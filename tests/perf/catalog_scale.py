@@ -67,7 +67,7 @@ def main() -> None:
             "bytesPerRun": round(sum(os.path.getsize(os.path.join(root, f)) for f in os.listdir(root)) / args.runs),
             "firstPageMs": timed(lambda: catalog.page(limit=50)),
             "firstActivePageMs": timed(lambda: catalog.page(limit=50, facet=("user", "ACTIVE"))),
-            "deepPageMs": timed(lambda: catalog.page(limit=50, before=deep, facet=("user", "ACTIVE"))),
+            "deepPageMs": timed(lambda: catalog.page(limit=50, cursor=deep, facet=("user", "ACTIVE"))),
             "lookupByEmailMs": timed(lambda: catalog.lookup("email", f"person{args.runs // 3}@example.com")),
             "countsMs": timed(lambda: catalog.counts("user")),
         }
