@@ -7,9 +7,9 @@ import argparse
 import os
 from dataclasses import dataclass
 from importlib import metadata
-from urllib.parse import urlsplit
 
 from userflow.actors.delivery import DEFAULT_SCHEDULE
+from userflow.http import config_values as accepts
 
 
 @dataclass
@@ -71,151 +71,6 @@ def _env(name: str) -> str | None:
     return value if value not in (None, "") else None
 
 
-def _number(text: str, what: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
-    if value != value:  # NaN
-        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = _number(text, "a fraction between 0 and 1")
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
-    return value
-
-
-def _seconds(text: str) -> float:
-    value = _number(text, "a number of seconds")
-    if not 0 <= value < 10**9:
-        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds")
-    return value
-
-
-def _days(text: str) -> float:
-    value = _number(text, "a number of days")
-    if not 0 <= value <= 100_000:
-        raise argparse.ArgumentTypeError(f"{text} is not a number of days (0 to 100000; fractions allowed)")
-    return value
-
-
-def _positive_seconds(text: str) -> float:
-    value = _seconds(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text}: at least 1 second")
-    return value
-
-
-def _some_seconds(text: str) -> float:
-    value = _seconds(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text}: more than 0 seconds")
-    return value
-
-
-def _count(text: str) -> int:
-    if not (text.strip().isascii() and text.strip().isdigit()):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
-    return int(text)
-
-
-def _rate(text: str) -> str:
-    from userflow.http.ratelimit import Rate
-
-    try:
-        Rate.parse(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
-def _level(text: str) -> str:
-    if text.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not DEBUG, INFO, WARNING or ERROR")
-    return text.upper()
-
-
-def _product(text: str) -> str:
-    name = " ".join(text.split())
-    if not name or len(name) > 100 or any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in name):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a product name (1 to 100 printable characters)")
-    return name
-
-
-def _port(text: str) -> int:
-    if not (text.strip().isascii() and text.strip().isdigit()) or not 0 <= int(text) <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (0-65535)")
-    return int(text)
-
-
-def _url(schemes: tuple[str, ...]):  # type: ignore[no-untyped-def]
-    def check(text: str) -> str:
-        try:
-            parts = urlsplit(text)
-            ok = parts.scheme in schemes and bool(parts.hostname)
-        except ValueError:
-            ok = False
-        if not ok:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {' or '.join(schemes)} URL")
-        return text
-
-    return check
-
-
-def _network(text: str) -> str:
-    from userflow.http.clients import parse_networks
-
-    try:
-        parse_networks([text])
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text.strip()
-
-
-def _origin(text: str) -> str:
-    text = text.strip()
-    if text == "*":
-        return text
-    try:
-        parts = urlsplit(text)
-        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.path in ("", "/") and not parts.query
-    except ValueError:
-        ok = False
-    if not ok:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an origin such as https://www.example.com (or *)")
-    return f"{parts.scheme}://{parts.netloc}".lower()
-
-
-def _schedule(text: str) -> tuple[float, ...]:
-    try:
-        delays = tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        delays = (-1.0,)
-    if not delays or any(not 0 <= d < 10**7 or d != d for d in delays):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a list of seconds such as 5,300,1800")
-    return delays
-
-
-def _batch(text: str) -> int:
-    value = _count(text)
-    if not 1 <= value <= 100_000:
-        raise argparse.ArgumentTypeError(f"{text}: between 1 and 100000 runs")
-    return value
-
-
-def _database_url(text: str) -> str:
-    from userflow.storage.postgres.connect import DatabaseUnavailable, parse
-
-    try:
-        parse(text)
-    except DatabaseUnavailable as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
 def version() -> str:
     try:
         return metadata.version("userflow")
@@ -272,32 +127,32 @@ def parser() -> argparse.ArgumentParser:
             serve.add_argument(flag, type=kind, default=value, help=text)
 
     option("--host", "USERFLOW_HOST", str, d.host, "address to listen on; another than loopback needs an operator account")
-    option("--port", "USERFLOW_PORT", _port, d.port, "port to listen on, 0 for a free one")
+    option("--port", "USERFLOW_PORT", accepts.port, d.port, "port to listen on, 0 for a free one")
     option("--data-dir", "USERFLOW_DATA_DIR", str, d.data_dir, "where everything durable lives")
-    option("--database-url", "USERFLOW_DATABASE_URL", _database_url, None, "keep everything in this PostgreSQL database (14 or newer) instead of the data dir: postgresql://USER:PASSWORD@HOST:PORT/DATABASE; prefer the environment variable, which `ps` does not show", "unset = the data dir")
-    option("--public-url", "USERFLOW_PUBLIC_URL", _url(("http", "https")), None, "base URL of links in emails and of the dashboard", "http://HOST:PORT")
-    option("--smtp-url", "USERFLOW_SMTP_URL", _url(("smtp", "smtps")), None, "SMTP server (forms below)", "unset = outbox mode: emails kept in the data dir")
+    option("--database-url", "USERFLOW_DATABASE_URL", accepts.database_url, None, "keep everything in this PostgreSQL database (14 or newer) instead of the data dir: postgresql://USER:PASSWORD@HOST:PORT/DATABASE; prefer the environment variable, which `ps` does not show", "unset = the data dir")
+    option("--public-url", "USERFLOW_PUBLIC_URL", accepts.url(("http", "https")), None, "base URL of links in emails and of the dashboard", "http://HOST:PORT")
+    option("--smtp-url", "USERFLOW_SMTP_URL", accepts.url(("smtp", "smtps")), None, "SMTP server (forms below)", "unset = outbox mode: emails kept in the data dir")
     option("--mail-from", "USERFLOW_MAIL_FROM", str, d.mail_from, "sender address of emails")
-    option("--product-name", "USERFLOW_PRODUCT_NAME", _product, d.product_name, "the product's name, as the emails give it")
+    option("--product-name", "USERFLOW_PRODUCT_NAME", accepts.product, d.product_name, "the product's name, as the emails give it")
     option("--templates", "USERFLOW_TEMPLATES", str, None, "a directory of Jinja2 email templates replacing the built-in ones (KIND.subject.txt, KIND.txt, KIND.html)", "the built-in ones")
-    option("--email-failure-rate", "USERFLOW_EMAIL_FAILURE_RATE", _fraction, None, "injected transient email failures, to watch retries", "0.2 in outbox mode, 0 with SMTP")
-    option("--verify-ttl", "USERFLOW_VERIFY_TTL", _seconds, d.verify_ttl, "seconds a verification link stays valid")
-    option("--reminder-after", "USERFLOW_REMINDER_AFTER", _seconds, d.reminder_after, "seconds before one reminder email, 0 = never")
-    option("--email-max-backoff", "USERFLOW_EMAIL_MAX_BACKOFF", _some_seconds, d.email_max_backoff, "longest pause between two tries of an email after a transient failure")
-    option("--email-retry-for", "USERFLOW_EMAIL_RETRY_FOR", _seconds, d.email_retry_for, "seconds an email is retried after transient failures (never past the link's expiry); then the run is FAILED")
-    option("--signup-rate-limit", "USERFLOW_SIGNUP_RATE_LIMIT", _rate, d.signup_rate, "accepted signups per client address, N/SECONDS, 0 = off")
-    option("--verify-rate-limit", "USERFLOW_VERIFY_RATE_LIMIT", _rate, d.verify_rate, "verifications per client address, N/SECONDS, 0 = off")
-    option("--signin-rate-limit", "USERFLOW_SIGNIN_RATE_LIMIT", _rate, d.signin_rate, "failed dashboard sign-ins per client address, N/SECONDS, 0 = off")
-    option("--session-ttl", "USERFLOW_SESSION_TTL", _positive_seconds, d.session_ttl, "seconds a dashboard sign-in lasts")
-    option("--trusted-proxy", "USERFLOW_TRUSTED_PROXIES", _network, (), "a reverse proxy's address or CIDR range, whose X-Forwarded-For and Forwarded are believed; repeatable", "none", repeat=True)
-    option("--cors-origin", "USERFLOW_CORS_ORIGINS", _origin, (), "an origin whose pages may call signup and verify from a browser; repeatable", "none", repeat=True)
-    option("--webhook-url", "USERFLOW_WEBHOOK_URLS", _url(("http", "https")), (), "a URL every lifecycle event is POSTed to, signed with USERFLOW_WEBHOOK_SECRET; repeatable", "none", repeat=True)
-    option("--webhook-timeout", "USERFLOW_WEBHOOK_TIMEOUT", _some_seconds, d.webhook_timeout, "seconds a webhook receiver has to answer")
-    option("--webhook-retry-schedule", "USERFLOW_WEBHOOK_RETRY_SCHEDULE", _schedule, d.webhook_schedule, "seconds before each new attempt of a failed webhook delivery, comma-separated; then it is failed", ",".join(f"{d:g}" for d in DEFAULT_SCHEDULE))
-    option("--log-level", "USERFLOW_LOG_LEVEL", _level, d.log_level, "DEBUG, INFO, WARNING or ERROR")
-    option("--max-live-actors", "USERFLOW_MAX_LIVE_ACTORS", _count, d.max_live_actors, "cap on run actors alive at once")
-    option("--retain-finished", "USERFLOW_RETAIN_FINISHED", _days, None, "days a finished run keeps its step details and timeline; then only the user's record, its risk decision and each step's status and times are kept", "keep")
-    option("--retention-every", "USERFLOW_RETENTION_EVERY", _some_seconds, d.retention_every, "seconds between two sweeps of --retain-finished")
+    option("--email-failure-rate", "USERFLOW_EMAIL_FAILURE_RATE", accepts.fraction, None, "injected transient email failures, to watch retries", "0.2 in outbox mode, 0 with SMTP")
+    option("--verify-ttl", "USERFLOW_VERIFY_TTL", accepts.seconds, d.verify_ttl, "seconds a verification link stays valid")
+    option("--reminder-after", "USERFLOW_REMINDER_AFTER", accepts.seconds, d.reminder_after, "seconds before one reminder email, 0 = never")
+    option("--email-max-backoff", "USERFLOW_EMAIL_MAX_BACKOFF", accepts.some_seconds, d.email_max_backoff, "longest pause between two tries of an email after a transient failure")
+    option("--email-retry-for", "USERFLOW_EMAIL_RETRY_FOR", accepts.seconds, d.email_retry_for, "seconds an email is retried after transient failures (never past the link's expiry); then the run is FAILED")
+    option("--signup-rate-limit", "USERFLOW_SIGNUP_RATE_LIMIT", accepts.rate, d.signup_rate, "accepted signups per client address, N/SECONDS, 0 = off")
+    option("--verify-rate-limit", "USERFLOW_VERIFY_RATE_LIMIT", accepts.rate, d.verify_rate, "verifications per client address, N/SECONDS, 0 = off")
+    option("--signin-rate-limit", "USERFLOW_SIGNIN_RATE_LIMIT", accepts.rate, d.signin_rate, "failed dashboard sign-ins per client address, N/SECONDS, 0 = off")
+    option("--session-ttl", "USERFLOW_SESSION_TTL", accepts.positive_seconds, d.session_ttl, "seconds a dashboard sign-in lasts")
+    option("--trusted-proxy", "USERFLOW_TRUSTED_PROXIES", accepts.network, (), "a reverse proxy's address or CIDR range, whose X-Forwarded-For and Forwarded are believed; repeatable", "none", repeat=True)
+    option("--cors-origin", "USERFLOW_CORS_ORIGINS", accepts.origin, (), "an origin whose pages may call signup and verify from a browser; repeatable", "none", repeat=True)
+    option("--webhook-url", "USERFLOW_WEBHOOK_URLS", accepts.url(("http", "https")), (), "a URL every lifecycle event is POSTed to, signed with USERFLOW_WEBHOOK_SECRET; repeatable", "none", repeat=True)
+    option("--webhook-timeout", "USERFLOW_WEBHOOK_TIMEOUT", accepts.some_seconds, d.webhook_timeout, "seconds a webhook receiver has to answer")
+    option("--webhook-retry-schedule", "USERFLOW_WEBHOOK_RETRY_SCHEDULE", accepts.schedule, d.webhook_schedule, "seconds before each new attempt of a failed webhook delivery, comma-separated; then it is failed", ",".join(f"{d:g}" for d in DEFAULT_SCHEDULE))
+    option("--log-level", "USERFLOW_LOG_LEVEL", accepts.level, d.log_level, "DEBUG, INFO, WARNING or ERROR")
+    option("--max-live-actors", "USERFLOW_MAX_LIVE_ACTORS", accepts.count, d.max_live_actors, "cap on run actors alive at once")
+    option("--retain-finished", "USERFLOW_RETAIN_FINISHED", accepts.days, None, "days a finished run keeps its step details and timeline; then only the user's record, its risk decision and each step's status and times are kept", "keep")
+    option("--retention-every", "USERFLOW_RETENTION_EVERY", accepts.some_seconds, d.retention_every, "seconds between two sweeps of --retain-finished")
 
     operators = commands.add_parser(
         "operators",
@@ -316,7 +171,7 @@ def parser() -> argparse.ArgumentParser:
     database_url = _env("USERFLOW_DATABASE_URL")
     for sub in (add, listing, remove):
         sub.add_argument("--data-dir", default=data_dir, help=f"the server's data dir (env USERFLOW_DATA_DIR; default {data_dir})")
-        sub.add_argument("--database-url", type=_database_url, default=database_url, help="the server's database, when it keeps everything in PostgreSQL (env USERFLOW_DATABASE_URL)")
+        sub.add_argument("--database-url", type=accepts.database_url, default=database_url, help="the server's database, when it keeps everything in PostgreSQL (env USERFLOW_DATABASE_URL)")
 
     importing = commands.add_parser(
         "import",
@@ -328,8 +183,8 @@ def parser() -> argparse.ArgumentParser:
         ),
     )
     importing.add_argument("--data-dir", default=data_dir, help=f"the data dir to copy (env USERFLOW_DATA_DIR; default {data_dir})")
-    importing.add_argument("--database-url", type=_database_url, default=database_url, help="the database to copy into, postgresql://USER:PASSWORD@HOST:PORT/DATABASE (env USERFLOW_DATABASE_URL, which `ps` does not show; required)")
-    importing.add_argument("--batch", type=_batch, default=None, help="runs per transaction (default 500)")
+    importing.add_argument("--database-url", type=accepts.database_url, default=database_url, help="the database to copy into, postgresql://USER:PASSWORD@HOST:PORT/DATABASE (env USERFLOW_DATABASE_URL, which `ps` does not show; required)")
+    importing.add_argument("--batch", type=accepts.batch, default=None, help="runs per transaction (default 500)")
     return main
 
 
