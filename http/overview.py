@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from userflow.actors.index import RunIndex
-from userflow.actors.signup.workflow import VERIFY_BUCKETS
+from userflow.actors.signup.records import VERIFY_BUCKETS
 from userflow.actors.status import RunStatus
 from userflow.actors.timeutil import BUCKET
 from userflow.http.errors import json_response

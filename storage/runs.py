@@ -1,4 +1,4 @@
-"""Run storage: one small TinyDB file per run.
+"""Run storage: one small TinyDB file per run (``run_file.py``).
 
 A TinyDB file is rewritten whole on every write, so one shared file slows down
 as runs accumulate (28 ms per update with 1,000 runs stored). One file per run
@@ -36,17 +36,17 @@ import sqlite3
 import threading
 import time
 import zlib
-from collections.abc import Callable, Container, Iterator, Mapping
+from collections.abc import Container, Iterator, Mapping
 from typing import Any
 
 import orjson
-from tinydb import TinyDB
 
 from userflow.storage import codec
-from userflow.storage.atomic import AtomicJSONStorage, CorruptFileError, StorageError, read_json, sync_filesystem, write_atomic
+from userflow.storage.atomic import CorruptFileError, StorageError, read_json, sync_filesystem, write_atomic
 from userflow.storage.journal import Journal, records
 from userflow.storage.catalog import CatalogDamaged, DataDirCatalog, SqliteCatalog
 from userflow.storage.port import Describe, Entry, StoredRun, valid_run_id
+from userflow.storage.run_file import RunFile
 
 log = logging.getLogger(__name__)
 
@@ -72,49 +72,6 @@ def shard(run_id: str) -> str:
 def run_file(data_dir: str, run_id: str) -> str:
     """Where a data dir keeps a run's file."""
     return os.path.join(data_dir, "runs", shard(run_id), run_id + _SUFFIX)
-
-
-class RunFile:
-    """One run's TinyDB database, one durable write per commit.
-
-    Alone it writes its file atomically; opened by a :class:`FileRunStore` it
-    hands each write to the store's journal instead (``sink(version,
-    document, note)``, where ``note`` is what ``note_for(run)`` made of the
-    run before anything was written: its catalog entry), and first reads the
-    store's latest document (``source``).
-    """
-
-    def __init__(
-        self,
-        path: str,
-        sink: Callable[[int, bytes, object], None] | None = None,
-        source: Callable[[], bytes | None] | None = None,
-        note_for: Callable[[dict[str, Any]], object] | None = None,
-    ) -> None:
-        self._version = 0
-        self._note: object = None
-        self._note_for = note_for
-        to_sink = (lambda document: sink(self._version, document, self._note)) if sink is not None else None
-        self._db = TinyDB(path, storage=AtomicJSONStorage, sink=to_sink, source=source)
-        self._runs = self._db.table(codec.RUN_TABLE, cache_size=0)
-        self._timeline = self._db.table(codec.TIMELINE_TABLE, cache_size=0)
-
-    def load(self) -> StoredRun | None:
-        run = self._runs.get(doc_id=int(codec.RUN_DOC))
-        if run is None:
-            return None
-        entries = sorted(self._timeline.all(), key=lambda doc: doc.doc_id)
-        return StoredRun(dict(run), [dict(entry) for entry in entries])
-
-    def commit(self, run: dict[str, Any], new_entries: list[dict[str, Any]]) -> None:
-        # The same document TinyDB's upserts would produce, written in place:
-        # its table API rebuilds every table on each call, which on the hot path
-        # cost more than the whole journal append.
-        storage: AtomicJSONStorage = self._db.storage  # type: ignore[assignment]
-        self._version = int(run.get("version", 0))
-        # Described first: a hook that fails fails the commit before anything is durable.
-        self._note = self._note_for(run) if self._note_for is not None else None
-        storage.write(codec.committed(storage.read(), run, new_entries))
 
 
 class FileRunStore:

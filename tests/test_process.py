@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import collections
-import os
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
-import orjson
 import pytest
 
 from tests.helpers import wait_until
