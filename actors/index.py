@@ -106,7 +106,8 @@ class RunIndex:
                 del table[value]
 
     def forget(self, run_id: str) -> None:
-        """Drop a run that never became durable."""
+        """Drop a run from memory: it never became durable, or (on a shared store) this node
+        no longer executes it, and the catalog answers for it."""
         with self._lock:
             self._drop(run_id)
 

@@ -77,12 +77,21 @@ class Stopped(NamedTuple):
 
 
 class ActorFailed(NamedTuple):
-    """A run actor stopped on an error; ``created`` is False if the run never became durable."""
+    """A run actor stopped on an error; ``created`` is False if the run never became durable,
+    ``moved`` True if another node executes the run (it was claimed there, or taken over)."""
 
     run_id: str
     urn: str
     reason: str
     created: bool
+    moved: bool = False
+
+
+class RunsClaimed(NamedTuple):
+    """Runs this node claimed from the shared store (timers due, a dead node's runs): activate
+    each, and fire its due timers (``(run id, {timer: due})``)."""
+
+    runs: tuple[tuple[str, dict[str, float]], ...]
 
 
 class Bounce(NamedTuple):

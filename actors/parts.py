@@ -1,5 +1,6 @@
 """What every actor of the engine shares: the store, the index, the timers, the
-workflow definitions, the integrations (services) and the event loop."""
+workflow definitions, the integrations (services), the event loop, and the
+node it runs on."""
 
 from __future__ import annotations
 
@@ -21,3 +22,5 @@ class EngineParts:
     workflows: Definitions
     services: Any = None
     loop: asyncio.AbstractEventLoop | None = None
+    node_id: str = ""  # named in every attempt and timeline entry
+    shared: bool = False  # other nodes execute runs of the same store: what is not live here is theirs to change

@@ -51,7 +51,7 @@ from userflow.actors.run_deadlines import Deadlines
 from userflow.actors.run_signals import Signals
 from userflow.actors.timeutil import epoch, iso, now
 from userflow.actors.workflow import RETRY_TIMER, Step, StepContext, Wait, Workflow
-from userflow.storage import RunHandle, StorageError
+from userflow.storage import RunHandle, RunMoved, StorageError
 from userflow.storage.faults import crash_point
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class RunActor(pykka.ThreadingActor):
         try:
             self._handle = self.parts.store.open(self.run_id)
             if self._created is not None:
-                self.run = Run(self._created)
+                self.run = Run(self._created, self.parts.node_id)
                 self.workflow = self.parts.workflows[self._created["workflow"]]
                 self.run.log("run-started", f"run started ({self.workflow.name})")
                 self.commit()
@@ -105,7 +105,7 @@ class RunActor(pykka.ThreadingActor):
                 if stored is None:
                     self._missing = True
                     raise StorageError(2, f"run {self.run_id} has no stored snapshot")
-                self.run = Run(stored.run)
+                self.run = Run(stored.run, self.parts.node_id)
                 self.workflow, moved_from = self.parts.workflows.migrate(stored.run)
                 attempt = self.run.interrupt()
                 if attempt is not None:
@@ -115,6 +115,11 @@ class RunActor(pykka.ThreadingActor):
                 if moved_from is not None:
                     self.run.log("migrated", f"moved from version {moved_from} of {self.workflow.name} to version {self.workflow.version}")
                     self.commit()
+        except RunMoved as exc:
+            log.debug("run %s: %s", self.run_id, exc.strerror)
+            reject(self._created_reply, exc)
+            self._fail(str(exc.strerror), moved=True)
+            return
         except Exception as exc:  # noqa: BLE001 - reported, the supervisor decides
             log.error("run %s could not be activated: %s", self.run_id, describe(exc))
             reject(self._created_reply, exc)
@@ -143,6 +148,10 @@ class RunActor(pykka.ThreadingActor):
                 else:
                     log.warning("run %s: unexpected message %r", self.run_id, message)
             self._run_due()
+        except RunMoved as exc:
+            log.warning("run %s: %s; this node stops executing it", self.run_id, exc.strerror)
+            self._fail(str(exc.strerror), moved=True)
+            return None
         except StorageError as exc:
             # The snapshot in memory is now ahead of the disk: drop it, the
             # supervisor reactivates the run from what was really committed.
@@ -158,12 +167,12 @@ class RunActor(pykka.ThreadingActor):
         self._fail(describe(exception_value) if exception_value else "actor failed")
         self._tell_supervisor(Stopped(self.actor_urn))
 
-    def _fail(self, reason: str) -> None:
+    def _fail(self, reason: str, moved: bool = False) -> None:
         self._closing = True
         # A stored run stays known when it could not be read (the store is away): it is
         # activated again later. Only a run never committed, or not stored at all, is forgotten.
         stored = self.run.document.get("version", 0) > 0 or (self._created is None and not self._missing)
-        self._tell_supervisor(ActorFailed(self.run_id, self.actor_urn, reason, stored))
+        self._tell_supervisor(ActorFailed(self.run_id, self.actor_urn, reason, stored, moved))
         self._drain_inbox()
         self.stop()
 
@@ -173,6 +182,8 @@ class RunActor(pykka.ThreadingActor):
                 self.commit()
             except Exception as exc:  # noqa: BLE001 - the step runs again at the next start
                 log.error("run %s: last commit before stopping failed: %s", self.run_id, describe(exc))
+        if self._handle is not None:
+            self._handle.release()
         self._drain_inbox()
         self._tell_supervisor(Stopped(self.actor_urn))
 
@@ -247,6 +258,9 @@ class RunActor(pykka.ThreadingActor):
         crash_point(spec.id, "before-run")
 
         context = self.context(spec, number)
+        assert self._handle is not None
+        if not self._handle.held():  # the lease lapsed while the attempt's start was written
+            raise RunMoved(self.run_id, "may have been taken over: this node's lease lapsed")
         started = time.perf_counter()
         try:
             output = self.call(spec.run, context)
@@ -300,7 +314,8 @@ class RunActor(pykka.ThreadingActor):
     def set_timer(self, name: str, due: float) -> None:
         """Arm timer ``name``; it is kept in the snapshot, so it is durable with the next commit."""
         self.run.timers[name] = due
-        self.parts.timers.schedule(self.run_id, name, due)
+        if not self.parts.shared:  # shared: the store is the schedule, every node's poller its clock
+            self.parts.timers.schedule(self.run_id, name, due)
 
     def drop_timer(self, name: str) -> None:
         if self.run.timers.pop(name, None) is not None:

@@ -10,11 +10,14 @@ its cursor loop, its commits); this module says *what* a move is.
              signals, timers, events, outcome, error, createdAt, updatedAt,
              finishedAt, seq (last timeline entry), version (last commit);
              detailsDropped and timelineFrom (the first entry kept) once
-             retention dropped its details
+             retention dropped its details; node (the node executing it, or
+             that did last)
     step     id, name, kind, status, attempts, output, startedAt, finishedAt,
              retryAt; attemptBase (attempts before a retry or rewind, not
              counted against the policy), deadlines and deadlineTries (waits)
-    attempt  number, startedAt, finishedAt, error; interrupted (a crash cut it off)
+    attempt  number, startedAt, finishedAt, error; interrupted (a crash cut it off);
+             node (the node that ran it)
+    entry    seq, at, type, step, attempt, message; node (where it happened)
     signal   name, payload, receivedAt
 """
 
@@ -39,6 +42,7 @@ class Attempt(TypedDict):
     finishedAt: str | None
     error: str | None
     interrupted: NotRequired[bool]
+    node: NotRequired[str]
 
 
 class StepRecord(TypedDict):
@@ -82,9 +86,12 @@ class IllegalMove(RuntimeError):
 class Run:
     """One run's document and its pending timeline entries (written with the next commit)."""
 
-    def __init__(self, document: dict[str, Any]) -> None:
+    def __init__(self, document: dict[str, Any], node: str = "") -> None:
         self.document = document
         self.entries: list[dict[str, Any]] = []
+        self.node = node  # the node executing the run: named in its attempts and entries
+        if node:
+            document["node"] = node
 
     @classmethod
     def new(cls, run_id: str, workflow: Any, input: dict[str, Any]) -> Run:
@@ -146,13 +153,18 @@ class Run:
 
     def log(self, type: str, message: str, step: str | None = None, attempt: int | None = None, at: str | None = None) -> None:
         self.document["seq"] += 1
-        self.entries.append({"seq": self.document["seq"], "at": at or iso_now(), "type": type, "step": step, "attempt": attempt, "message": message})
+        entry = {"seq": self.document["seq"], "at": at or iso_now(), "type": type, "step": step, "attempt": attempt, "message": message}
+        if self.node:
+            entry["node"] = self.node
+        self.entries.append(entry)
 
     # -- running steps ------------------------------------------------------------------
 
     def start_attempt(self, step: StepRecord) -> Attempt:
         self._require(self.status == RunStatus.RUNNING and step is self.current(), f"start an attempt of {step['id']}")
         attempt = Attempt(number=len(step["attempts"]) + 1, startedAt=iso_now(), finishedAt=None, error=None)
+        if self.node:
+            attempt["node"] = self.node
         step["attempts"].append(attempt)
         step["status"] = StepStatus.RUNNING
         step["startedAt"] = step["startedAt"] or attempt["startedAt"]

@@ -16,15 +16,17 @@ from typing import Any
 import pykka
 
 from userflow.actors.index import RunIndex
-from userflow.actors.messages import Command, Deliver, Delivered, Recover, Shutdown, StartResult, StartRun, TimerFired
+from userflow.actors.messages import Command, Deliver, Delivered, Recover, RunsClaimed, Shutdown, StartResult, StartRun, TimerFired
 from userflow.actors.recovery import RecoveryReport
 from userflow.actors.parts import EngineParts
 from userflow.actors.run_actor import RunActor
 from userflow.actors.supervisor import Supervisor
+from userflow.actors.takeover import ClaimPoller
 from userflow.actors.timers import TimerQueue
 from userflow.actors.definitions import Definitions
 from userflow.actors.workflow import ActionRejected, SignalRejected, Workflow
 from userflow.storage import RunStore, StoredRun
+from userflow.storage.port import Claimed
 
 DEFAULT_MAX_LIVE = 256
 
@@ -39,11 +41,15 @@ class Runtime:
         max_live: int = DEFAULT_MAX_LIVE,
         loop: asyncio.AbstractEventLoop | None = None,
         request_timeout: float = 30.0,
+        node_id: str = "",
+        claim_every: float = 0.25,
     ) -> None:
         workflows = Definitions(workflows.values() if isinstance(workflows, Mapping) else workflows)
         self.index = RunIndex(workflows)
         self.timers = TimerQueue(self._timer_fired)
-        self.parts = EngineParts(store, self.index, self.timers, workflows, services, loop)
+        claims = store.claims()
+        self.parts = EngineParts(store, self.index, self.timers, workflows, services, loop, node_id, shared=claims is not None)
+        self._poller = ClaimPoller(claims, self._claimed, claim_every) if claims is not None else None
         self.request_timeout = request_timeout
         self._max_live = max_live
         self._supervisor: pykka.ActorRef[Supervisor] | None = None
@@ -59,6 +65,8 @@ class Runtime:
         reply: Future[RecoveryReport] = Future()
         self._supervisor.tell(Recover(reply))
         report = reply.result()
+        if self._poller is not None:
+            self._poller.start()
         self.ready = True
         return report
 
@@ -66,6 +74,8 @@ class Runtime:
         """Stop timers, then every run actor after its current message, then the supervisor."""
         self.ready = False
         self.timers.stop()
+        if self._poller is not None:
+            self._poller.stop()
         if self._supervisor is None:
             return
         reply: Future[int] = Future()
@@ -74,6 +84,10 @@ class Runtime:
         self._supervisor.stop(block=True, timeout=timeout)
         self._supervisor = None
         self.parts.store.close()  # the data dir: a last checkpoint, no journal to replay
+
+    def _claimed(self, claimed: list[Claimed]) -> None:
+        if self._supervisor is not None:
+            self._supervisor.tell(RunsClaimed(tuple((c.run_id, c.due) for c in claimed)))
 
     def _timer_fired(self, run_id: str, name: str, due: float) -> None:
         if self._supervisor is not None:

@@ -28,6 +28,7 @@ from userflow.actors.messages import (
     Command,
     Idle,
     Recover,
+    RunsClaimed,
     Shutdown,
     StartResult,
     Stopped,
@@ -89,15 +90,14 @@ class Supervisor(pykka.ThreadingActor):
         self._queued: OrderedDict[str, _Queued] = OrderedDict()
         self._parked: set[str] = set()  # runs whose actor failed, waiting for their reactivation timer
         self._failures: dict[str, int] = {}  # run id -> consecutive failures, kept across reactivations
-        self._draining: set[str] = set()  # actors told to stop that have not reported Stopped
+        self._draining: dict[str, str] = {}  # urn -> run id: actors told to stop that have not reported Stopped
+        self._elsewhere: set[str] = set()  # parked because another node executes them
         self._stopping = False
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, ROUTED):
             if message.run_id in self._parked and isinstance(message, TimerFired) and message.name == ACTIVATE_TIMER:
-                self._parked.discard(message.run_id)
-                self._queued.setdefault(message.run_id, _Queued())
-                self._activate_queued()
+                self._reactivate(message.run_id)
             else:
                 self._route(message.run_id, message)
         elif isinstance(message, StartRun):
@@ -107,10 +107,14 @@ class Supervisor(pykka.ThreadingActor):
         elif isinstance(message, Bounce):
             self._route(message.run_id, message.message)
         elif isinstance(message, Stopped):
-            self._draining.discard(message.urn)
+            run_id = self._draining.pop(message.urn, None)
+            if self._parts.shared and run_id is not None and run_id not in self._live:
+                self._parts.index.forget(run_id)  # its last commit may have come after Idle
             self._activate_queued()
         elif isinstance(message, ActorFailed):
             self._failed(message)
+        elif isinstance(message, RunsClaimed):
+            self._claimed(message)
         elif isinstance(message, Recover):
             self._recover(message)
         elif isinstance(message, Shutdown):
@@ -195,21 +199,26 @@ class Supervisor(pykka.ThreadingActor):
         del self._live[message.run_id]
         self._parked.discard(message.run_id)
         self._failures.pop(message.run_id, None)
+        if self._parts.shared:
+            self._parts.index.forget(message.run_id)  # released: from now on other nodes may change it
         # Until it reports Stopped it still holds a thread: it counts under the
         # cap, but the supervisor does not wait for it.
-        self._draining.add(live.urn)
+        self._draining[live.urn] = message.run_id
         live.ref.stop(block=False)
 
     def _failed(self, message: ActorFailed) -> None:
         live = self._live.get(message.run_id)
         if live is not None and live.urn == message.urn:
             del self._live[message.run_id]
-            self._draining.add(live.urn)  # it stops itself and reports Stopped
+            self._draining[live.urn] = message.run_id  # it stops itself and reports Stopped
         if not message.created:
             # The run never became durable: the caller got the error, forget it.
             self._parts.index.forget(message.run_id)
             self._queued.pop(message.run_id, None)
             self._activate_queued()
+            return
+        if message.moved:
+            self._moved(message.run_id)
             return
         # Not counted in _parked: reactivation removes the run from it, which
         # would restart the backoff at 0.5 s after every failure.
@@ -222,6 +231,40 @@ class Supervisor(pykka.ThreadingActor):
         self._parts.timers.schedule(message.run_id, ACTIVATE_TIMER, now() + delay)
         self._activate_queued()
 
+    def _moved(self, run_id: str) -> None:
+        """Another node executes the run. What was asked of it here (a click, a command)
+        is asked again shortly, while its callers wait: that node releases the run once
+        its step is done, or stops renewing and the run is taken over."""
+        self._parts.index.forget(run_id)
+        self._elsewhere.add(run_id)
+        failures = self._failures.get(run_id, 0) + 1
+        self._failures[run_id] = failures
+        self._parked.add(run_id)
+        self._queued.setdefault(run_id, _Queued())
+        self._parts.timers.schedule(run_id, ACTIVATE_TIMER, now() + min(0.5, 0.02 * 2**failures))
+        self._activate_queued()
+
+    def _reactivate(self, run_id: str) -> None:
+        self._parked.discard(run_id)
+        queued = self._queued.setdefault(run_id, _Queued())
+        if run_id in self._elsewhere:
+            self._elsewhere.discard(run_id)
+            # Only what someone still waits for: a caller that gave up, or a timer (the
+            # node executing the run fires its own), is not worth claiming the run for.
+            queued.messages = [m for m in queued.messages if getattr(m, "reply", None) is not None and not m.reply.done()]
+            if not queued.messages:
+                del self._queued[run_id]
+                self._failures.pop(run_id, None)
+        self._activate_queued()
+
+    def _claimed(self, message: RunsClaimed) -> None:
+        for run_id, due in message.runs:
+            if run_id not in self._live:
+                self._queued.setdefault(run_id, _Queued())
+            for name, at in sorted(due.items(), key=lambda timer: timer[1]):
+                self._route(run_id, TimerFired(run_id, name, at))
+        self._activate_queued()
+
     # -- start and stop -----------------------------------------------------------
 
     def _recover(self, message: Recover) -> None:
@@ -232,7 +275,7 @@ class Supervisor(pykka.ThreadingActor):
             return
         for run_id in report.resume:
             self._queued.setdefault(run_id, _Queued())
-        self._activate_queued()
+        self._claimed(RunsClaimed(tuple(report.claimed)))
         resolve(message.reply, report)
 
     def _shutdown(self, message: Shutdown) -> None:

@@ -129,6 +129,7 @@ def build_app(settings: Settings, stores: Stores, public_url: str, *, autostart:
             app[SERVICES],
             max_live=settings.max_live_actors,
             loop=asyncio.get_running_loop(),
+            node_id=settings.node_id or "",
         )
         app[RUNTIME] = runtime
         hub = app[EVENTS] = EventHub(asyncio.get_running_loop(), journal=await asyncio.to_thread(stores.event_journal))
@@ -230,6 +231,7 @@ ROUTES = (
     ("GET", "/api/outbox", api.outbox, VIEWER),
     ("GET", "/api/events", events_stream, VIEWER),
     ("GET", "/metrics", metrics_page, VIEWER),
+    ("GET", "/api/nodes", api.list_nodes, VIEWER),
     ("GET", "/api/webhooks/deliveries", webhooks.list_deliveries, VIEWER),
     ("POST", "/api/webhooks/deliveries/{id}/retry", webhooks.retry_delivery, OPERATOR),
 )

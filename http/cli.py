@@ -14,6 +14,7 @@ import gc
 gc.disable()
 
 import asyncio  # noqa: E402
+import dataclasses  # noqa: E402
 import logging  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
@@ -83,7 +84,6 @@ def open_stores(settings: Settings) -> Stores:
     except (DatabaseUnavailable, SchemaTooNew, SchemaBusy) as exc:
         raise StartupError(str(exc)) from None
     try:
-        stores.claim()
         stores.watch()
     except (DatabaseBusy, DatabaseUnavailable) as exc:
         stores.close()
@@ -117,10 +117,16 @@ async def serve(settings: Settings, stores: Stores, accounts: bool) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
 
-    # Bind first: with --port 0 the real port is part of the links in emails.
+    # Bind first: with --port 0 the real port is part of the links in emails, and of the node's id.
     sock = _bind(settings.host, settings.port)
     port = sock.getsockname()[1]
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    settings = dataclasses.replace(settings, node_id=settings.node_id or f"{socket.gethostname()}:{port}")
+    try:
+        await asyncio.to_thread(stores.join, settings.node_id, settings.node_timeout, settings.base_url(port))
+    except Exception as exc:  # NodeIdTaken, DatabaseBusy (an import under way), DatabaseUnavailable
+        sock.close()
+        raise StartupError(str(exc)) from None
     try:
         app = build_app(settings, stores, settings.base_url(port), autostart=False)
     except (TemplateError, SmtpSettingsError, StorageError) as exc:  # a template, the sender address, the token key

@@ -18,6 +18,8 @@ class Settings:
     port: int = 8080
     data_dir: str = "./userflow-data"
     database_url: str | None = None  # PostgreSQL instead of the data dir (USERFLOW_DATABASE_URL)
+    node_id: str | None = None  # None: host name and port
+    node_timeout: float = 5.0  # seconds without a heartbeat before a node's runs are taken over
     public_url: str | None = None
     smtp_url: str | None = None
     mail_from: str = "userflow <no-reply@userflow.localhost>"
@@ -130,6 +132,8 @@ def parser() -> argparse.ArgumentParser:
     option("--port", "USERFLOW_PORT", accepts.port, d.port, "port to listen on, 0 for a free one")
     option("--data-dir", "USERFLOW_DATA_DIR", str, d.data_dir, "where everything durable lives")
     option("--database-url", "USERFLOW_DATABASE_URL", accepts.database_url, None, "keep everything in this PostgreSQL database (14 or newer) instead of the data dir: postgresql://USER:PASSWORD@HOST:PORT/DATABASE; prefer the environment variable, which `ps` does not show", "unset = the data dir")
+    option("--node-id", "USERFLOW_NODE_ID", accepts.node_id, None, "this node's name among the nodes of one database, in timelines, run details, the dashboard and /readyz; unique per node", "HOSTNAME:PORT")
+    option("--node-timeout", "USERFLOW_NODE_TIMEOUT", accepts.node_timeout, d.node_timeout, "seconds without a heartbeat after which a node's runs continue on the other nodes of the database; a node that cannot renew stops its steps before then")
     option("--public-url", "USERFLOW_PUBLIC_URL", accepts.url(("http", "https")), None, "base URL of links in emails and of the dashboard", "http://HOST:PORT")
     option("--smtp-url", "USERFLOW_SMTP_URL", accepts.url(("smtp", "smtps")), None, "SMTP server (forms below)", "unset = outbox mode: emails kept in the data dir")
     option("--mail-from", "USERFLOW_MAIL_FROM", str, d.mail_from, "sender address of emails")
@@ -219,6 +223,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         port=args.port,
         data_dir=args.data_dir,
         database_url=args.database_url,
+        node_id=args.node_id,
+        node_timeout=args.node_timeout,
         public_url=args.public_url,
         smtp_url=args.smtp_url,
         mail_from=args.mail_from,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from urllib.parse import urlsplit
 
 
@@ -49,6 +50,19 @@ def some_seconds(text: str) -> float:
     value = seconds(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text}: more than 0 seconds")
+    return value
+
+
+def node_id(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,62}", text):
+        raise argparse.ArgumentTypeError(f"{text!r}: up to 63 letters, digits, '.', '_', ':' or '-', starting with a letter or digit")
+    return text
+
+
+def node_timeout(text: str) -> float:
+    value = seconds(text)
+    if not 1 <= value <= 300:
+        raise argparse.ArgumentTypeError(f"{text}: between 1 and 300 seconds")
     return value
 
 

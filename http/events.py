@@ -7,9 +7,10 @@ Event ids are ``STREAM-SEQ``: a client reconnecting with ``Last-Event-ID``
 gets exactly what it missed, or a ``reset`` event (reload everything) when
 the id is from another stream or has left the ring. On the data dir a stream
 lasts one server process. With a journal (the database keeps the events)
-the stream is the database's: frames are numbered by the journal before any
-client sees them, the ring starts from the journal's newest frames, and an
-id stays valid across restarts.
+the stream is the database's, shared by every node: each node appends its
+frames, and fills its ring by reading the journal back in order
+(``event_tail``), so a client of any node sees every node's frames, and an
+id resumes on any node and across restarts.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from aiohttp import web
 
 from userflow.http import views
 from userflow.http.event_keeper import EventKeeper
+from userflow.http.event_tail import EventTail
 from userflow.storage.port import EventJournal
 
 
@@ -48,9 +50,10 @@ class EventHub:
     def __init__(self, loop: asyncio.AbstractEventLoop, capacity: int = RING, journal: EventJournal | None = None) -> None:
         self.boot = journal.stream if journal is not None else secrets.token_hex(4)
         self._journal = journal
-        # One writer: the journal numbers frames in the order they were published.
-        # The journal numbers frames, in the order they were published, before clients see them.
-        self._keeper = EventKeeper(journal, self._numbered) if journal is not None else None
+        # The journal numbers frames in the order they were published; clients see them
+        # as read back from it, with every other node's.
+        self._keeper = EventKeeper(journal, self._appended) if journal is not None else None
+        self._tail: EventTail | None = None
         self._loop = loop
         self._ring: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=capacity)
         self._inbox: collections.deque[list[tuple[str, Any]]] = collections.deque()
@@ -102,8 +105,13 @@ class EventHub:
             return
         self._add([(self._seq + n, body) for n, body in enumerate(bodies, 1)])
 
+    def _appended(self, numbered: list[tuple[int, bytes]]) -> None:
+        """From the keeper's thread: this node's frames are stored; read them back now."""
+        if self._tail is not None:
+            self._tail.poke()
+
     def _numbered(self, numbered: list[tuple[int, bytes]]) -> None:
-        """From the keeper's thread: stored frames, to show on the loop."""
+        """From the tail's thread: stored frames, in order, to show on the loop."""
         try:
             self._loop.call_soon_threadsafe(self._add, numbered)
         except RuntimeError:  # the loop has closed: the server is gone
@@ -122,6 +130,8 @@ class EventHub:
         """Start the ring from the journal's newest frames: a client resumes across a restart."""
         if self._journal is not None:
             self._add(await asyncio.to_thread(self._journal.tail, self._ring.maxlen or RING))
+            self._tail = EventTail(self._journal, self._numbered, self._seq)
+            self._tail.start()
 
     # -- reading (event loop) -----------------------------------------------------------
 
@@ -161,6 +171,8 @@ class EventHub:
         self._drain()
         if self._keeper is not None:
             await asyncio.to_thread(self._keeper.stop)
+        if self._tail is not None:
+            await asyncio.to_thread(self._tail.stop)
 
     async def changed(self, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -80,7 +80,7 @@ def workflow_detail(stored: StoredRun, summary: dict[str, Any], deliveries: list
             "kind": step["kind"],
             "status": step["status"],
             "attempts": [
-                {"number": a["number"], "startedAt": a["startedAt"], "finishedAt": a["finishedAt"], "error": a["error"]}
+                {"number": a["number"], "startedAt": a["startedAt"], "finishedAt": a["finishedAt"], "error": a["error"], "node": a.get("node")}
                 for a in step["attempts"]
             ],
             "output": _step_output(step),
@@ -98,6 +98,7 @@ def workflow_detail(stored: StoredRun, summary: dict[str, Any], deliveries: list
             "status": run["status"],
             "currentStep": run["steps"][run["cursor"]]["id"] if run["cursor"] < len(run["steps"]) else None,
             "updatedAt": run["updatedAt"],
+            "node": run.get("node"),  # the node executing it, or that did last
             "user": user(summary),
             "steps": steps,
             # The run's own entries in their order, its webhook attempts among them by time.
@@ -111,6 +112,7 @@ def workflow_detail(stored: StoredRun, summary: dict[str, Any], deliveries: list
                             "step": e["step"],
                             "attempt": e["attempt"],
                             "message": e["message"],
+                            "node": e.get("node"),
                         }
                         for e in stored.timeline
                     ],
@@ -144,10 +146,10 @@ def webhook_timeline(deliveries: list[Delivery]) -> list[dict[str, Any]]:
             else:
                 kind, outcome = "webhook-retrying", f"attempt failed: {attempt['error']}"
             message = f"webhook {delivery.type} to {delivery.url}: {outcome}"
-            entries.append({"seq": None, "at": attempt["at"], "type": kind, "step": None, "attempt": number, "message": message})
+            entries.append({"seq": None, "at": attempt["at"], "type": kind, "step": None, "attempt": number, "message": message, "node": None})
         for resend in delivery.resent:
             message = f"webhook {delivery.type} to {delivery.url}: sent again by {resend['by']}"
-            entries.append({"seq": None, "at": resend["at"], "type": "webhook-resent", "step": None, "attempt": None, "message": message})
+            entries.append({"seq": None, "at": resend["at"], "type": "webhook-resent", "step": None, "attempt": None, "message": message, "node": None})
     return entries
 
 

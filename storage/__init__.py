@@ -2,7 +2,7 @@
 
 from userflow.storage.atomic import CorruptFileError, StorageError
 from userflow.storage.datadir import DataDir, DataDirBusy
-from userflow.storage.port import ACTIVE, Catalog, Describe, Entry, RunHandle, RunStore, StoredRun, valid_run_id
+from userflow.storage.port import ACTIVE, Catalog, Describe, Entry, RunHandle, RunMoved, RunStore, StoredRun, valid_run_id
 from userflow.storage.runs import FileRunStore
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "Describe",
     "Entry",
     "RunHandle",
+    "RunMoved",
     "RunStore",
     "StorageError",
     "StoredRun",

@@ -14,6 +14,8 @@ from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
+from userflow.storage.atomic import StorageError
+
 _RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -28,13 +30,33 @@ class StoredRun(NamedTuple):
     timeline: list[dict[str, Any]]
 
 
+class RunMoved(StorageError):
+    """The run executes on another node: it was there when claimed, or it was taken over
+    since (the claim's lease ended, or a later claim fenced this one off)."""
+
+    def __init__(self, run_id: str, why: str) -> None:
+        super().__init__(16, f"run {run_id} {why}")  # EBUSY
+
+
 class RunHandle(Protocol):
-    """Write access to one run, held by the one actor that owns the run."""
+    """Write access to one run, held by the one actor that owns the run.
+
+    Where several nodes share the store, ``load`` claims the run for this node
+    (RunMoved if another live node executes it), every commit is fenced by that
+    claim (RunMoved once the run was taken over), and ``release`` gives it up."""
 
     def load(self) -> StoredRun | None: ...
 
     def commit(self, run: dict[str, Any], new_entries: list[dict[str, Any]]) -> None:
         """Durably store the snapshot and append the timeline entries, all or nothing."""
+        ...
+
+    def held(self) -> bool:
+        """Whether this node may still execute the run (asked before each step runs)."""
+        ...
+
+    def release(self) -> None:
+        """The actor stops: another node may claim the run (not waited for)."""
         ...
 
 
@@ -95,8 +117,37 @@ class Catalog(Protocol):
         ...
 
 
+class Claimed(NamedTuple):
+    """A run claimed for this node by a poller, and which of its timers are due."""
+
+    run_id: str
+    due: dict[str, float]
+
+
+class Claims(Protocol):
+    """How a node of a store shared by many takes the runs nobody executes."""
+
+    node_id: str
+
+    def claim_due(self, limit: int) -> list[Claimed]:
+        """Up to ``limit`` unowned runs whose earliest timer is due."""
+        ...
+
+    def claim_orphans(self, limit: int) -> list[Claimed]:
+        """Up to ``limit`` runs of nodes whose heartbeat lapsed."""
+        ...
+
+    def claim_mine(self) -> list[Claimed]:
+        """The runs this node id held when its previous process ended."""
+        ...
+
+
 class RunStore(Protocol):
     def open(self, run_id: str) -> RunHandle: ...
+
+    def claims(self) -> Claims | None:
+        """The claims of a store many nodes share; None where one process holds the store."""
+        ...
 
     def read(self, run_id: str) -> StoredRun | None: ...
 
@@ -130,6 +181,11 @@ class EventJournal(Protocol):
 
     def tail(self, count: int) -> list[tuple[int, bytes]]:
         """The newest ``count`` frames and their numbers, oldest first (blocking)."""
+        ...
+
+    def after(self, seq: int, count: int) -> list[tuple[int, bytes]]:
+        """Up to ``count`` frames numbered after ``seq``, oldest first (blocking): what every
+        process appended, so a client of any of them sees them all."""
         ...
 
     def forget(self, needle: str, instead: bytes) -> int:

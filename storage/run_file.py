@@ -58,3 +58,9 @@ class RunFile:
         # Described first: a hook that fails fails the commit before anything is durable.
         self._note = self._note_for(run) if self._note_for is not None else None
         storage.write(codec.committed(storage.read(), run, new_entries))
+
+    def held(self) -> bool:
+        return True  # one process per data dir: nobody else executes its runs
+
+    def release(self) -> None:
+        """Nothing to give up: the data dir's lock is the whole claim."""

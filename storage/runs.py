@@ -135,6 +135,9 @@ class FileRunStore:
             note_for=self._entry_of,
         )
 
+    def claims(self) -> None:
+        return None  # the data dir's lock: one process executes every run
+
     def read(self, run_id: str) -> StoredRun | None:
         if not valid_run_id(run_id):
             return None

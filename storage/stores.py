@@ -8,13 +8,16 @@ settings: the database when a URL is given, else the data dir.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from userflow.storage.datadir import DataDir
 from userflow.storage.deliveries import DeliveryLog, DeliveryStore
 from userflow.storage.operators import OperatorFile, OperatorStore
 from userflow.storage.port import EventJournal, RunStore
 from userflow.storage.runs import FileRunStore
+
+if TYPE_CHECKING:
+    from userflow.storage.postgres.nodes import NodeView
 
 
 class Stores(Protocol):
@@ -37,6 +40,14 @@ class Stores(Protocol):
 
     def available(self) -> bool:
         """Whether what needs the store can be served now (``/readyz``)."""
+        ...
+
+    def join(self, node_id: str, timeout: float, address: str | None = None) -> None:
+        """Become one of the nodes executing the store's runs (blocking, at start)."""
+        ...
+
+    def nodes(self) -> list[NodeView] | None:
+        """The nodes sharing the store; None where one process holds it."""
         ...
 
     def close(self) -> None: ...
@@ -65,6 +76,12 @@ class FileStores:
 
     def available(self) -> bool:
         return True  # a disk that fails fails each write, which answers 503 itself
+
+    def join(self, node_id: str, timeout: float, address: str | None = None) -> None:
+        """Nothing to join: the data dir's lock makes this process its only node."""
+
+    def nodes(self) -> None:
+        return None
 
     def close(self) -> None:
         self.data_dir.close()

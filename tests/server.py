@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import os
@@ -34,6 +35,7 @@ class Server:
         self.stderr: list[str] = []
         self._read = threading.Condition()  # notified by the reader for every line it appends to stderr
         self.token: str | None = None  # sent with every request() when set (an operator account's)
+        self.node_id = "node-" + hashlib.sha256(os.path.abspath(data_dir).encode()).hexdigest()[:8]
 
     def start(self, timeout: float = 30.0) -> Server:
         self.proc = subprocess.Popen(
@@ -41,6 +43,8 @@ class Server:
                 sys.executable, "-m", "userflow.http.cli", "serve", "--port", "0", "--data-dir", self.data_dir,
                 # Tests send bursts from one address; a test of the limits passes its own.
                 "--signup-rate-limit", "0", "--verify-rate-limit", "0", "--signin-rate-limit", "0",
+                # The same node after a restart (the port changes), as a service manager keeps it.
+                *([] if "--node-id" in self.args else ["--node-id", self.node_id]),
                 *self.args,
             ],  # fmt: skip
             stdout=subprocess.PIPE,

@@ -1,7 +1,7 @@
 """The database's catalog of runs: what lists, filters, counts and lookups read.
 
 The run store writes it in each commit's transaction (a run's ``summary``,
-its ``run_facets``, its ``lookup_keys``; a trigger keeps ``run_counts``);
+its ``run_facets``, its ``lookup_keys``; each commit keeps ``run_counts``);
 this reads it, so no node keeps every run in memory. Pages walk an index
 newest (or oldest) first past a cursor; ``active`` pages through the runs
 a start brings back.

@@ -65,6 +65,14 @@ class PgEventJournal:
             raise StorageError(5, f"events cannot be stored in the database: {one_line(exc)}") from None
         return seqs
 
+    def after(self, seq: int, count: int) -> list[tuple[int, bytes]]:
+        try:
+            with self._pool.connection() as connection:
+                rows = connection.execute("SELECT seq, frame FROM events WHERE seq > %s ORDER BY seq LIMIT %s", (seq, count)).fetchall()
+        except (psycopg.Error, OSError) as exc:
+            raise StorageError(5, f"the event stream cannot be read from the database: {one_line(exc)}") from None
+        return [(n, frame.encode()) for n, frame in rows]
+
     def forget(self, needle: str, instead: bytes) -> int:
         """Replace the frames that contain ``needle`` (a run's id, quoted: erasure) by
         ``instead``, keeping their numbers; how many."""

@@ -16,6 +16,17 @@ the run is active.
 A document never goes back: an upsert of an older version than the stored
 one changes nothing, so a commit retried after its transaction's fate was
 unknown (the connection dropped) is harmless.
+
+With a node's lease (many nodes on one database), a run is executed only by
+the node that claimed it. Activating a run claims it (``owner`` set to this
+node, ``epoch`` raised) unless another live node holds it; every commit is
+fenced by that claim (the upsert changes the row only while owner and epoch
+are still this claim's, and whatever the commit would have added for a
+fenced run is left out of the transaction); stopping the actor releases it.
+Waiting runs are unowned, so a dead node leaves behind only the runs it was
+executing; ``claim_due`` and ``claim_orphans`` are how every node's poller
+takes the runs whose timers are due and those of dead nodes, each row to
+one node (``FOR UPDATE SKIP LOCKED``).
 """
 
 from __future__ import annotations
@@ -25,7 +36,7 @@ import queue
 import threading
 from collections.abc import Container, Iterator
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import psycopg
@@ -33,9 +44,12 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from userflow.storage.atomic import StorageError
-from userflow.storage.port import ACTIVE, Describe, Entry, StoredRun
+from userflow.storage.port import ACTIVE, Claimed, Describe, Entry, RunMoved, StoredRun
 from userflow.storage.postgres.catalog import PgCatalog
 from userflow.storage.postgres.connect import in_transaction, one_line
+
+if TYPE_CHECKING:
+    from userflow.storage.postgres.nodes import NodeLease
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +73,56 @@ ON CONFLICT (kind, key) DO UPDATE SET run_id = excluded.run_id WHERE lookup_keys
 # The committer's forms of the same: one statement per table for a whole group of
 # commits, its rows passed as one JSON array (orjson writes it in one call, where
 # adapting arrays row by row costs Python time on every commit).
+# Fenced by the claim: a commit changes the row only while it is still this claim's
+# (epoch -1: a store without a lease, one process, nothing to fence). The same
+# version may be written again (a retry of a transaction whose fate was unknown),
+# so every commit that stands is RETURNed, and one that is not, was fenced off.
 _UPSERT_RUNS = """
-INSERT INTO runs (id, workflow, definition, format, status, document, version, next_wake_at, created_at, updated_at)
-SELECT id, workflow, definition, format, status, document, version, to_timestamp(wake), created, updated
+INSERT INTO runs (id, workflow, definition, format, status, document, version, next_wake_at, created_at, updated_at, owner, epoch)
+SELECT id, workflow, definition, format, status, document, version, to_timestamp(wake), created, updated, owner, greatest(epoch, 0)
 FROM jsonb_to_recordset(%s::jsonb) AS r (id text, workflow text, definition int, format int, status text,
-     document jsonb, version bigint, wake float8, created timestamptz, updated timestamptz)
+     document jsonb, version bigint, wake float8, created timestamptz, updated timestamptz, owner text, epoch bigint)
 ON CONFLICT (id) DO UPDATE SET
     status = excluded.status, document = excluded.document, version = excluded.version,
     definition = excluded.definition, format = excluded.format,
     next_wake_at = excluded.next_wake_at, updated_at = excluded.updated_at
-WHERE runs.version < excluded.version
+WHERE runs.version <= excluded.version
+    AND (excluded.epoch = 0 AND excluded.owner IS NULL OR runs.owner = excluded.owner AND runs.epoch = excluded.epoch)
+RETURNING runs.id
+"""
+# A node may claim a run nobody executes, one of its own (a restart), or a dead node's.
+_CLAIM = """
+UPDATE runs SET owner = %(me)s, epoch = epoch + 1
+WHERE id = %(id)s AND (owner IS NULL OR owner = %(me)s OR NOT EXISTS (
+    SELECT 1 FROM nodes n WHERE n.id = runs.owner
+    AND n.heartbeat_at > now() - make_interval(secs => %(timeout)s) AND n.stopped_at IS NULL))
+RETURNING document, epoch
+"""
+# The pollers' claims: what they return is each run's id and its timers due by the database clock.
+_CLAIMED = "RETURNING runs.id, runs.document -> 'timers', extract(epoch FROM now())::float8"
+_CLAIM_DUE = f"""
+WITH due AS (
+    SELECT id FROM runs WHERE owner IS NULL AND next_wake_at <= now()
+    ORDER BY next_wake_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
+UPDATE runs SET owner = %(me)s, epoch = runs.epoch + 1 FROM due WHERE runs.id = due.id
+{_CLAIMED}
+"""
+_CLAIM_ORPHANS = f"""
+WITH orphans AS (
+    SELECT id FROM runs r WHERE r.owner IS NOT NULL AND r.owner <> %(me)s AND NOT EXISTS (
+        SELECT 1 FROM nodes n WHERE n.id = r.owner
+        AND n.heartbeat_at > now() - make_interval(secs => %(timeout)s) AND n.stopped_at IS NULL)
+    LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
+UPDATE runs SET owner = %(me)s, epoch = runs.epoch + 1 FROM orphans WHERE runs.id = orphans.id
+{_CLAIMED}
+"""
+_CLAIM_MINE = f"""
+UPDATE runs SET epoch = epoch + 1 WHERE owner = %(me)s
+{_CLAIMED}
+"""
+_RELEASE = """
+UPDATE runs SET owner = NULL FROM jsonb_to_recordset(%s::jsonb) AS t (r text, e bigint)
+WHERE runs.id = t.r AND runs.owner = %s AND runs.epoch = t.e
 """
 _INSERT_ENTRIES = """
 INSERT INTO timeline (run_id, seq, entry)
@@ -94,29 +148,37 @@ DELETE FROM timeline USING jsonb_to_recordset(%s::jsonb) AS t (r text, f int)
 WHERE timeline.run_id = t.r AND timeline.seq < t.f
 """
 # The catalog's part of a commit: each run's summary, and its facets made exactly
-# the given ones (a trigger keeps run_counts in step).
+# the given ones, with run_counts changed by what was dropped and added, in one
+# statement and in (name, value) order, so concurrent commits never deadlock on a count.
 _PUT_SUMMARIES = """
 UPDATE runs SET summary = t.s FROM jsonb_to_recordset(%s::jsonb) AS t (r text, s jsonb) WHERE runs.id = t.r
 """
-_DROP_FACETS = """
-WITH new AS (SELECT r, n, v FROM jsonb_to_recordset(%s::jsonb) AS t (r text, n text, v text))
-DELETE FROM run_facets f WHERE f.run_id IN (SELECT r FROM new)
-    AND (f.run_id, f.name, f.value) NOT IN (SELECT r, n, v FROM new)
-"""
 _PUT_FACETS = """
-INSERT INTO run_facets (name, value, run_id)
-SELECT n, v, r FROM jsonb_to_recordset(%s::jsonb) AS t (r text, n text, v text)
-ON CONFLICT DO NOTHING
+WITH new AS (SELECT r, n, v FROM jsonb_to_recordset(%s::jsonb) AS t (r text, n text, v text)),
+gone AS (
+    DELETE FROM run_facets f WHERE f.run_id IN (SELECT r FROM new)
+        AND (f.run_id, f.name, f.value) NOT IN (SELECT r, n, v FROM new)
+    RETURNING f.name, f.value),
+added AS (
+    INSERT INTO run_facets (name, value, run_id) SELECT n, v, r FROM new
+    ON CONFLICT DO NOTHING RETURNING name, value),
+delta AS (
+    SELECT name, value, sum(d)::bigint AS d FROM (
+        SELECT name, value, -1 AS d FROM gone UNION ALL SELECT name, value, 1 FROM added) AS changes
+    GROUP BY name, value HAVING sum(d) <> 0)
+INSERT INTO run_counts (name, value, n) SELECT name, value, d FROM delta ORDER BY name, value
+ON CONFLICT (name, value) DO UPDATE SET n = run_counts.n + excluded.n
 """
 _FINISHED = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
 SCAN_BATCH = 1000
 
 
 class _Commit:
-    __slots__ = ("run", "entries", "entry", "done", "error")
+    __slots__ = ("run", "entries", "entry", "owner", "epoch", "done", "error")
 
-    def __init__(self, run: dict[str, Any], entries: list[dict[str, Any]], entry: Entry | None) -> None:
+    def __init__(self, run: dict[str, Any], entries: list[dict[str, Any]], entry: Entry | None, owner: str | None, epoch: int) -> None:
         self.run, self.entries, self.entry = run, entries, entry
+        self.owner, self.epoch = owner, epoch
         self.done = threading.Event()
         self.error: BaseException | None = None
 
@@ -160,23 +222,50 @@ def run_row(run: dict[str, Any]) -> dict[str, Any]:
 
 
 class PgRunHandle:
-    def __init__(self, store: PgRunStore, run_id: str) -> None:
+    def __init__(self, store: PgRunStore, run_id: str, lease: NodeLease | None) -> None:
         self._store = store
         self._run_id = run_id
+        self._lease = lease
+        self._epoch = 0  # none yet: a run created here is claimed by its first commit, as epoch 1
+        self._generation = lease.generation if lease is not None else 0
 
     def load(self) -> StoredRun | None:
-        return self._store.read(self._run_id)
+        if self._lease is None:
+            return self._store.read(self._run_id)
+        self._generation = self._lease.generation
+        claimed = self._store.claim(self._run_id)
+        if claimed is None:
+            return None
+        document, self._epoch = claimed
+        return StoredRun(document, [])  # an actor executes from the document; the timeline is for readers
 
     def commit(self, run: dict[str, Any], new_entries: list[dict[str, Any]]) -> None:
-        self._store.commit(run, new_entries)
+        if self._lease is None:
+            self._store.commit(run, new_entries)
+            return
+        if not self.held():
+            raise RunMoved(self._run_id, "is no longer this node's: its lease lapsed")
+        if self._epoch == 0:
+            self._epoch = 1
+        self._store.commit(run, new_entries, self._lease.node_id, self._epoch)
+
+    def held(self) -> bool:
+        return self._lease is None or self._lease.holds(self._generation)
+
+    def release(self) -> None:
+        if self._lease is not None and self._epoch:
+            self._store.release(self._run_id, self._epoch)
 
 
 class PgRunStore:
-    def __init__(self, pool: ConnectionPool, describe: Describe | None = None) -> None:
+    def __init__(self, pool: ConnectionPool, describe: Describe | None = None, lease: NodeLease | None = None) -> None:
         self._pool = pool
         self._describe = describe
+        self.lease = lease
         self._written_keys: dict[str, set[tuple[str, str]]] = {}  # per active run, touched by the committer only
         self._queue: list[_Commit] = []
+        self._releases: list[dict[str, Any]] = []
+        self._keys_written: list[dict[str, str]] = []  # the committer's: keys of the transaction under way
         self._cond = threading.Condition()
         self._stopped = False
         self._committer = threading.Thread(target=self._commit_loop, name="userflow-pg-commit", daemon=True)
@@ -185,7 +274,60 @@ class PgRunStore:
     # -- the port ---------------------------------------------------------------------
 
     def open(self, run_id: str) -> PgRunHandle:
-        return PgRunHandle(self, run_id)
+        return PgRunHandle(self, run_id, self.lease)
+
+    def claims(self) -> PgRunStore | None:
+        return self if self.lease is not None else None
+
+    @property
+    def node_id(self) -> str:
+        return self.lease.node_id if self.lease is not None else ""
+
+    # -- claims (with a lease) ----------------------------------------------------------
+
+    def _claim_params(self, **more: Any) -> dict[str, Any]:
+        assert self.lease is not None
+        return {"me": self.lease.node_id, "timeout": self.lease.timeout, **more}
+
+    def claim(self, run_id: str) -> tuple[dict[str, Any], int] | None:
+        """Claim the run for this node: its document and the claim's epoch; None if there
+        is no such run; RunMoved if another live node executes it."""
+        try:
+            with self._pool.connection() as connection:
+                row = connection.execute(_CLAIM, self._claim_params(id=run_id)).fetchone()
+                if row is None:
+                    found = connection.execute("SELECT owner FROM runs WHERE id = %s", (run_id,)).fetchone()
+                    if found is None:
+                        return None
+                    raise RunMoved(run_id, f"executes on node {found[0]}")
+        except (psycopg.Error, OSError) as exc:
+            raise _unavailable("claim a run in", exc) from None
+        return row[0], int(row[1])
+
+    def claim_due(self, limit: int) -> list[Claimed]:
+        """Claim up to ``limit`` runs nobody executes whose earliest timer is due."""
+        return self._claim_many(_CLAIM_DUE, limit)
+
+    def claim_orphans(self, limit: int) -> list[Claimed]:
+        """Claim up to ``limit`` runs of nodes whose heartbeat lapsed (takeover)."""
+        return self._claim_many(_CLAIM_ORPHANS, limit)
+
+    def claim_mine(self) -> list[Claimed]:
+        """Claim again the runs this node id held when its last process ended (a start)."""
+        return self._claim_many(_CLAIM_MINE, 0)
+
+    def _claim_many(self, sql: str, limit: int) -> list[Claimed]:
+        try:
+            rows = in_transaction(self._pool, lambda connection: connection.execute(sql, self._claim_params(limit=limit)).fetchall())
+        except (psycopg.Error, OSError) as exc:
+            raise _unavailable("claim runs in", exc) from None
+        return [Claimed(run_id, {name: due for name, due in (timers or {}).items() if due <= clock}) for run_id, timers, clock in rows]
+
+    def release(self, run_id: str, epoch: int) -> None:
+        """Give the run up (written with the next group of commits; not waited for)."""
+        with self._cond:
+            self._releases.append({"r": run_id, "e": epoch})
+            self._cond.notify()
 
     def read(self, run_id: str) -> StoredRun | None:
         try:
@@ -283,12 +425,13 @@ class PgRunStore:
 
     # -- group commit -------------------------------------------------------------------
 
-    def commit(self, run: dict[str, Any], entries: list[dict[str, Any]]) -> None:
-        """Return once the run's document and entries are committed; StorageError if not."""
+    def commit(self, run: dict[str, Any], entries: list[dict[str, Any]], owner: str | None = None, epoch: int = 0) -> None:
+        """Return once the run's document and entries are committed; StorageError if not,
+        RunMoved if the claim (``owner``, ``epoch``) no longer holds the run."""
         # The actor goes on changing its run after this returns: the committer gets a copy.
         # Described here: a hook that fails fails this commit alone, not its group's.
         entry = self._describe(run) if self._describe is not None else None
-        item = _Commit(orjson.loads(orjson.dumps(run)), list(entries), entry)
+        item = _Commit(orjson.loads(orjson.dumps(run)), list(entries), entry, owner, epoch)
         with self._cond:
             if self._stopped:
                 raise StorageError(5, "the run store is closed")
@@ -301,67 +444,96 @@ class PgRunStore:
     def _commit_loop(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._stopped:
+                while not self._queue and not self._releases and not self._stopped:
                     self._cond.wait()
                 batch, self._queue = self._queue, []
-                if not batch and self._stopped:
+                releases, self._releases = self._releases, []
+                if not batch and not releases and self._stopped:
                     return
-            self._write(batch)
+            self._write(batch, releases)
 
-    def _write(self, batch: list[_Commit]) -> None:
+    def _write(self, batch: list[_Commit], releases: list[dict[str, Any]] | None = None) -> None:
+        fenced: set[str] = set()
         try:
-            # An upsert cannot touch one row twice: of two commits of one run, the newer.
-            newest: dict[str, dict[str, Any]] = {}
-            described: dict[str, Entry] = {}
+            # An upsert cannot touch one row twice: of two commits of one run, the later
+            # claim's, then the newer.
+            newest: dict[str, _Commit] = {}
             for item in batch:
                 held = newest.get(item.run["id"])
-                if held is None or held["version"] < item.run["version"]:
-                    newest[item.run["id"]] = item.run
-                    if item.entry is not None:
-                        described[item.run["id"]] = item.entry
-            rows = [_json_row(run) for run in newest.values()]
-            entries = [{"r": item.run["id"], "e": entry} for item in batch for entry in item.entries]
-            trims = [{"r": run["id"], "f": run["timelineFrom"]} for run in newest.values() if run.get("timelineFrom") is not None]
-            # Likewise a key: two runs of one address in a group, the later takes it.
-            keys = list({(kind, key): {"k": kind, "v": key, "r": run_id} for kind, key, run_id in self._new_keys(list(described.values()))}.values())
-            exact = [
-                {"r": e.id, "k": kind, "v": list(values)} for e in described.values() if ACTIVE[0] not in e.facets for kind, values in e.keys.items()
-            ]
+                if held is None or (held.epoch, held.run["version"]) < (item.epoch, item.run["version"]):
+                    newest[item.run["id"]] = item
+            rows = [{**_json_row(item.run), "owner": item.owner, "epoch": item.epoch if item.owner else -1} for item in newest.values()]
 
             def write(connection: psycopg.Connection) -> None:  # safe to repeat: nothing goes back
-                connection.execute(_UPSERT_RUNS, (_json(rows),))
-                _write_catalog(connection, list(described.values()))
-                if entries:
-                    connection.execute(_INSERT_ENTRIES, (_json(entries),))
-                if keys:
-                    connection.execute(_PUT_KEYS, (_json(keys),))
-                if exact:
-                    connection.execute(_DROP_KEYS, (_json(exact),))
-                if trims:
-                    connection.execute(_TRIM_TIMELINES, (_json(trims),))
+                written = {run_id for (run_id,) in connection.execute(_UPSERT_RUNS, (_json(rows),)).fetchall()} if rows else set()
+                fenced.clear()
+                fenced.update(self._fenced(connection, [item for run_id, item in newest.items() if run_id not in written]))
+                kept = [item for item in batch if item.run["id"] not in fenced and item.epoch == newest[item.run["id"]].epoch]
+                self._write_rest(connection, [newest[run_id] for run_id in written], kept)
+                if releases:
+                    owner = self.lease.node_id if self.lease is not None else None
+                    connection.execute(_RELEASE, (_json(releases), owner))
 
             in_transaction(self._pool, write)
+            for key in self._keys_written:
+                self._written_keys.setdefault(key["r"], set()).add((key["k"], key["v"]))
         except Exception as exc:  # noqa: BLE001 - every waiter learns of it
             log.error("run commit failed (%d runs): %s", len(batch), one_line(exc))
             error = _unavailable("persist to", exc)
             for item in batch:
                 item.error = error
                 self._written_keys.pop(item.run["id"], None)  # not known to be written: write them again
+            with self._cond:
+                self._releases[:0] = releases or []  # given up with the next group
         for item in batch:
+            if item.error is None and (item.run["id"] in fenced or item.epoch != newest[item.run["id"]].epoch):
+                item.error = RunMoved(item.run["id"], "was taken over by another node")
+                self._written_keys.pop(item.run["id"], None)
             if item.run["status"] in _FINISHED:
                 self._written_keys.pop(item.run["id"], None)
             item.done.set()
+
+    @staticmethod
+    def _fenced(connection: psycopg.Connection, unwritten: list[_Commit]) -> set[str]:
+        """Of the commits the upsert did not write, those whose claim no longer holds the
+        run; the others were older than the stored version (a retried commit): harmless."""
+        claimed = {item.run["id"]: (item.owner, item.epoch) for item in unwritten if item.owner is not None}
+        if not claimed:
+            return set()
+        rows = connection.execute("SELECT id, owner, epoch FROM runs WHERE id = ANY(%s)", (list(claimed),)).fetchall()
+        return {run_id for run_id, owner, epoch in rows if (owner, epoch) != claimed[run_id]}
+
+    def _write_rest(self, connection: psycopg.Connection, newest: list[_Commit], kept: list[_Commit]) -> None:
+        """What the commits that stand add besides the runs' rows: timeline entries, the
+        catalog, lookup keys, trimmed timelines."""
+        described = {item.run["id"]: item.entry for item in newest if item.entry is not None}
+        entries = [{"r": item.run["id"], "e": entry} for item in kept for entry in item.entries]
+        trims = [{"r": item.run["id"], "f": item.run["timelineFrom"]} for item in newest if item.run.get("timelineFrom") is not None]
+        # Likewise a key: two runs of one address in a group, the later takes it.
+        keys = list({(kind, key): {"k": kind, "v": key, "r": run_id} for kind, key, run_id in self._new_keys(list(described.values()))}.values())
+        self._keys_written = keys
+        exact = [
+            {"r": e.id, "k": kind, "v": list(values)} for e in described.values() if ACTIVE[0] not in e.facets for kind, values in e.keys.items()
+        ]
+        _write_catalog(connection, list(described.values()))
+        if entries:
+            connection.execute(_INSERT_ENTRIES, (_json(entries),))
+        if keys:
+            connection.execute(_PUT_KEYS, (_json(keys),))
+        if exact:
+            connection.execute(_DROP_KEYS, (_json(exact),))
+        if trims:
+            connection.execute(_TRIM_TIMELINES, (_json(trims),))
 
     def _new_keys(self, entries: list[Entry]) -> list[tuple[str, str, str]]:
         """The keys of the described runs this store has not written yet (a run's keys
         only grow: its newest entry has them all)."""
         new: list[tuple[str, str, str]] = []
         for entry in entries:
-            written = self._written_keys.setdefault(entry.id, set())
+            written = self._written_keys.get(entry.id, ())
             for kind, values in entry.keys.items():
                 for value in values:
                     if (kind, value) not in written:
-                        written.add((kind, value))
                         new.append((kind, value, entry.id))
         return new
 
@@ -372,7 +544,6 @@ def _write_catalog(connection: psycopg.Connection, entries: list[Entry]) -> None
         return
     connection.execute(_PUT_SUMMARIES, (_json([{"r": e.id, "s": e.summary} for e in entries]),))
     facets = [{"r": e.id, "n": name, "v": value} for e in entries for name, value in e.facets.items()]
-    connection.execute(_DROP_FACETS, (_json(facets),))
     connection.execute(_PUT_FACETS, (_json(facets),))
 
 

@@ -224,9 +224,28 @@ CREATE TRIGGER run_counts_follow AFTER INSERT OR DELETE ON run_facets
     FOR EACH ROW EXECUTE FUNCTION run_counts_follow();
 """
 
+NODES = """
+-- Many nodes on one database. A node registers with an incarnation (a random
+-- value of each process): a process that finds its id held by a live node
+-- waits for that node's heartbeat to lapse, and a node whose heartbeat no
+-- longer matches its incarnation knows another process took its id, and
+-- stops. stopped_at is set by a clean stop: its runs are free at once.
+ALTER TABLE nodes ADD COLUMN incarnation text NOT NULL DEFAULT '';
+ALTER TABLE nodes ADD COLUMN address text;  -- the URL the node serves on, for the nodes panel
+ALTER TABLE nodes ADD COLUMN stopped_at timestamptz;
+
+-- run_counts is kept by the commit itself, in one statement that changes the
+-- counts in a fixed order. The per-row trigger changed them in the order rows
+-- came, so two nodes committing at once (one run going RUNNING to WAITING, the
+-- other WAITING to RUNNING) could each hold a count the other needed: a deadlock.
+DROP TRIGGER run_counts_follow ON run_facets;
+DROP FUNCTION run_counts_follow();
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "runs, timeline, lookup keys, secrets, operators, webhooks, events, nodes", INITIAL_SCHEMA),
     Migration(2, "the catalog: run summaries, facets and their counts", CATALOG),
+    Migration(3, "nodes: incarnations, addresses, clean stops; run counts kept in order", NODES),
 )
 
 

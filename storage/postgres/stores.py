@@ -23,6 +23,7 @@ from userflow.storage.port import Describe
 from userflow.storage.postgres.connect import APPLICATION_NAME, DatabaseUnavailable, one_line, open_pool, parse, where
 from userflow.storage.postgres.deliveries import PgDeliveries
 from userflow.storage.postgres.events import PgEventJournal
+from userflow.storage.postgres.nodes import NodeLease, NodeView, nodes
 from userflow.storage.postgres.operators import PgOperators
 from userflow.storage.postgres.runs import PgRunStore
 from userflow.storage.postgres.schema import migrate
@@ -30,12 +31,14 @@ from userflow.storage.postgres.schema import migrate
 log = logging.getLogger(__name__)
 
 PROBE_EVERY = 1.0
-#: The session-level advisory lock a server holds on its database ("uflow" + 1).
+#: The session-level advisory lock on a database ("uflow" + 1): every node holds it
+#: shared, ``userflow import`` alone (exclusively), so that no node executes the runs
+#: being copied.
 SERVER_LOCK = 0x75666C6F78
 
 
 class DatabaseBusy(RuntimeError):
-    """Another userflow server uses this database; the message is one line."""
+    """Another process holds the database in a way that excludes this one; the message is one line."""
 class PgStores:
     def __init__(self, pool: ConnectionPool, where: str, describe: Describe | None = None) -> None:
         self.pool = pool
@@ -47,6 +50,8 @@ class PgStores:
         self._probe: threading.Thread | None = None
         self._url = ""
         self._lock: psycopg.Connection | None = None
+        self._exclusive = False
+        self.lease: NodeLease | None = None
 
     @classmethod
     def open(cls, url: str, describe: Describe | None = None, *, max_connections: int = 10) -> PgStores:
@@ -65,7 +70,26 @@ class PgStores:
         return stores
 
     def run_store(self) -> PgRunStore:
-        return PgRunStore(self.pool, self._describe)
+        return PgRunStore(self.pool, self._describe, self.lease)
+
+    def join(self, node_id: str, timeout: float, address: str | None = None) -> None:
+        """Become a node of this database: hold the shared lock, take the node's row
+        (NodeIdTaken if a live node keeps that id), and renew it from now on."""
+        self.claim(exclusive=False)
+        lease = NodeLease(self._url, self.pool, node_id, timeout, address)
+        try:
+            lease.register()
+        except (psycopg.Error, OSError) as exc:
+            raise DatabaseUnavailable(f"cannot use the {self.where}: {one_line(exc)}") from None
+        lease.start()
+        self.lease = lease
+
+    def nodes(self) -> list[NodeView]:
+        """The database's nodes, for the nodes panel (StorageError if it cannot be read)."""
+        try:
+            return nodes(self.pool, self.lease.timeout if self.lease is not None else 5.0)
+        except (psycopg.Error, OSError) as exc:
+            raise StorageError(5, f"the nodes cannot be read from the database: {one_line(exc)}") from None
 
     def deliveries(self) -> PgDeliveries:
         return PgDeliveries(self.pool)
@@ -89,15 +113,17 @@ class PgStores:
 
     # -- watching -----------------------------------------------------------------------
 
-    def claim(self) -> None:
-        """Hold the database for this server alone, as the data dir's lock holds a directory:
-        two servers executing the same runs would each send their emails. The lock
-        lives with a connection of its own; DatabaseBusy if another server holds it."""
+    def claim(self, exclusive: bool = True) -> None:
+        """Hold the database's lock: shared by nodes, exclusive for an import, which must
+        not copy runs while a node executes them. It lives with a connection of its
+        own; DatabaseBusy if it cannot be had."""
         try:
             connection = psycopg.connect(self._url, autocommit=True, application_name=APPLICATION_NAME, connect_timeout=5)
         except psycopg.Error as exc:
             raise DatabaseUnavailable(f"cannot use the {self.where}: {one_line(exc)}") from None
-        taken = connection.execute("SELECT pg_try_advisory_lock(%s)", (SERVER_LOCK,)).fetchone()
+        self._exclusive = exclusive
+        how = "pg_try_advisory_lock" if exclusive else "pg_try_advisory_lock_shared"
+        taken = connection.execute(f"SELECT {how}(%s)", (SERVER_LOCK,)).fetchone()
         if not (taken and taken[0]):
             holder = connection.execute(
                 "SELECT a.client_addr, a.pid FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
@@ -106,6 +132,8 @@ class PgStores:
             ).fetchone()
             connection.close()
             by = f" (database process {holder[1]}, client {holder[0] or 'local'})" if holder else ""
+            if not exclusive:
+                raise DatabaseBusy(f"the {self.where} is being imported into by `userflow import`{by}; start once it has finished")
             raise DatabaseBusy(f"the {self.where} is in use by another userflow server{by}; stop it or use another database")
         self._lock = connection
 
@@ -140,7 +168,7 @@ class PgStores:
             return None
         try:
             self._lock.close()
-            self.claim()
+            self.claim(self._exclusive)
         except DatabaseBusy as exc:
             log.critical("%s", exc)  # another server took over while the database restarted
             return str(exc)
@@ -150,6 +178,8 @@ class PgStores:
 
     def close(self) -> None:
         self._stop.set()
+        if self.lease is not None:
+            self.lease.stop()
         self.operators.close()
         if self._probe is not None:
             self._probe.join(timeout=5)

@@ -144,7 +144,6 @@ def fill_database(url: str, kinds: list[tuple[str, int, str]]) -> None:
     from userflow.storage.postgres.runs import run_row
 
     with psycopg.connect(url) as connection:
-        connection.execute("ALTER TABLE run_facets DISABLE TRIGGER run_counts_follow")
         for template_id, count, tag in kinds:
             (document,) = connection.execute("SELECT document FROM runs WHERE id = %s", (template_id,)).fetchone()
             entries = connection.execute("SELECT seq, entry FROM timeline WHERE run_id = %s", (template_id,)).fetchall()
@@ -178,7 +177,6 @@ def fill_database(url: str, kinds: list[tuple[str, int, str]]) -> None:
                             for seq, entry in entries:
                                 copy.write_row((run_id, seq, orjson.dumps(entry).decode()))
             connection.commit()
-        connection.execute("ALTER TABLE run_facets ENABLE TRIGGER run_counts_follow")
         connection.execute("DELETE FROM run_counts")
         connection.execute("INSERT INTO run_counts SELECT name, value, count(*) FROM run_facets GROUP BY name, value")
         connection.commit()

@@ -1,0 +1,98 @@
+"""Several userflow nodes on one PostgreSQL database, as real processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import collections
+import os
+import random
+import signal
+from email.message import Message
+from typing import Any
+
+from tests.server import Server
+from tests.smtp_server import SmtpServer
+
+NODE_TIMEOUT = 2.0
+
+
+def run_of(message: Message) -> str:
+    return message["Message-ID"].strip("<>").split(".", 1)[0]
+
+
+def token_in(message: Message) -> str:
+    text = next(p for p in message.walk() if p.get_content_type() == "text/plain").get_payload(decode=True).decode()
+    return next(word for word in text.split() if "/verify?token=" in word).split("token=", 1)[1]
+
+
+class Nodes:
+    """The nodes of one database: started, killed, paused and restarted by name."""
+
+    def __init__(self, root: str, database_url: str, smtp: SmtpServer, *flags: str) -> None:
+        self.root = root
+        self.database_url = database_url
+        self.flags = ("--smtp-url", smtp.url, "--email-failure-rate", "0", "--node-timeout", str(NODE_TIMEOUT), *flags)
+        self.smtp = smtp
+        self.nodes: dict[str, Server] = {}
+        self.gone: list[Server] = []
+
+    def start(self, name: str, *flags: str) -> Server:
+        node = Server(os.path.join(self.root, name), "--node-id", name, *self.flags, *flags, env={"USERFLOW_DATABASE_URL": self.database_url})
+        self.nodes[name] = node.start()
+        return node
+
+    def kill(self, name: str) -> None:
+        node = self.nodes.pop(name)
+        assert node.kill() == -9
+        self.gone.append(node)
+
+    def pause(self, name: str) -> None:
+        assert self.nodes[name].proc is not None
+        self.nodes[name].proc.send_signal(signal.SIGSTOP)
+
+    def resume(self, name: str) -> None:
+        assert self.nodes[name].proc is not None
+        self.nodes[name].proc.send_signal(signal.SIGCONT)
+
+    def alive(self) -> list[Server]:
+        return list(self.nodes.values())
+
+    def other(self, than: Server, rng: random.Random | None = None) -> Server:
+        others = [node for node in self.nodes.values() if node is not than]
+        return (rng or random).choice(others)
+
+    def stop(self) -> None:
+        for node in [*self.nodes.values(), *self.gone]:
+            if node.proc is not None and node.proc.poll() is None:
+                node.proc.send_signal(signal.SIGCONT)
+            node.stop()
+
+    def __enter__(self) -> Nodes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def received(smtp: SmtpServer) -> collections.Counter[str]:
+    """How many times each Message-ID arrived at the SMTP server."""
+    return collections.Counter(m["Message-ID"] for m in list(smtp.handler.messages))
+
+
+def detail(node: Server, run_id: str) -> dict[str, Any]:
+    return node.get(f"/api/workflows/{run_id}")
+
+
+def attempts_by_node(run: dict[str, Any]) -> list[tuple[str, int, str | None, str, str | None]]:
+    """Each attempt of the run: (step, number, node, startedAt, finishedAt)."""
+    return [(s["id"], a["number"], a["node"], a["startedAt"], a["finishedAt"]) for s in run["steps"] for a in s["attempts"]]
+
+
+def overlapping(run: dict[str, Any]) -> list[str]:
+    """Attempts of one step that overlap in time (each must end before the next starts)."""
+    found = []
+    for step in run["steps"]:
+        attempts = sorted(step["attempts"], key=lambda a: a["startedAt"])
+        for earlier, later in zip(attempts, attempts[1:]):
+            if earlier["finishedAt"] is None or earlier["finishedAt"] > later["startedAt"]:
+                found.append(f"{step['id']}: attempt {earlier['number']} ({earlier['node']}) and {later['number']} ({later['node']})")
+    return found

@@ -1,0 +1,220 @@
+"""Three nodes on one PostgreSQL database: any node answers, a dead node's runs carry on.
+
+Real node processes on 127.0.0.1, one throwaway PostgreSQL cluster, the real SMTP
+server counting what arrives; every loop bounded.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import urllib.error
+
+import pytest
+
+from tests.cluster import Nodes, attempts_by_node, detail, overlapping, received, run_of, token_in
+from tests.helpers import wait_until
+from userflow.actors.timeutil import epoch
+from tests.smtp_server import SmtpServer
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture
+def smtp():
+    with SmtpServer() as server:
+        yield server
+
+
+@pytest.fixture
+def nodes(tmp_path, database_url, smtp):
+    with Nodes(str(tmp_path), database_url, smtp) as made:
+        yield made
+
+
+def test_signups_on_every_node_and_clicks_on_another_all_complete_with_one_email_each(nodes, smtp):
+    a, b, c = (nodes.start(name) for name in ("a", "b", "c"))
+    ring = [a, b, c]
+    runs = {}
+    for n in range(30):
+        status, body = ring[n % 3].request("POST", "/api/signup", {"email": f"spread{n}@example.com", "name": "Spread Out"})
+        assert status == 202, body
+        runs[body["workflowId"]] = n % 3
+    messages = smtp.handler.wait_for(30, timeout=60)
+    for message in messages:
+        signed_up_on = runs[run_of(message)]
+        clicked_on = ring[(signed_up_on + 1) % 3]  # never the node that took the signup
+        status, body = clicked_on.request("GET", "/api/verify?token=" + token_in(message))
+        assert status == 200, body
+    for run_id in runs:
+        done = a.wait_for(f"/api/workflows/{run_id}", lambda d: d["status"] == "COMPLETED", timeout=30)
+        assert done["user"]["status"] in ("ACTIVE", "FLAGGED")
+        assert all(node in ("a", "b", "c") for _, _, node, _, _ in attempts_by_node(done))
+    assert set(received(smtp).values()) == {1}, "an email was sent twice"
+    assert len(received(smtp)) == 30
+    # Any node answers with the same result.
+    for node in ring:
+        assert {w["id"] for w in node.get("/api/workflows?limit=100")["workflows"]} == set(runs)
+    panel = b.get("/api/nodes")
+    assert panel["node"] == "b" and {n["id"]: n["alive"] for n in panel["nodes"]} == {"a": True, "b": True, "c": True}
+    assert c.get("/readyz")["node"] == "c"
+
+
+class Traffic:
+    """Signups on random live nodes, and each email's click on another random node."""
+
+    def __init__(self, nodes: Nodes, smtp: SmtpServer, rng: random.Random) -> None:
+        self.nodes, self.smtp, self.rng = nodes, smtp, rng
+        self.accepted: dict[str, str] = {}  # run id -> node that answered 202
+        self.verified: set[str] = set()
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+
+    def call(self, method: str, path: str, body=None, avoid=None):
+        with self.lock:
+            live = [node for node in self.nodes.alive() if node is not avoid] or self.nodes.alive()
+            node = self.rng.choice(live)
+        try:
+            return node, *node.request(method, path, body)
+        except (urllib.error.URLError, ConnectionError, OSError, TimeoutError):
+            self.stop.wait(0.05)  # that node died under us: another is tried next time
+            return node, None, None
+
+    def signups(self, worker: int) -> None:
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            node, status, body = self.call("POST", "/api/signup", {"email": f"k{worker}n{n}@example.com", "name": "Load Test"})
+            if status == 202:
+                with self.lock:
+                    self.accepted[body["workflowId"]] = node.node_id
+
+    def clicks(self) -> None:
+        seen = 0
+        while not self.stop.is_set():
+            arrived = list(self.smtp.handler.messages)
+            for message in arrived[seen:]:
+                if run_of(message) in self.verified:
+                    continue
+                _, status, _ = self.call("GET", "/api/verify?token=" + token_in(message))
+                if status == 200:
+                    with self.lock:
+                        self.verified.add(run_of(message))
+            seen = len(arrived)
+            self.stop.wait(0.02)  # polling the mailbox; what arrived decides
+
+
+def test_sigkill_of_random_nodes_under_load_every_202_completes_on_the_survivors(nodes, smtp):
+    rng = random.Random(11)
+    for name in ("a", "b", "c"):
+        nodes.start(name)
+    traffic = Traffic(nodes, smtp, rng)
+    threads = [threading.Thread(target=traffic.signups, args=(w,), daemon=True) for w in range(3)]
+    threads.append(threading.Thread(target=traffic.clicks, daemon=True))
+    for thread in threads:
+        thread.start()
+    kills: list[tuple[str, float]] = []
+    try:
+        for round in range(3):
+            time.sleep(rng.uniform(0.5, 1.5))  # chaos timing: a random moment, not a synchronisation
+            with traffic.lock:
+                victim = rng.choice(sorted(nodes.nodes))
+                nodes.kill(victim)
+            kills.append((victim, time.time()))
+            time.sleep(rng.uniform(0.5, 1.0))
+            with traffic.lock:
+                nodes.start(f"{victim}{round}")  # a new node: the survivors must take the dead one's runs
+        traffic.stop.set()
+        for thread in threads:
+            thread.join(timeout=20)
+        assert traffic.accepted, "the traffic never got through"
+        survivor = nodes.alive()[0]
+        for run_id in traffic.accepted:
+            run = survivor.wait_for(f"/api/workflows/{run_id}", lambda d: d["status"] in ("WAITING", "COMPLETED"), timeout=60)
+            if run["status"] == "WAITING":
+                wanted = f"<{run_id}.verification.1@userflow>"
+                wait_until(lambda: wanted in received(smtp), timeout=30)
+                message = next(m for m in list(smtp.handler.messages) if m["Message-ID"] == wanted)
+                assert nodes.other(survivor).request("GET", "/api/verify?token=" + token_in(message))[0] == 200
+            survivor.wait_for(f"/api/workflows/{run_id}", lambda d: d["status"] == "COMPLETED", timeout=60)
+        counts = received(smtp)
+        expected = {f"<{run_id}.verification.1@userflow>" for run_id in traffic.accepted}
+        assert expected <= set(counts), expected - set(counts)
+        repeated = {message_id: n for message_id, n in counts.items() if n > 1}
+        # A kill repeats at most the sends in flight on the dead node (one per SMTP
+        # connection of its pool), each with the Message-ID of the first.
+        assert sum(n - 1 for n in repeated.values()) <= 16 * len(kills), repeated
+        moved = [
+            run for run in (detail(survivor, run_id) for run_id in traffic.accepted)
+            if any(node in {victim for victim, _ in kills} for _, _, node, _, _ in attempts_by_node(run))
+            and any(node not in {victim for victim, _ in kills} for _, _, node, _, _ in attempts_by_node(run))
+        ]  # fmt: skip
+        for run in moved:
+            assert not overlapping(run), overlapping(run)
+        print(f"\ncluster kills: {len(kills)} kills, {len(traffic.accepted)} signups, {len(moved)} runs moved between nodes, "
+              f"{sum(n - 1 for n in repeated.values())} emails received twice")  # fmt: skip
+    finally:
+        traffic.stop.set()
+
+
+def test_a_paused_node_loses_its_runs_and_executes_nothing_of_theirs_when_it_wakes(nodes, smtp):
+    a, b, c = (nodes.start(name) for name in ("a", "b", "c"))
+    first_try: set[str] = set()
+
+    def hold_first_send(envelope) -> bool:  # B's sends stay in flight; a later one goes through
+        to = envelope.rcpt_tos[0]
+        if to.startswith("paused") and to not in first_try:
+            first_try.add(to)
+            return True
+        return False
+
+    smtp.handler.hold = hold_first_send
+    runs = [b.request("POST", "/api/signup", {"email": f"paused{n}@example.com", "name": "Paused Node"})[1]["workflowId"] for n in range(3)]
+    smtp.handler.wait_held(3, timeout=30)
+    nodes.pause("b")
+    paused_at = time.time()
+    try:
+        for run_id in runs:  # taken over by A or C once B's heartbeat is older than the timeout
+            a.wait_for(f"/api/workflows/{run_id}", lambda d: d["status"] == "WAITING", timeout=30)
+        taken_at = time.time()
+        smtp.handler.let_go()
+    finally:
+        nodes.resume("b")
+    b.log_marker(timeout=30)  # B runs again and has logged what it did on waking
+    assert any("lease" in line for line in b.stderr), "the node that woke did not notice it had lost its lease"
+    for run_id in runs:
+        run = detail(c, run_id)
+        attempts = attempts_by_node(run)
+        assert attempts[0][2] == "b" and any(node in ("a", "c") for _, _, node, _, _ in attempts), attempts
+        assert not overlapping(run), overlapping(run)
+        late = [e for e in run["timeline"] if e["node"] == "b" and epoch(e["at"]) > paused_at]
+        assert not late, f"the paused node recorded work on a run it no longer had: {late}"
+        assert run["node"] in ("a", "c")
+    # The woken node is a node again: it takes signups and executes them.
+    status, body = b.request("POST", "/api/signup", {"email": "awake@example.com", "name": "Awake Again"})
+    assert status == 202
+    a.wait_for(f"/api/workflows/{body['workflowId']}", lambda d: d["status"] == "WAITING", timeout=30)
+    print(f"\npaused node: runs moved {taken_at - paused_at:.1f} s after SIGSTOP")
+
+
+def test_reminders_and_expiries_fire_once_each_across_three_nodes(tmp_path, database_url, smtp):
+    with Nodes(str(tmp_path), database_url, smtp, "--reminder-after", "1", "--verify-ttl", "3") as nodes:
+        ring = [nodes.start(name) for name in ("a", "b", "c")]
+        runs = []
+        for n in range(200):
+            status, body = ring[n % 3].request("POST", "/api/signup", {"email": f"late{n}@example.com", "name": "Never Clicks"})
+            assert status == 202, body
+            runs.append(body["workflowId"])
+        for run_id in runs:
+            ring[0].wait_for(f"/api/workflows/{run_id}", lambda d: d["status"] == "COMPLETED", timeout=120)
+        counts = received(smtp)
+        for run_id in runs:
+            assert counts[f"<{run_id}.verification.1@userflow>"] == 1
+            reminders = {m: n for m, n in counts.items() if m.startswith(f"<{run_id}.reminder")}
+            assert list(reminders.values()) == [1], f"{run_id}: reminders {reminders}"
+            run = detail(ring[0], run_id)
+            assert run["user"]["status"] == "EXPIRED"
+            reached = [e["message"] for e in run["timeline"] if e["type"] == "deadline"]
+            assert sorted(reached) == sorted({m for m in reached}), f"{run_id}: a deadline fired twice: {reached}"
+            assert sum("is EXPIRED" in e["message"] for e in run["timeline"]) == 1
