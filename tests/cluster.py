@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import collections
+import contextlib
+import http.client
+import json
 import os
 import random
 import signal
+import socket
+import threading
+from collections.abc import Callable
 from email.message import Message
 from typing import Any
+from urllib.parse import urlsplit
 
 from tests.server import Server
 from tests.smtp_server import SmtpServer
@@ -96,3 +103,50 @@ def overlapping(run: dict[str, Any]) -> list[str]:
             if earlier["finishedAt"] is None or earlier["finishedAt"] > later["startedAt"]:
                 found.append(f"{step['id']}: attempt {earlier['number']} ({earlier['node']}) and {later['number']} ({later['node']})")
     return found
+
+
+class EventReader:
+    """A client of one node's ``/api/events``, reading in a thread of its own."""
+
+    def __init__(self, node: Server, last_event_id: str | None = None) -> None:
+        parts = urlsplit(node.url)
+        self._connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+        headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+        self._connection.request("GET", "/api/events", headers=headers)
+        self._response = self._connection.getresponse()
+        assert self._response.status == 200, self._response.status
+        self.frames: list[dict[str, Any]] = []
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        frame: dict[str, Any] = {}
+        try:
+            for raw in self._response:
+                line = raw.decode().rstrip("\n")
+                if line:
+                    field, _, value = line.partition(": ")
+                    frame[field] = json.loads(value) if field == "data" else value
+                    continue
+                if "id" in frame:
+                    with self._changed:
+                        self.frames.append(frame)
+                        self._changed.notify_all()
+                frame = {}
+        except (OSError, ValueError, AttributeError, http.client.HTTPException):
+            pass  # the socket was shut down by close()
+
+    def until(self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float = 60.0) -> None:
+        with self._changed:
+            assert self._changed.wait_for(lambda: predicate(self.frames), timeout), f"not seen in {timeout} s: {len(self.frames)} frames"
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            self._connection.sock.shutdown(socket.SHUT_RDWR)
+        self._thread.join(timeout=10)
+        self._connection.close()
+
+
+def completed_runs(frames: list[dict[str, Any]]) -> set[str]:
+    return {f["data"]["id"] for f in frames if f.get("event") == "run" and f["data"].get("status") == "COMPLETED"}

@@ -11,9 +11,10 @@ import threading
 import time
 import urllib.error
 
+import psycopg
 import pytest
 
-from tests.cluster import Nodes, attempts_by_node, detail, overlapping, received, run_of, token_in
+from tests.cluster import EventReader, Nodes, attempts_by_node, completed_runs, detail, overlapping, received, run_of, token_in
 from tests.helpers import wait_until
 from userflow.actors.timeutil import epoch
 from tests.smtp_server import SmtpServer
@@ -218,3 +219,39 @@ def test_reminders_and_expiries_fire_once_each_across_three_nodes(tmp_path, data
             reached = [e["message"] for e in run["timeline"] if e["type"] == "deadline"]
             assert sorted(reached) == sorted({m for m in reached}), f"{run_id}: a deadline fired twice: {reached}"
             assert sum("is EXPIRED" in e["message"] for e in run["timeline"]) == 1
+
+
+def signup_and_click(first, second, smtp, emails: list[str]) -> list[str]:
+    """Sign each address up on ``first`` and click its link on ``second``; the run ids."""
+    runs = [first.request("POST", "/api/signup", {"email": email, "name": "Event Watcher"})[1]["workflowId"] for email in emails]
+    for run_id in runs:
+        wanted = f"<{run_id}.verification.1@userflow>"
+        wait_until(lambda: wanted in received(smtp), timeout=30)
+        message = next(m for m in list(smtp.handler.messages) if m["Message-ID"] == wanted)
+        assert second.request("GET", "/api/verify?token=" + token_in(message))[0] == 200
+    return runs
+
+
+def test_one_event_stream_shows_every_node_and_resumes_on_another_without_a_gap_or_a_repeat(nodes, smtp, database_url):
+    a, b, c = (nodes.start(name) for name in ("a", "b", "c"))
+    on_c = EventReader(c)
+    try:
+        runs = signup_and_click(a, b, smtp, [f"sse-a{n}@example.com" for n in range(8)])
+        runs += signup_and_click(b, a, smtp, [f"sse-b{n}@example.com" for n in range(8)])
+        on_c.until(lambda frames: set(runs) <= completed_runs(frames))
+    finally:
+        on_c.close()
+    seen_on_c = list(on_c.frames)
+    later = signup_and_click(a, b, smtp, [f"sse-later{n}@example.com" for n in range(6)])  # while no client watches
+    on_a = EventReader(a, last_event_id=seen_on_c[-1]["id"])
+    try:
+        on_a.until(lambda frames: set(later) <= completed_runs(frames))
+    finally:
+        on_a.close()
+    ids = [frame["id"] for frame in seen_on_c + on_a.frames]
+    assert len(ids) == len(set(ids)), "a frame was sent twice"
+    numbers = [int(i.rsplit("-", 1)[1]) for i in ids]
+    assert numbers == sorted(numbers), "frames out of order"
+    with psycopg.connect(database_url) as connection:
+        stored = [seq for (seq,) in connection.execute("SELECT seq FROM events WHERE seq BETWEEN %s AND %s ORDER BY seq", (numbers[0], numbers[-1]))]
+    assert numbers == stored, "frames stored in the database were not streamed"
