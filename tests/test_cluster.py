@@ -43,17 +43,32 @@ def test_signups_on_every_node_and_clicks_on_another_all_complete_with_one_email
         assert status == 202, body
         runs[body["workflowId"]] = n % 3
     messages = smtp.handler.wait_for(30, timeout=60)
-    for message in messages:
-        signed_up_on = runs[run_of(message)]
-        clicked_on = ring[(signed_up_on + 1) % 3]  # never the node that took the signup
+    ids = list(runs)
+    cancelled, resent = ids[:2], ids[2:4]
+    for run_id in cancelled:  # an operator's action on another node than the run's
+        status, body = ring[(runs[run_id] + 1) % 3].request("POST", f"/api/workflows/{run_id}/cancel")
+        assert status == 200 and body["status"] == "CANCELLED", body
+    for run_id in resent:
+        user_id = a.get(f"/api/workflows/{run_id}")["userId"]
+        status, body = ring[(runs[run_id] + 2) % 3].request("POST", f"/api/users/{user_id}/resend-verification")
+        assert status == 202, body
+    messages = smtp.handler.wait_for(32, timeout=60)
+    newest = {run_of(m): m for m in messages}  # the resent link replaces the first
+    for run_id, message in newest.items():
+        if run_id in cancelled:
+            continue
+        clicked_on = ring[(runs[run_id] + 1) % 3]  # never the node that took the signup
         status, body = clicked_on.request("GET", "/api/verify?token=" + token_in(message))
         assert status == 200, body
     for run_id in runs:
-        done = a.wait_for(f"/api/workflows/{run_id}", lambda d: d["status"] == "COMPLETED", timeout=30)
-        assert done["user"]["status"] in ("ACTIVE", "FLAGGED")
+        wanted = "CANCELLED" if run_id in cancelled else "COMPLETED"
+        done = a.wait_for(f"/api/workflows/{run_id}", lambda d: d["status"] == wanted, timeout=30)
+        if run_id not in cancelled:
+            assert done["user"]["status"] in ("ACTIVE", "FLAGGED")
         assert all(node in ("a", "b", "c") for _, _, node, _, _ in attempts_by_node(done))
-    assert set(received(smtp).values()) == {1}, "an email was sent twice"
-    assert len(received(smtp)) == 30
+    counts = received(smtp)
+    assert set(counts.values()) == {1}, "an email was sent twice"
+    assert len(counts) == 32 and all(any(m.startswith(f"<{run_id}.resend.") for m in counts) for run_id in resent), sorted(counts)
     # Any node answers with the same result.
     for node in ring:
         assert {w["id"] for w in node.get("/api/workflows?limit=100")["workflows"]} == set(runs)
