@@ -14,9 +14,11 @@ from userflow.http.openapi_schemas import (
     ID,
     LIMIT,
     NSTR,
+    NTIME,
     SEARCH,
     SCHEMAS,
     STR,
+    TIME,
     TOKEN,
     errors,
     json_body,
@@ -194,6 +196,34 @@ def document(roles: Mapping[tuple[str, str], str]) -> dict[str, Any]:
                 "responses": {"200": {"description": "an event stream", "content": {"text/event-stream": {}}}, **errors(503)},
             }
         },
+        "/api/nodes": {
+            "get": {
+                "summary": "The nodes sharing the store: alive or not, runs executing now, last heartbeat",
+                "description": (
+                    "On PostgreSQL every node of the database (alive: renewed within --node-timeout by the "
+                    "database clock, and not stopped); on the data dir this process alone."
+                ),
+                "responses": {
+                    "200": json_body(
+                        obj(
+                            ["node", "nodes"],
+                            node=STR,
+                            nodes={
+                                "type": "array",
+                                "items": obj(
+                                    ["id", "alive", "executing", "self"],
+                                    id=STR, address=NSTR, alive={"type": "boolean"}, executing={"type": "integer"},
+                                    self={"type": "boolean"}, startedAt=TIME, heartbeatAt=TIME, stoppedAt=NTIME,
+                                    heartbeatAgeSeconds={"type": "number"},
+                                ),
+                            },
+                        ),
+                        "the nodes, by id",
+                    ),
+                    **errors(503),
+                },
+            }
+        },
         "/metrics": {
             "get": {
                 "summary": "Prometheus metrics",
@@ -253,7 +283,10 @@ def document(roles: Mapping[tuple[str, str], str]) -> dict[str, Any]:
         "/readyz": {
             "get": {
                 "summary": "Readiness: 200 once recovery is done",
-                "responses": {"200": json_body(obj(["status"], status=STR), "ready"), "503": json_body(obj(["status"], status=STR), "recovering")},
+                "responses": {
+                    "200": json_body(obj(["status", "node"], status=STR, node=STR, runs={"type": "integer"}), "ready"),
+                    "503": json_body(obj(["status", "node"], status=STR, node=STR), "recovering, or the store is unavailable"),
+                },
             }
         },
         "/verify": {

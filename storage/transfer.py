@@ -50,7 +50,7 @@ from userflow.storage.datadir import DataDir
 from userflow.storage.operators import Operators, OperatorFile
 from userflow.storage.port import StoredRun
 from userflow.storage.postgres.connect import one_line
-from userflow.storage.postgres.runs import INSERT_ENTRY, PUT_KEY, UPSERT_RUN, run_row
+from userflow.storage.postgres.run_sql import INSERT_ENTRY, PUT_KEY, UPSERT_RUN, run_row
 from userflow.storage.runs import FileRunStore
 
 BATCH = 500  # runs per transaction: large enough to amortise round trips, small enough to redo

@@ -197,12 +197,13 @@ def test_a_database_that_cannot_be_used_is_one_line_and_exit_2_without_its_passw
     bad = userflow("serve", "--port", "0", "--database-url", "mysql://app:s3cret@db/userflow")
     assert bad.returncode == 2 and "must start with postgresql://" in bad.stderr and "s3cret" not in bad.stderr, bad.stderr
     first = subprocess.Popen(
-        [sys.executable, "-m", "userflow.http.cli", "serve", "--port", "0", "--database-url", database_url],
+        [sys.executable, "-m", "userflow.http.cli", "serve", "--port", "0", "--database-url", database_url, "--node-id", "twin"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         assert first.stdout is not None and "listening on" in first.stdout.readline()
-        _one_line_failure(userflow("serve", "--port", "0", "--database-url", database_url), "in use by another userflow server")
+        twin = userflow("serve", "--port", "0", "--database-url", database_url, "--node-id", "twin", "--node-timeout", "1")
+        _one_line_failure(twin, "node id 'twin' is in use by a live node")
     finally:
         first.terminate()
         first.communicate(timeout=20)

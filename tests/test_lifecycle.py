@@ -71,7 +71,7 @@ def test_readyz_answers_503_until_recovery_has_ended(tmp_path):
         try:
             writer = wait_until(lambda: reader_waiting(str(path)), timeout=20, message="recovery never opened the run's file")
             # Recovery is inside the run's file and cannot end before the test writes it.
-            assert second.request("GET", "/readyz") == (503, {"status": "starting"})
+            assert second.request("GET", "/readyz") == (503, {"status": "starting", "node": second.node_id})
             with urllib.request.urlopen(second.url + "/healthz", timeout=5) as resp:
                 assert resp.status == 200  # alive, only not ready
             for method, path_, body in (("GET", f"/api/workflows/{run_id}", None), ("POST", "/api/signup", {"email": "bo@example.com", "name": "Bo"})):
@@ -90,7 +90,7 @@ def test_readyz_answers_503_until_recovery_has_ended(tmp_path):
             if not started.done():
                 second.stop()
     try:
-        assert second.request("GET", "/readyz") == (200, {"status": "ready", "runs": 1})
+        assert second.request("GET", "/readyz") == (200, {"status": "ready", "node": second.node_id, "runs": 1})
         assert second.request("GET", f"/api/verify?token={token_of(email['link'])}")[0] == 200
         done = second.wait_for(f"/api/workflows/{run_id}", lambda d: d["status"] == "COMPLETED")
         assert done["user"]["status"] in ("ACTIVE", "FLAGGED")

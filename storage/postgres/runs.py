@@ -24,9 +24,7 @@ fenced by that claim (the upsert changes the row only while owner and epoch
 are still this claim's, and whatever the commit would have added for a
 fenced run is left out of the transaction); stopping the actor releases it.
 Waiting runs are unowned, so a dead node leaves behind only the runs it was
-executing; ``claim_due`` and ``claim_orphans`` are how every node's poller
-takes the runs whose timers are due and those of dead nodes, each row to
-one node (``FOR UPDATE SKIP LOCKED``).
+executing (``claims.py``). The statements are ``run_sql.py``'s.
 """
 
 from __future__ import annotations
@@ -35,140 +33,33 @@ import logging
 import queue
 import threading
 from collections.abc import Container, Iterator
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 import psycopg
-from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from userflow.storage.atomic import StorageError
-from userflow.storage.port import ACTIVE, Claimed, Describe, Entry, RunMoved, StoredRun
+from userflow.storage.port import ACTIVE, Describe, Entry, RunMoved, StoredRun
 from userflow.storage.postgres.catalog import PgCatalog
+from userflow.storage.postgres.claims import PgClaims
 from userflow.storage.postgres.connect import in_transaction, one_line
-
-if TYPE_CHECKING:
-    from userflow.storage.postgres.nodes import NodeLease
+from userflow.storage.postgres.nodes import NodeLease
+from userflow.storage.postgres.run_sql import (
+    DROP_KEYS,
+    INSERT_ENTRIES,
+    PUT_FACETS,
+    PUT_KEYS,
+    PUT_SUMMARIES,
+    RELEASE,
+    TRIM_TIMELINES,
+    UPSERT_RUNS,
+    as_json,
+    json_row,
+)
 
 log = logging.getLogger(__name__)
 
-# The statements a run's commit is made of, shared with the import of a data dir
-# (storage/transfer.py), so that both write a run the same way.
-UPSERT_RUN = """
-INSERT INTO runs (id, workflow, definition, format, status, document, version, next_wake_at, created_at, updated_at)
-VALUES (%(id)s, %(workflow)s, %(definition)s, %(format)s, %(status)s, %(document)s, %(version)s, %(wake)s, %(created)s, %(updated)s)
-ON CONFLICT (id) DO UPDATE SET
-    status = excluded.status, document = excluded.document, version = excluded.version,
-    definition = excluded.definition, format = excluded.format,
-    next_wake_at = excluded.next_wake_at, updated_at = excluded.updated_at
-WHERE runs.version < excluded.version
-"""
-INSERT_ENTRY = "INSERT INTO timeline (run_id, seq, entry) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING"
-# A key names one run at a time: a later run takes it over, as in the engine's index.
-PUT_KEY = """
-INSERT INTO lookup_keys (kind, key, run_id) VALUES (%s, %s, %s)
-ON CONFLICT (kind, key) DO UPDATE SET run_id = excluded.run_id WHERE lookup_keys.run_id < excluded.run_id
-"""
-# The committer's forms of the same: one statement per table for a whole group of
-# commits, its rows passed as one JSON array (orjson writes it in one call, where
-# adapting arrays row by row costs Python time on every commit).
-# Fenced by the claim: a commit changes the row only while it is still this claim's
-# (epoch -1: a store without a lease, one process, nothing to fence). The same
-# version may be written again (a retry of a transaction whose fate was unknown),
-# so every commit that stands is RETURNed, and one that is not, was fenced off.
-_UPSERT_RUNS = """
-INSERT INTO runs (id, workflow, definition, format, status, document, version, next_wake_at, created_at, updated_at, owner, epoch)
-SELECT id, workflow, definition, format, status, document, version, to_timestamp(wake), created, updated, owner, greatest(epoch, 0)
-FROM jsonb_to_recordset(%s::jsonb) AS r (id text, workflow text, definition int, format int, status text,
-     document jsonb, version bigint, wake float8, created timestamptz, updated timestamptz, owner text, epoch bigint)
-ON CONFLICT (id) DO UPDATE SET
-    status = excluded.status, document = excluded.document, version = excluded.version,
-    definition = excluded.definition, format = excluded.format,
-    next_wake_at = excluded.next_wake_at, updated_at = excluded.updated_at
-WHERE runs.version <= excluded.version
-    AND (excluded.epoch = 0 AND excluded.owner IS NULL OR runs.owner = excluded.owner AND runs.epoch = excluded.epoch)
-RETURNING runs.id
-"""
-# A node may claim a run nobody executes, one of its own (a restart), or a dead node's.
-_CLAIM = """
-UPDATE runs SET owner = %(me)s, epoch = epoch + 1
-WHERE id = %(id)s AND (owner IS NULL OR owner = %(me)s OR NOT EXISTS (
-    SELECT 1 FROM nodes n WHERE n.id = runs.owner
-    AND n.heartbeat_at > now() - make_interval(secs => %(timeout)s) AND n.stopped_at IS NULL))
-RETURNING document, epoch
-"""
-# The pollers' claims: what they return is each run's id and its timers due by the database clock.
-_CLAIMED = "RETURNING runs.id, runs.document -> 'timers', extract(epoch FROM now())::float8"
-_CLAIM_DUE = f"""
-WITH due AS (
-    SELECT id FROM runs WHERE owner IS NULL AND next_wake_at <= now()
-    ORDER BY next_wake_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
-UPDATE runs SET owner = %(me)s, epoch = runs.epoch + 1 FROM due WHERE runs.id = due.id
-{_CLAIMED}
-"""
-_CLAIM_ORPHANS = f"""
-WITH orphans AS (
-    SELECT id FROM runs r WHERE r.owner IS NOT NULL AND r.owner <> %(me)s AND NOT EXISTS (
-        SELECT 1 FROM nodes n WHERE n.id = r.owner
-        AND n.heartbeat_at > now() - make_interval(secs => %(timeout)s) AND n.stopped_at IS NULL)
-    LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
-UPDATE runs SET owner = %(me)s, epoch = runs.epoch + 1 FROM orphans WHERE runs.id = orphans.id
-{_CLAIMED}
-"""
-_CLAIM_MINE = f"""
-UPDATE runs SET epoch = epoch + 1 WHERE owner = %(me)s
-{_CLAIMED}
-"""
-_RELEASE = """
-UPDATE runs SET owner = NULL FROM jsonb_to_recordset(%s::jsonb) AS t (r text, e bigint)
-WHERE runs.id = t.r AND runs.owner = %s AND runs.epoch = t.e
-"""
-_INSERT_ENTRIES = """
-INSERT INTO timeline (run_id, seq, entry)
-SELECT r, (e ->> 'seq')::int, e FROM jsonb_to_recordset(%s::jsonb) AS t (r text, e jsonb)
-ON CONFLICT DO NOTHING
-"""
-# Only a later run takes a key over (ids sort by creation): an old run's commit
-# (retention, erasure) must not take back its address from a newer signup.
-_PUT_KEYS = """
-INSERT INTO lookup_keys (kind, key, run_id)
-SELECT k, v, r FROM jsonb_to_recordset(%s::jsonb) AS t (k text, v text, r text)
-ON CONFLICT (kind, key) DO UPDATE SET run_id = excluded.run_id WHERE lookup_keys.run_id < excluded.run_id
-"""
-# A finished run's keys are exactly its own: those its entry no longer names go (erasure).
-_DROP_KEYS = """
-DELETE FROM lookup_keys l USING jsonb_to_recordset(%s::jsonb) AS t (r text, k text, v jsonb)
-WHERE l.run_id = t.r AND l.kind = t.k AND NOT (t.v ? l.key)
-"""
-# Retention: a document naming the first entry it keeps (timelineFrom) drops the older ones
-# in the commit that says so.
-_TRIM_TIMELINES = """
-DELETE FROM timeline USING jsonb_to_recordset(%s::jsonb) AS t (r text, f int)
-WHERE timeline.run_id = t.r AND timeline.seq < t.f
-"""
-# The catalog's part of a commit: each run's summary, and its facets made exactly
-# the given ones, with run_counts changed by what was dropped and added, in one
-# statement and in (name, value) order, so concurrent commits never deadlock on a count.
-_PUT_SUMMARIES = """
-UPDATE runs SET summary = t.s FROM jsonb_to_recordset(%s::jsonb) AS t (r text, s jsonb) WHERE runs.id = t.r
-"""
-_PUT_FACETS = """
-WITH new AS (SELECT r, n, v FROM jsonb_to_recordset(%s::jsonb) AS t (r text, n text, v text)),
-gone AS (
-    DELETE FROM run_facets f WHERE f.run_id IN (SELECT r FROM new)
-        AND (f.run_id, f.name, f.value) NOT IN (SELECT r, n, v FROM new)
-    RETURNING f.name, f.value),
-added AS (
-    INSERT INTO run_facets (name, value, run_id) SELECT n, v, r FROM new
-    ON CONFLICT DO NOTHING RETURNING name, value),
-delta AS (
-    SELECT name, value, sum(d)::bigint AS d FROM (
-        SELECT name, value, -1 AS d FROM gone UNION ALL SELECT name, value, 1 FROM added) AS changes
-    GROUP BY name, value HAVING sum(d) <> 0)
-INSERT INTO run_counts (name, value, n) SELECT name, value, d FROM delta ORDER BY name, value
-ON CONFLICT (name, value) DO UPDATE SET n = run_counts.n + excluded.n
-"""
 _FINISHED = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
 SCAN_BATCH = 1000
 
@@ -181,44 +72,6 @@ class _Commit:
         self.owner, self.epoch = owner, epoch
         self.done = threading.Event()
         self.error: BaseException | None = None
-
-
-def _time(text: str) -> datetime:
-    return datetime.fromisoformat(text)
-
-
-def _json(rows: list[dict[str, Any]]) -> Jsonb:
-    return Jsonb(rows)  # dumped by the connection's orjson
-
-
-def _json_row(run: dict[str, Any]) -> dict[str, Any]:
-    """A run's row for _UPSERT_RUNS (times as JSON gives them; the earliest timer in epoch seconds)."""
-    timers = run.get("timers") or {}
-    return {
-        "id": run["id"],
-        "workflow": run["workflow"],
-        "definition": int(run.get("definition", 1)),
-        "format": int(run.get("format", 1)),
-        "status": run["status"],
-        "document": run,
-        "version": int(run["version"]),
-        "wake": min(timers.values()) if timers else None,
-        "created": run["createdAt"],
-        "updated": run["updatedAt"],
-    }
-
-
-def run_row(run: dict[str, Any]) -> dict[str, Any]:
-    """The parameters of UPSERT_RUN for a run's document: _json_row's, as typed values."""
-    row = _json_row(run)
-    wake = row["wake"]
-    return {
-        **row,
-        "document": Jsonb(run),
-        "wake": datetime.fromtimestamp(wake, tz=timezone.utc) if wake is not None else None,
-        "created": _time(row["created"]),
-        "updated": _time(row["updated"]),
-    }
 
 
 class PgRunHandle:
@@ -262,6 +115,7 @@ class PgRunStore:
         self._pool = pool
         self._describe = describe
         self.lease = lease
+        self._claims = PgClaims(pool, lease) if lease is not None else None
         self._written_keys: dict[str, set[tuple[str, str]]] = {}  # per active run, touched by the committer only
         self._queue: list[_Commit] = []
         self._releases: list[dict[str, Any]] = []
@@ -276,52 +130,12 @@ class PgRunStore:
     def open(self, run_id: str) -> PgRunHandle:
         return PgRunHandle(self, run_id, self.lease)
 
-    def claims(self) -> PgRunStore | None:
-        return self if self.lease is not None else None
-
-    @property
-    def node_id(self) -> str:
-        return self.lease.node_id if self.lease is not None else ""
-
-    # -- claims (with a lease) ----------------------------------------------------------
-
-    def _claim_params(self, **more: Any) -> dict[str, Any]:
-        assert self.lease is not None
-        return {"me": self.lease.node_id, "timeout": self.lease.timeout, **more}
+    def claims(self) -> PgClaims | None:
+        return self._claims
 
     def claim(self, run_id: str) -> tuple[dict[str, Any], int] | None:
-        """Claim the run for this node: its document and the claim's epoch; None if there
-        is no such run; RunMoved if another live node executes it."""
-        try:
-            with self._pool.connection() as connection:
-                row = connection.execute(_CLAIM, self._claim_params(id=run_id)).fetchone()
-                if row is None:
-                    found = connection.execute("SELECT owner FROM runs WHERE id = %s", (run_id,)).fetchone()
-                    if found is None:
-                        return None
-                    raise RunMoved(run_id, f"executes on node {found[0]}")
-        except (psycopg.Error, OSError) as exc:
-            raise _unavailable("claim a run in", exc) from None
-        return row[0], int(row[1])
-
-    def claim_due(self, limit: int) -> list[Claimed]:
-        """Claim up to ``limit`` runs nobody executes whose earliest timer is due."""
-        return self._claim_many(_CLAIM_DUE, limit)
-
-    def claim_orphans(self, limit: int) -> list[Claimed]:
-        """Claim up to ``limit`` runs of nodes whose heartbeat lapsed (takeover)."""
-        return self._claim_many(_CLAIM_ORPHANS, limit)
-
-    def claim_mine(self) -> list[Claimed]:
-        """Claim again the runs this node id held when its last process ended (a start)."""
-        return self._claim_many(_CLAIM_MINE, 0)
-
-    def _claim_many(self, sql: str, limit: int) -> list[Claimed]:
-        try:
-            rows = in_transaction(self._pool, lambda connection: connection.execute(sql, self._claim_params(limit=limit)).fetchall())
-        except (psycopg.Error, OSError) as exc:
-            raise _unavailable("claim runs in", exc) from None
-        return [Claimed(run_id, {name: due for name, due in (timers or {}).items() if due <= clock}) for run_id, timers, clock in rows]
+        assert self._claims is not None
+        return self._claims.claim(run_id)
 
     def release(self, run_id: str, epoch: int) -> None:
         """Give the run up (written with the next group of commits; not waited for)."""
@@ -404,9 +218,9 @@ class PgRunStore:
             def write(connection: psycopg.Connection) -> None:
                 _write_catalog(connection, entries)
                 if blank:
-                    connection.execute(_PUT_SUMMARIES, (_json(blank),))
+                    connection.execute(PUT_SUMMARIES, (as_json(blank),))
                 if entries:
-                    connection.execute(_PUT_KEYS, (_json(_key_rows(entries)),))
+                    connection.execute(PUT_KEYS, (as_json(_key_rows(entries)),))
 
             try:
                 in_transaction(self._pool, write)
@@ -462,17 +276,17 @@ class PgRunStore:
                 held = newest.get(item.run["id"])
                 if held is None or (held.epoch, held.run["version"]) < (item.epoch, item.run["version"]):
                     newest[item.run["id"]] = item
-            rows = [{**_json_row(item.run), "owner": item.owner, "epoch": item.epoch if item.owner else -1} for item in newest.values()]
+            rows = [{**json_row(item.run), "owner": item.owner, "epoch": item.epoch if item.owner else -1} for item in newest.values()]
 
             def write(connection: psycopg.Connection) -> None:  # safe to repeat: nothing goes back
-                written = {run_id for (run_id,) in connection.execute(_UPSERT_RUNS, (_json(rows),)).fetchall()} if rows else set()
+                written = {run_id for (run_id,) in connection.execute(UPSERT_RUNS, (as_json(rows),)).fetchall()} if rows else set()
                 fenced.clear()
                 fenced.update(self._fenced(connection, [item for run_id, item in newest.items() if run_id not in written]))
                 kept = [item for item in batch if item.run["id"] not in fenced and item.epoch == newest[item.run["id"]].epoch]
                 self._write_rest(connection, [newest[run_id] for run_id in written], kept)
                 if releases:
                     owner = self.lease.node_id if self.lease is not None else None
-                    connection.execute(_RELEASE, (_json(releases), owner))
+                    connection.execute(RELEASE, (as_json(releases), owner))
 
             in_transaction(self._pool, write)
             for key in self._keys_written:
@@ -517,13 +331,13 @@ class PgRunStore:
         ]
         _write_catalog(connection, list(described.values()))
         if entries:
-            connection.execute(_INSERT_ENTRIES, (_json(entries),))
+            connection.execute(INSERT_ENTRIES, (as_json(entries),))
         if keys:
-            connection.execute(_PUT_KEYS, (_json(keys),))
+            connection.execute(PUT_KEYS, (as_json(keys),))
         if exact:
-            connection.execute(_DROP_KEYS, (_json(exact),))
+            connection.execute(DROP_KEYS, (as_json(exact),))
         if trims:
-            connection.execute(_TRIM_TIMELINES, (_json(trims),))
+            connection.execute(TRIM_TIMELINES, (as_json(trims),))
 
     def _new_keys(self, entries: list[Entry]) -> list[tuple[str, str, str]]:
         """The keys of the described runs this store has not written yet (a run's keys
@@ -542,9 +356,9 @@ def _write_catalog(connection: psycopg.Connection, entries: list[Entry]) -> None
     """The catalog's part of a commit: the summaries and facets of the described runs."""
     if not entries:
         return
-    connection.execute(_PUT_SUMMARIES, (_json([{"r": e.id, "s": e.summary} for e in entries]),))
+    connection.execute(PUT_SUMMARIES, (as_json([{"r": e.id, "s": e.summary} for e in entries]),))
     facets = [{"r": e.id, "n": name, "v": value} for e in entries for name, value in e.facets.items()]
-    connection.execute(_PUT_FACETS, (_json(facets),))
+    connection.execute(PUT_FACETS, (as_json(facets),))
 
 
 def _key_rows(entries: list[Entry]) -> list[dict[str, str]]:

@@ -141,7 +141,7 @@ def fill_data_dir(data_dir: str, kinds: list[tuple[str, int, str]]) -> None:
 def fill_database(url: str, kinds: list[tuple[str, int, str]]) -> None:
     import psycopg
 
-    from userflow.storage.postgres.runs import run_row
+    from userflow.storage.postgres.run_sql import run_row
 
     with psycopg.connect(url) as connection:
         for template_id, count, tag in kinds:
