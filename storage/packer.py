@@ -69,7 +69,7 @@ class Packer:
         self._every = every
         self._written: set[str] = set()  # named by the checkpointer since the last pass
         self._written_lock = threading.Lock()
-        self._sweep: list[str] | None = None  # the folders not swept yet; None once all were
+        self._sweep: list[str] | None = folders.folders()  # the folders not swept yet; None once all were
         self._swept: list[str] = []  # the run ids of the folder being swept, not looked at yet
         self._scans = 0
         self._stop = threading.Event()
@@ -83,7 +83,6 @@ class Packer:
     def start(self) -> None:
         """Sweep every folder, then pack what the checkpointer writes, from now on."""
         if self._thread is None:
-            self._sweep = self._folders.folders()
             self._thread = threading.Thread(target=self._loop, name="userflow-pack", daemon=True)
             self._thread.start()
 
@@ -107,7 +106,8 @@ class Packer:
         backlog = False
         while not self._stop.wait(_PAUSE if backlog else self._every):
             try:
-                backlog = self.pack() == BATCH
+                self.pack()
+                backlog = self._sweep is not None or len(self._written) >= BATCH
             except (OSError, sqlite3.Error) as exc:
                 log.error("packing finished runs failed, their files stay meanwhile: %s", exc)
                 backlog = False
@@ -121,6 +121,7 @@ class Packer:
             with self._written_lock:
                 run_ids = [self._written.pop() for _ in range(min(batch, len(self._written)))]
             run_ids += self._swept_ids(batch - len(run_ids))
+            run_ids = list(dict.fromkeys(run_ids))  # a file written since the sweep listed it
             self._settle(run_ids)
             return len(run_ids)
 
@@ -180,7 +181,7 @@ class Packer:
             sync_filesystem(self._folders.directory)  # the newer files are durable before the older rows go
         if rows or gone:
             self._pack.put(rows, gone=gone)
-        crash_point("storage", "after-pack")
+            crash_point("storage", "after-pack")
         for path in delete:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
