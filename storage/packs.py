@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS packed (id TEXT NOT NULL UNIQUE, version INTEGER NOT 
 """
 # A rowid table, not WITHOUT ROWID: its leaf pages hold rows of a few KiB
 # whole, where an index b-tree would spill each into an overflow page.
-_PAGE_SIZE = 8192
+_PAGE_SIZE = 16384  # a row is a kilobyte or two: few bytes of each page left over
 _LEVEL = 6
 
 
@@ -68,7 +68,6 @@ class Pack:
         os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         try:
             connection = self._connection()
-            connection.execute(f"PRAGMA page_size = {_PAGE_SIZE}")  # only takes on a new file
             connection.executescript(_SCHEMA)
             connection.execute("SELECT count(*) FROM packed WHERE id = ''").fetchone()
         except sqlite3.DatabaseError as exc:
@@ -81,6 +80,7 @@ class Pack:
         connection = getattr(self._local, "connection", None)
         if connection is None:
             connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            connection.execute(f"PRAGMA page_size = {_PAGE_SIZE}")  # takes on a new file only, before WAL
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute("PRAGMA synchronous = FULL")  # a row is durable before its file goes
             connection.execute("PRAGMA secure_delete = ON")
