@@ -23,6 +23,7 @@ from tests.perf.million import fill_data_dir
 from tests.server import Server
 from tests.test_retention import completed_run, waiting_run
 from userflow.storage import FileRunStore
+from userflow.storage.packer import BATCH
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -96,9 +97,9 @@ def test_sigkills_while_packing_lose_nothing_and_leave_each_run_in_one_place(bac
     chance = random.Random(seed)
     remaining = run_files(data_dir)
     kills = 0
-    while kills < 5 and remaining > active + 50:
+    while kills < 8 and remaining > active + 50:
         server = Server(str(data_dir), "--email-failure-rate", "0").start()
-        threshold = chance.randint(active + 1, remaining - 1)
+        threshold = max(active + 1, remaining - chance.randint(1, BATCH))  # somewhere in its next pass
         wait_until(lambda: run_files(data_dir) <= threshold, timeout=60, message=f"seed {seed}: no packing")
         assert server.kill() == -9
         kills += 1
