@@ -17,7 +17,6 @@ from userflow.storage import CorruptFileError, FileRunStore
 from userflow.storage.journal import encode
 from userflow.storage.packs import Pack
 from userflow.storage.port import Entry
-from userflow.storage.runs import run_file
 
 AFTER_PACK = "crash:storage:after-pack"
 
