@@ -41,11 +41,11 @@ import orjson
 from userflow.storage.port import ACTIVE, Entry
 
 #: The layout of the catalog file; another is rebuilt, never read.
-FORMAT = 2
+FORMAT = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS runs (id TEXT PRIMARY KEY, summary BLOB NOT NULL, changed REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS runs (id TEXT PRIMARY KEY, summary BLOB NOT NULL, changed REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS runs_changed ON runs (changed);
 CREATE TABLE IF NOT EXISTS facets (
     name TEXT NOT NULL, value TEXT NOT NULL, run_id TEXT NOT NULL,
@@ -59,6 +59,9 @@ CREATE TABLE IF NOT EXISTS keys (kind TEXT NOT NULL, key TEXT NOT NULL, run_id T
 CREATE INDEX IF NOT EXISTS keys_run ON keys (run_id);
 CREATE TABLE IF NOT EXISTS stale (run_id TEXT PRIMARY KEY) WITHOUT ROWID;
 """
+
+# ``runs`` is a rowid table: a summary of about a kilobyte fits whole in its leaf
+# pages, where a WITHOUT ROWID table (an index b-tree) spills each into a page of its own.
 
 _LAST = "\uffff"  # sorts after every run id
 

@@ -1,4 +1,4 @@
-"""Run storage: one small TinyDB file per run (``run_file.py``).
+"""Run storage: one small TinyDB file per active run (``run_file.py``), finished runs packed.
 
 A TinyDB file is rewritten whole on every write, so one shared file slows down
 as runs accumulate (28 ms per update with 1,000 runs stored). One file per run
@@ -14,14 +14,13 @@ In a :class:`FileRunStore` a commit is first made durable in the journal
 run's latest document; a checkpointer thread then writes each changed run's
 file (atomically, unsynced), syncs the filesystem once, and only then drops
 the journal segments those documents were in. At startup, documents found in
-the journal that are newer than their run's file are written back first.
+the journal that are newer than their run's stored copy are written back first.
 
-Run files are spread over 256 folders, ``runs/XX/ID.json`` where ``XX`` is
-a hash of the id, so no folder grows past a few thousand entries at a million
-runs (a folder of a million entries makes every listing and lookup in it
-slow). Files of the flat ``runs/ID.json`` layout of earlier releases are
-moved into their folder when the store opens, one atomic rename each, so a
-start interrupted halfway carries on at the next.
+Files live in the 256 folders of ``runs/`` (``run_folders.py``). Once a run
+has finished, its file moves into the pack (``packs.py``, ``packer.py``):
+compressed, one row among many. A run is read from memory if committed
+since the last checkpoint, else from the newer of its file and its row (by
+``version``), so a run caught in both places by a crash reads the same.
 
 Nothing above this module knows that runs are files: it sees :class:`RunStore`
 (open a run's handle, read one, scan all) and :class:`RunHandle` (commit).
@@ -35,7 +34,6 @@ import os
 import sqlite3
 import threading
 import time
-import zlib
 from collections.abc import Container, Iterator, Mapping
 from typing import Any
 
@@ -45,12 +43,16 @@ from userflow.storage import codec
 from userflow.storage.atomic import CorruptFileError, StorageError, read_json, sync_filesystem, write_atomic
 from userflow.storage.journal import Journal, records
 from userflow.storage.catalog import CatalogDamaged, DataDirCatalog, SqliteCatalog
+from userflow.storage.packer import Packer
+from userflow.storage.packs import FILE as PACK_FILE, Pack, PackRowDamaged
 from userflow.storage.port import Describe, Entry, StoredRun, valid_run_id
 from userflow.storage.run_file import RunFile
+from userflow.storage.run_folders import SUFFIX, TEMP, RunFolders, run_file, shard
+
+__all__ = ["FileRunStore", "run_file", "shard"]
 
 log = logging.getLogger(__name__)
 
-_SUFFIX = ".json"
 _OLD_INDEX = "index.snapshot"  # what earlier releases kept instead of the catalog
 _CATALOG = "catalog.sqlite"
 _DESCRIBE_BATCH = 1000
@@ -61,30 +63,20 @@ class _Stale:
 
 
 STALE = _Stale()
-_TEMP = ".tmp"
-
-
-def shard(run_id: str) -> str:
-    """The folder of ``runs/`` a run's file is in: two hex digits, spread evenly whatever the ids."""
-    return format(zlib.crc32(run_id.encode()) & 0xFF, "02x")
-
-
-def run_file(data_dir: str, run_id: str) -> str:
-    """Where a data dir keeps a run's file."""
-    return os.path.join(data_dir, "runs", shard(run_id), run_id + _SUFFIX)
 
 
 class FileRunStore:
-    """Runs under ``DATA/runs/``, commits through ``DATA/journal/``.
+    """Runs under ``DATA/runs/`` and ``DATA/packs.sqlite``, commits through ``DATA/journal/``.
 
-    Unreadable run files are moved to ``DATA/quarantine/``.
+    Unreadable run files and pack rows are moved to ``DATA/quarantine/``.
+    Finished runs are packed once the engine has attached (``catalog``).
     """
 
     def __init__(self, data_dir: str, checkpoint_every: float = 1.0) -> None:
-        self._dir = os.path.join(data_dir, "runs")
+        self._folders = RunFolders(os.path.join(data_dir, "runs"))
+        self._dir = self._folders.directory
         self._quarantine = os.path.join(data_dir, "quarantine")
-        os.makedirs(self._dir, mode=0o700, exist_ok=True)
-        self._move_flat_files()
+        self._pack = Pack(os.path.join(data_dir, PACK_FILE))
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(data_dir, _OLD_INDEX))
         self._catalog = _open_catalog(os.path.join(data_dir, _CATALOG))
@@ -94,38 +86,14 @@ class FileRunStore:
         self._checkpointing = threading.Lock()
         self._journal = Journal(os.path.join(data_dir, "journal"), on_durable=self._durable)
         self._replay()
+        self._packer = Packer(self._pack, self._folders, self._checkpointing, self._committed, checkpoint_every)
         self._stop = threading.Event()
         self._every = checkpoint_every
         self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="userflow-checkpoint", daemon=True)
         self._checkpointer.start()
 
     def _path(self, run_id: str) -> str:
-        if not valid_run_id(run_id):
-            raise ValueError(f"invalid run id {run_id!r}")
-        return os.path.join(self._dir, shard(run_id), run_id + _SUFFIX)
-
-    def _folders(self) -> list[str]:
-        with os.scandir(self._dir) as entries:
-            return sorted(entry.path for entry in entries if len(entry.name) == 2 and entry.is_dir(follow_symlinks=False))
-
-    def _move_flat_files(self) -> None:
-        """Files of the flat layout into their folders (made once, all 256: a commit
-        never has to make one)."""
-        for number in range(256):
-            os.makedirs(os.path.join(self._dir, format(number, "02x")), mode=0o700, exist_ok=True)
-        moved = 0
-        with os.scandir(self._dir) as entries:
-            flat = [entry.name for entry in entries if entry.is_file(follow_symlinks=False)]
-        for name in flat:
-            source = os.path.join(self._dir, name)
-            if name.endswith(_TEMP):
-                os.unlink(source)  # a write that never reached its rename: the old file is intact
-            elif name.endswith(_SUFFIX) and valid_run_id(name[: -len(_SUFFIX)]):
-                os.replace(source, self._path(name[: -len(_SUFFIX)]))
-                moved += 1
-        if moved:
-            sync_filesystem(self._dir)
-            log.info("moved %d run files into the folders of runs/", moved)
+        return self._folders.path(run_id)
 
     def open(self, run_id: str) -> RunFile:
         return RunFile(
@@ -143,17 +111,34 @@ class FileRunStore:
             return None
         return RunFile(self._path(run_id), source=lambda: self._document(run_id)).load()
 
+    def _committed(self, run_id: str) -> bool:
+        """Whether the run has a commit its file does not have yet."""
+        with self._lock:
+            return run_id in self._latest
+
     def _document(self, run_id: str) -> bytes | None:
-        """The run's latest committed document: in memory if newer than its file."""
+        """The run's latest committed document: in memory if newer than its file, else the
+        newer of its file and its packed row. The file is read first: the packer deletes
+        it only once the row is durable, so one of the two reads finds the run."""
         with self._lock:
             latest = self._latest.get(run_id)
         if latest is not None:
             return latest[1]
         try:
             with open(self._path(run_id), "rb") as handle:
-                return handle.read()
+                document: bytes | None = handle.read()
         except FileNotFoundError:
-            return None
+            document = None
+        try:
+            packed = self._pack.get(run_id)
+        except PackRowDamaged as exc:
+            if document is None:
+                raise
+            log.error("%s; its file is read instead", exc)
+            packed = None
+        if packed is None or (document is not None and _version(document, run_id) >= packed[0]):
+            return document
+        return packed[1]
 
     # -- commits and checkpoints -------------------------------------------------------
 
@@ -199,6 +184,11 @@ class FileRunStore:
         with self._checkpointing:  # two at once could drop a segment the other still needs
             return len(self._checkpoint())
 
+    def pack(self) -> int:
+        """One pass of the packer now (it runs by itself once the engine attached); how
+        many run files it looked at."""
+        return self._packer.pack()
+
     def _checkpoint(self) -> list[str]:
         closed = self._journal.rotate()
         with self._lock:
@@ -206,6 +196,7 @@ class FileRunStore:
         if not changed and not closed:
             return []
         self._write_back(changed, closed)
+        self._packer.written(changed)
         with self._lock:
             for run_id, entry in changed.items():
                 if self._latest.get(run_id) is entry:
@@ -222,8 +213,15 @@ class FileRunStore:
     def drop_old_copies(self) -> None:
         """Keep no copy of what runs had before their latest commits: write every
         run's file now (the journal segments holding older documents go), and empty
-        the catalog's log. Erasure asks for it."""
-        self.checkpoint()
+        the logs of the catalog and the pack; a packed run written since is packed
+        again, so its older row goes. Erasure asks for it."""
+        with self._checkpointing:
+            self._checkpoint()
+            try:
+                self._packer.settle_packed()
+                self._pack.drop_old_copies()
+            except sqlite3.Error as exc:
+                raise StorageError(5, f"could not drop the pack's old copies: {exc}") from None
         try:
             self._catalog.drop_old_copies()
         except sqlite3.Error as exc:
@@ -232,6 +230,7 @@ class FileRunStore:
     def close(self) -> None:
         """Final checkpoint, then stop: the next start finds an empty journal."""
         self._stop.set()
+        self._packer.stop()
         self._checkpointer.join(timeout=10)
         try:
             self.checkpoint()
@@ -239,6 +238,7 @@ class FileRunStore:
             log.error("final checkpoint failed; the journal will be replayed at start: %s", exc)
         self._journal.close()
         self._catalog.close()
+        self._pack.close()
 
     def _replay(self) -> None:
         """Bring every run file up to the newest document the journal holds for it."""
@@ -258,7 +258,7 @@ class FileRunStore:
         """Write the documents newer than their files, sync once, then drop ``segments``."""
         written = 0
         for run_id, (version, document) in documents.items():
-            if version > self._file_version(run_id):  # never put an older document back
+            if version > self._stored_version(run_id):  # never put an older document back
                 write_atomic(self._path(run_id), document, sync=False)
                 written += 1
         sync_filesystem(self._dir)
@@ -269,6 +269,10 @@ class FileRunStore:
         self._journal.delete(segments)
         return written
 
+    def _stored_version(self, run_id: str) -> int:
+        packed = self._pack.version(run_id)
+        return max(self._file_version(run_id), -1 if packed is None else packed)
+
     def _file_version(self, run_id: str) -> int:
         try:
             return int(codec.run_of(read_json(self._path(run_id)), run_id)["version"])
@@ -276,22 +280,38 @@ class FileRunStore:
             return -1
 
     def scan(self, skip: Container[str] = ()) -> Iterator[dict[str, Any]]:
-        """Every stored run's snapshot but those in ``skip``. A torn or foreign file is
-        quarantined, not fatal."""
-        for folder in self._folders():
+        """Every stored run's snapshot but those in ``skip``, once: the packed ones, then
+        the files, each run from the newer of its row and its file. A torn or foreign
+        file, or a damaged row, is quarantined, not fatal. The packer waits meanwhile."""
+        with self._packer.paused():
+            yield from self._scan_pack(skip)
+            yield from self._scan_files(skip)
+
+    def _scan_pack(self, skip: Container[str]) -> Iterator[dict[str, Any]]:
+        for run_id, version, document in self._pack.rows():
+            if run_id in skip:
+                continue
+            run = _run(document, run_id) if document is not None else None
+            if run is None or run["id"] != run_id or int(run.get("version", -1)) != version:
+                self._move_row_aside(run_id)
+            elif self._file_version(run_id) < version:  # else its file is as new: read with the files
+                yield run
+
+    def _scan_files(self, skip: Container[str]) -> Iterator[dict[str, Any]]:
+        for folder in self._folders.folders():
             with os.scandir(folder) as entries:
                 names = [entry.name for entry in entries]
             for name in names:
                 path = os.path.join(folder, name)
-                if name.endswith(_TEMP):
+                if name.endswith(TEMP):
                     # A write that never reached its rename: the old file is intact.
                     os.unlink(path)
                     continue
-                if not name.endswith(_SUFFIX) or name[: -len(_SUFFIX)] in skip:
+                if not name.endswith(SUFFIX) or name[: -len(SUFFIX)] in skip:
                     continue
                 try:
                     run = codec.run_of(read_json(path), path)
-                    if run["id"] + _SUFFIX != name or shard(run["id"]) != os.path.basename(folder):
+                    if run["id"] + SUFFIX != name or shard(run["id"]) != os.path.basename(folder):
                         raise CorruptFileError(f"{path}: holds run {run['id']!r}")
                 except (CorruptFileError, UnicodeDecodeError) as exc:
                     self._move_aside(path, exc)
@@ -299,7 +319,9 @@ class FileRunStore:
                 except OSError as exc:
                     log.error("cannot read %s, skipped: %s", path, exc)
                     continue
-                yield run
+                packed = self._pack.version(run["id"])
+                if packed is None or packed <= int(run.get("version", -1)):  # else read with the pack
+                    yield run
 
     # -- the catalog ----------------------------------------------------------------------
 
@@ -311,13 +333,14 @@ class FileRunStore:
             self._describe = describe
         if not self._catalog.built():
             self._rebuild(describe)
-            return DataDirCatalog(self._catalog, self._run)
-        stale = self._catalog.stale()
-        for start in range(0, len(stale), _DESCRIBE_BATCH):
-            ids = stale[start : start + _DESCRIBE_BATCH]
-            self._describe_into_catalog(describe, {run_id: self._run(run_id) for run_id in ids})
-        if stale:
-            log.info("catalog: %d runs described again", len(stale))
+        else:
+            stale = self._catalog.stale()
+            for start in range(0, len(stale), _DESCRIBE_BATCH):
+                ids = stale[start : start + _DESCRIBE_BATCH]
+                self._describe_into_catalog(describe, {run_id: self._run(run_id) for run_id in ids})
+            if stale:
+                log.info("catalog: %d runs described again", len(stale))
+        self._packer.start()
         return DataDirCatalog(self._catalog, self._run)
 
     def _rebuild(self, describe: Describe) -> None:
@@ -334,7 +357,7 @@ class FileRunStore:
                 batch = {}
         self._describe_into_catalog(describe, batch)
         self._catalog.mark_built()
-        log.info("catalog made from %d run files in %.1f s", count, time.perf_counter() - started)
+        log.info("catalog made from %d stored runs in %.1f s", count, time.perf_counter() - started)
 
     def _run(self, run_id: str) -> dict[str, Any] | None:
         document = self._document(run_id)
@@ -349,6 +372,17 @@ class FileRunStore:
             raise StorageError(exc.errno, f"cannot quarantine {path}: {exc.strerror}") from exc
         log.error("unreadable run file moved to %s: %s", target, reason)
 
+    def _move_row_aside(self, run_id: str) -> None:
+        """A damaged row: its bytes to ``quarantine/ID.packed.N``, then out of the pack."""
+        raw = self._pack.raw(run_id)
+        if raw is None:
+            return
+        os.makedirs(self._quarantine, mode=0o700, exist_ok=True)
+        target = os.path.join(self._quarantine, f"{run_id}.packed.{time.time_ns()}")
+        write_atomic(target, raw, fault_point=False)
+        self._pack.delete(run_id)
+        log.error("unreadable packed run moved to %s", target)
+
 
 def _open_catalog(path: str) -> SqliteCatalog:
     try:
@@ -356,6 +390,12 @@ def _open_catalog(path: str) -> SqliteCatalog:
     except CatalogDamaged as exc:
         log.warning("catalog unusable (%s); it is made again from the run files", exc)
         return SqliteCatalog.fresh(path)
+
+
+def _version(document: bytes, run_id: str) -> int:
+    """The version of a run file's content; -1 if it has none."""
+    run = _run(document, run_id)
+    return int(run.get("version", -1)) if run is not None else -1
 
 
 def _run(document: bytes, run_id: str) -> dict[str, Any] | None:

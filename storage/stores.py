@@ -54,7 +54,7 @@ class Stores(Protocol):
 
 
 class FileStores:
-    """The data dir: runs in ``runs/`` and the journal, accounts in ``operators.json``,
+    """The data dir: runs in ``runs/``, ``packs.sqlite`` and the journal, accounts in ``operators.json``,
     deliveries in ``webhooks/``, the token key in ``secret.key``."""
 
     def __init__(self, data_dir: DataDir) -> None:

@@ -10,12 +10,14 @@ result is a real server started on the database, or the database's tables.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import pty
 import re
 import select
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -29,6 +31,7 @@ import psycopg
 import pytest
 
 from userflow.storage.journal import records
+from tests.helpers import wait_until
 from tests.server import Server
 
 pytestmark = pytest.mark.timeout(180)
@@ -96,12 +99,25 @@ def serve_database(request: pytest.FixtureRequest, tmp_path: Path, url: str, tok
     return server
 
 
+def packed_versions(data_dir: Path) -> dict[str, int]:
+    """The versions of the runs in the data dir's pack (finished runs, out of their files)."""
+    if not (data_dir / "packs.sqlite").exists():
+        return {}
+    with contextlib.closing(sqlite3.connect(f"file:{data_dir / 'packs.sqlite'}?mode=ro", uri=True)) as connection:
+        return dict(connection.execute("SELECT id, version FROM packed").fetchall())
+
+
+def run_files(data_dir: Path) -> set[str]:
+    return {path.stem for path in (data_dir / "runs").rglob("*.json")}
+
+
 def newest_versions(data_dir: Path) -> dict[str, int]:
-    """Each run's newest committed version, from its file and the journal as the disk holds them."""
-    versions: dict[str, int] = {}
+    """Each run's newest committed version, from its file or its packed row and the journal
+    as the disk holds them."""
+    versions = packed_versions(data_dir)
     for path in (data_dir / "runs").rglob("*.json"):
         run = orjson.loads(path.read_bytes())["run"]["1"]
-        versions[run["id"]] = int(run["version"])
+        versions[run["id"]] = max(int(run["version"]), versions.get(run["id"], -1))
     for segment in sorted((data_dir / "journal").glob("*.log")):
         for run_id, version, _ in records(str(segment)):
             versions[run_id] = max(version, versions.get(run_id, -1))
@@ -156,6 +172,9 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             made_run["detail"] = server.get(f"/api/workflows/{made_run['workflowId']}")
             made_run["user"] = server.get(f"/api/users/{made_run['userId']}")
         session = sign_in(server, token)
+        finished = {runs[key]["workflowId"] for key in ("completed", "cancelled")}
+        # The finished runs leave their files for the pack: the import reads them there.
+        wait_until(lambda: not finished & run_files(data_dir) and finished <= set(packed_versions(data_dir)), timeout=20)
     finally:
         assert server.terminate() == 0
 
@@ -167,7 +186,7 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     except (urllib.error.URLError, ConnectionError):
         pass  # the checkpoint may end the process before it answers; the commit was durable before
     assert dying.wait_exit() == 137
-    journal_only = set(newest_versions(data_dir)) - {path.stem for path in (data_dir / "runs").rglob("*.json")}
+    journal_only = set(newest_versions(data_dir)) - run_files(data_dir) - set(packed_versions(data_dir))
     assert len(journal_only) == 1, journal_only
     return {"data_dir": data_dir, "token": token, "session": session, "runs": runs, "late": journal_only.pop()}
 

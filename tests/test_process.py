@@ -207,7 +207,7 @@ def test_a_lost_or_damaged_catalog_is_made_again_with_the_same_answers(servers, 
     else:
         catalog.write_bytes(catalog.read_bytes()[:5000])
     second = servers(tmp_path, "--email-failure-rate", "0")
-    wait_until(lambda: any("catalog made from 6 run files" in line for line in second.stderr))
+    wait_until(lambda: any("catalog made from 6 stored runs" in line for line in second.stderr))
     assert answers(second, runs) == before
     waiting = runs[3]["workflowId"]
     assert second.request("GET", f"/api/verify?token={token_of(links[waiting])}")[0] == 200  # token lookups too

@@ -7,12 +7,14 @@ waiting for its click); their stored runs are the templates. The generator
 then writes ``--finished`` copies of the first and ``--waiting`` of the
 second straight into the store, each with its own ids, address and token
 hashes, and their catalog entries as the engine describes them (not by
-signing up a million times). It then starts the server on that store
+signing up a million times); on the data dir the finished ones go into the
+pack, as a server leaves them, the waiting ones into run files. It then starts the server on that store
 ``--repeat`` times and prints, as medians: the time from start to
 ``/readyz``, the RSS once ready, the first page of ``/api/workflows`` and of
 ``/api/users?status=ACTIVE`` (medians of 20 each), a lookup by address; then
 signups at 50/s for ``--duration`` seconds (every one clicked, to COMPLETED)
-against the same on an empty store, and the disk bytes per finished user.
+against the same on an empty store, and the disk bytes per run (on the data
+dir also by part: the pack, the catalog, the run files, the rest).
 
 On the database, the finished copies carry no timeline rows (only the
 document): their detail shows no timeline, as after retention.
@@ -41,7 +43,9 @@ from userflow.actors.definitions import Definitions
 from userflow.actors.signup import SIGNUP
 from userflow.storage import codec
 from userflow.storage.catalog import SqliteCatalog
-from userflow.storage.runs import run_file
+from userflow.storage.packer import FINISHED
+from userflow.storage.packs import FILE as PACK_FILE, Pack, compress
+from userflow.storage.runs import FileRunStore, run_file
 
 DESCRIBE = Definitions([SIGNUP]).describe
 BATCH = 2000
@@ -113,28 +117,49 @@ class Copier:
         return text
 
 
-def fill_data_dir(data_dir: str, kinds: list[tuple[str, int, str]]) -> None:
+def stored_document(data_dir: str, run_id: str) -> str:
+    """A run's document as its file holds it, wherever the store keeps it (file or pack)."""
+    store = FileRunStore(data_dir, checkpoint_every=3600)
+    try:
+        stored = store.read(run_id)
+    finally:
+        store.close()
+    assert stored is not None, run_id
+    return orjson.dumps(codec.committed(None, stored.run, stored.timeline)).decode()
+
+
+def fill_data_dir(data_dir: str, kinds: list[tuple[str, int, str]], packed: bool = True) -> None:
+    """The copies, and their catalog entries; the finished ones as a server leaves them,
+    packed (or, not ``packed``, as files, as an earlier release left them)."""
+    templates = {template_id: stored_document(data_dir, template_id) for template_id, _, _ in kinds}
     catalog = SqliteCatalog(os.path.join(data_dir, "catalog.sqlite"))
+    pack = Pack(os.path.join(data_dir, PACK_FILE))
     try:
         for template_id, count, tag in kinds:
-            with open(run_file(data_dir, template_id), "rb") as handle:
-                text = handle.read().decode()
+            text = templates[template_id]
             template = codec.run_of(json.loads(text), template_id)
             copier = Copier(template, template["input"]["email"], tag)
-            entries = []
+            to_pack = packed and template["status"] in FINISHED
+            entries, rows = [], []
             for n in range(count):
-                copy = copier.copy(text, n)
+                copy = copier.copy(text, n).encode()
                 run = codec.run_of(orjson.loads(copy), "copy")
-                with open(run_file(data_dir, run["id"]), "w") as handle:
-                    handle.write(copy)
+                if to_pack:
+                    rows.append((run["id"], int(run["version"]), compress(copy)))
+                else:
+                    with open(run_file(data_dir, run["id"]), "wb") as handle:
+                        handle.write(copy)
                 entries.append(DESCRIBE(run))
                 if len(entries) == BATCH:
+                    pack.put(rows)
                     catalog.put(entries)
-                    entries = []
+                    entries, rows = [], []
+            pack.put(rows)
             catalog.put(entries)
         catalog.sync()
     finally:
         catalog.close()
+        pack.close()
     os.sync()
 
 
@@ -214,12 +239,25 @@ def disk_bytes(data_dir: str, database_url: str | None) -> int:
         with psycopg.connect(database_url) as connection:
             (size,) = connection.execute("SELECT pg_database_size(current_database())").fetchone()
             return int(size)
-    total = 0
+    return sum(disk_by_part(data_dir).values())
+
+
+def disk_by_part(data_dir: str) -> dict[str, int]:
+    """Bytes on disk (blocks) of the pack, the catalog, the run files and the rest."""
+    parts = {"pack": 0, "catalog": 0, "runFiles": 0, "rest": 0}
     for folder, _, files in os.walk(data_dir):
         for name in files:
+            if name.startswith(PACK_FILE):
+                part = "pack"
+            elif name.startswith("catalog.sqlite"):
+                part = "catalog"
+            elif os.path.relpath(folder, data_dir).split(os.sep)[0] == "runs":
+                part = "runFiles"
+            else:
+                part = "rest"
             with contextlib.suppress(FileNotFoundError):
-                total += os.stat(os.path.join(folder, name)).st_blocks * 512
-    return total
+                parts[part] += os.stat(os.path.join(folder, name)).st_blocks * 512
+    return parts
 
 
 def main() -> None:
@@ -287,6 +325,7 @@ def measure(args: argparse.Namespace) -> None:
         "lookupByEmailMs": statistics.median(by_email),
         "signupsAt50": signed[0], "signupsAt50EmptyStore": empty,
         "diskBytesPerRun": round(disk / (args.finished + args.waiting)),
+        "diskBytes": disk if args.database_url else disk_by_part(data_dir),
     }, indent=1), flush=True)  # fmt: skip
 
 
