@@ -18,7 +18,9 @@ row, and from the click on the row, when its run's card shows its steps.
 Then ``--links`` verification links of users still waiting (each a different
 user, each link used once): the time from GET of the link to the page's
 answer, and of the verification (``POST /api/verify`` with its token) to
-its answer. Every figure printed last is the median over the rounds.
+its answer; a waiting run is active, so its token is found in memory. And
+as many links of finished users: the page says they are verified already,
+from the catalog's token index. Every figure printed last is the median over the rounds.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def dashboard_round(browser: Any, url: str, email: str) -> dict[str, float]:
         page.goto(url, wait_until="commit")
         page.wait_for_selector('#overview[data-loaded=true] #funnel li[data-stage="signedUp"] [data-role=n]', state="attached", timeout=120_000)
         overview = ms_since(started)
-        page.wait_for_function(f"document.querySelectorAll('#runs tr.run-row').length === {ROWS}", timeout=120_000, polling="raf")
+        page.wait_for_function("rows => document.querySelectorAll('#runs tr.run-row').length === rows", arg=ROWS, timeout=120_000, polling="raf")
         table = ms_since(started)
         signed_up = page.locator('#funnel li[data-stage="signedUp"] [data-role=n]').inner_text()
 
@@ -84,7 +86,8 @@ def dashboard_round(browser: Any, url: str, email: str) -> dict[str, float]:
         search.press("Enter")
         found = f"#runs tr.run-row[data-email={json.dumps(email)}]"
         page.wait_for_function(
-            f"document.querySelectorAll('#runs tr.run-row').length === 1 && !!document.querySelector({json.dumps(found)})",
+            "found => document.querySelectorAll('#runs tr.run-row').length === 1 && !!document.querySelector(found)",
+            arg=found,
             timeout=60_000,
             polling="raf",
         )
@@ -127,11 +130,27 @@ def verification_links(url: str, count: int) -> list[dict[str, float]]:
     return timings
 
 
+def finished_links(url: str, finished: int, count: int, round_no: int) -> list[float]:
+    """GET of the links of ``count`` finished users (already verified): their tokens are
+    found in the catalog, not among the active runs in memory."""
+    timings = []
+    for k in range(count):
+        run_id = copy_names("f", (k * finished // count + 7919 * round_no) % finished)[0]
+        (email,) = get(f"{url}/api/outbox?workflowId={run_id}")["emails"]
+        link = urllib.parse.urlsplit(email["link"])
+        started = time.perf_counter()
+        with urllib.request.urlopen(f"{url}{link.path}?{link.query}", timeout=30) as response:
+            page = response.read().decode()
+        timings.append(ms_since(started))
+        assert "already" in page.lower(), page[:300]
+    return timings
+
+
 def measure(args: argparse.Namespace, data_dir: str, database_url: str | None) -> None:
     from playwright.sync_api import sync_playwright
 
     env = {"USERFLOW_DATABASE_URL": database_url} if database_url else {}
-    rounds, links = [], []
+    rounds, links, done_links = [], [], []
     with sync_playwright() as playwright:
         browser = launch(playwright)
         try:
@@ -143,11 +162,12 @@ def measure(args: argparse.Namespace, data_dir: str, database_url: str | None) -
                     rounds.append(dashboard_round(browser, url, email))
                     round_links = verification_links(url, args.links)
                     links.extend(round_links)
+                    done_links.extend(finished_links(url, args.finished, args.links, round_no))
                 finally:
                     stop(proc)
                 print(json.dumps({"round": round_no, **rounds[-1],
-                                  "linkPageMs": statistics.median(t["linkPageMs"] for t in round_links),
-                                  "verifyMs": statistics.median(t["verifyMs"] for t in round_links)}), flush=True)  # fmt: skip
+                                  "linkPageMs": round(statistics.median(t["linkPageMs"] for t in round_links), 2),
+                                  "verifyMs": round(statistics.median(t["verifyMs"] for t in round_links), 2)}), flush=True)  # fmt: skip
         finally:
             browser.close()
     median = {key: statistics.median(r[key] for r in rounds) for key in ("overviewMs", "firstPageMs", "searchMs", "openRunMs")}
@@ -156,6 +176,7 @@ def measure(args: argparse.Namespace, data_dir: str, database_url: str | None) -
         "rounds": args.repeat, **median,
         "linkPageMs": statistics.median(t["linkPageMs"] for t in links),
         "verifyMs": statistics.median(t["verifyMs"] for t in links), "links": len(links),
+        "finishedLinkPageMs": statistics.median(done_links),
     }, indent=1), flush=True)  # fmt: skip
 
 
