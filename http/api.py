@@ -36,7 +36,8 @@ from userflow.http.overview import USER_STATUSES
 from userflow.storage import valid_run_id
 
 
-_OUTBOX_CURSOR = re.compile(r"[0-9T:.Z-]{10,40}\|<[A-Za-z0-9_.-]{1,100}@userflow>")
+# Where a page of the outbox stopped: the run, and the (sentAt, messageId) of its last email shown.
+_OUTBOX_CURSOR = re.compile(r"[A-Za-z0-9_-]{1,64}\|[0-9T:.Z-]{10,40}\|<[A-Za-z0-9_.-]{1,100}@userflow>")
 
 
 def new_user_id() -> str:
@@ -291,31 +292,96 @@ async def get_user(request: web.Request) -> web.Response:
     return json_response(views.user(summary))
 
 
+def _email_key(email: dict[str, Any]) -> tuple[str, str]:
+    return email["sentAt"], email["messageId"]
+
+
+def _newest_first(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """A run's kept emails, newest first; (sentAt, messageId) orders them, resends and reminders included."""
+    return sorted(summary["emails"], key=_email_key, reverse=True)
+
+
+def _outbox_cursor(raw: str) -> bool:
+    return _OUTBOX_CURSOR.fullmatch(raw) is not None
+
+
+def _outbox_only(request: web.Request) -> list[dict[str, Any]] | None:
+    """The one run ``workflowId`` or ``to`` names (both: the run they both name), or None for every run."""
+    index = request.app[RUNTIME].index
+    run_ids: set[str] = set()
+    run_id = request.query.get("workflowId")
+    if run_id is not None:
+        if not valid_run_id(run_id):
+            raise ApiError(400, "invalid_workflowId", "workflowId: a workflow id, as wf_…")
+        run_ids.add(run_id)
+    to = request.query.get("to")
+    if to is not None:
+        try:
+            email_key = normalise_email(to)[1]
+        except ApiError as exc:
+            raise ApiError(400, "invalid_to", f"to: an email address ({exc.message})") from None
+        # The signup that holds the address now, as search finds it (an erased one holds it no longer).
+        run_ids.add(index.lookup("email", email_key) or "")
+    if not run_ids:
+        return None
+    summary = index.get(run_ids.pop()) if len(run_ids) == 1 and "" not in run_ids else None
+    return [summary] if summary else []
+
+
+def _outbox_page(
+    request: web.Request, limit: int, cursor: str | None
+) -> tuple[list[tuple[dict[str, Any], dict[str, Any]]], str | None]:
+    """One page of (summary, email): the newest signups first, each one's emails newest
+    first, strictly past ``cursor``; and the next page's cursor. Runs come from the
+    catalog a page at a time, so a page reads about as many runs as it shows."""
+    index = request.app[RUNTIME].index
+    after_run, after_email = None, None
+    if cursor:
+        after_run, sent_at, message_id = cursor.split("|")
+        after_email = (sent_at, message_id)
+    picked: list[tuple[dict[str, Any], dict[str, Any]]] = []
+
+    def take(summary: dict[str, Any]) -> None:
+        if summary.get("erasedAt"):
+            return  # an erased person's emails are gone from the outbox, whatever the catalog still lists
+        past = after_email if summary["id"] == after_run else None
+        picked.extend((summary, e) for e in _newest_first(summary) if past is None or _email_key(e) < past)
+
+    only = _outbox_only(request)
+    if only is not None:
+        for summary in only:
+            if after_run is None or summary["id"] <= after_run:
+                take(summary)
+    else:
+        if after_run is not None:
+            rest = index.get(after_run)
+            if rest is not None:
+                take(rest)  # the emails of the run the last page stopped within
+        before = after_run
+        while len(picked) <= limit:
+            # Each listed run kept at least one email: this many runs fill the page and tell if there is more.
+            summaries, before = index.page(limit=limit + 1 - len(picked), before=before, facet=("emails", "sent"))
+            for summary in summaries:
+                take(summary)
+            if before is None:
+                break
+    page = picked[:limit]
+    if len(picked) <= limit:
+        return page, None
+    summary, email = page[-1]
+    return page, f"{summary['id']}|{email['sentAt']}|{email['messageId']}"
+
+
 async def outbox(request: web.Request) -> web.Response:
-    """Kept emails, newest first; ``workflowId`` narrows to one run, ``cursor`` pages."""
+    """Kept emails: the newest signups first, each one's emails newest first; ``workflowId``
+    or ``to`` (an address) narrows to one run, ``cursor`` pages."""
     services: SignupServices = request.app[SERVICES]
     if not services.mailer.outbox_mode:
         raise ApiError(404, "outbox_disabled", "emails are sent over SMTP; there is no outbox to show")
     limit = query_limit(request, default=100)
-    cursor = query_cursor(request, _OUTBOX_CURSOR.fullmatch)
-    index = request.app[RUNTIME].index
-    run_id = request.query.get("workflowId")
-    if run_id is not None:
-        summary = index.get(run_id) if valid_run_id(run_id) else None
-        summaries = [summary] if summary and not summary.get("erasedAt") else []
-    else:
-        summaries = await asyncio.to_thread(lambda: list(index.each(("emails", "sent"))))
-    # (sentAt, messageId) orders every email, resends and reminders included.
-    keyed = sorted(
-        ((e["sentAt"], e["messageId"], summary, e) for summary in summaries for e in summary["emails"]),
-        key=lambda item: (item[0], item[1]),
-        reverse=True,
-    )
-    if cursor:
-        keyed = [item for item in keyed if f"{item[0]}|{item[1]}" < cursor]
-    page = keyed[:limit]
-    next_cursor = f"{page[-1][0]}|{page[-1][1]}" if len(keyed) > limit else None
-    emails = [views.outbox_email(summary, e, services) for _, _, summary, e in page]
+    cursor = query_cursor(request, _outbox_cursor)
+    page, next_cursor = await asyncio.to_thread(_outbox_page, request, limit, cursor)
+    emails = [views.outbox_email(summary, e, services) for summary, e in page]
     return json_response({"emails": emails, "nextCursor": next_cursor})
 
 

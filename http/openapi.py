@@ -171,11 +171,16 @@ def document(roles: Mapping[tuple[str, str], str]) -> dict[str, Any]:
         "/api/outbox": {
             "get": {
                 "summary": "Emails kept in outbox mode, newest first (404 with SMTP)",
+                "description": "The newest signups first, each one's emails newest first (resends and reminders"
+                " beside the first email), paged through the catalog; an erased person's emails are never listed.",
                 "parameters": [
                     LIMIT,
-                    {"name": "cursor", "in": "query", "schema": STR},
-                    {"name": "workflowId", "in": "query", "schema": STR},
-                ],
+                    {"name": "cursor", "in": "query", "schema": STR,
+                     "description": "the nextCursor of the previous page: the next page goes on where it stopped, within a run's emails too"},
+                    {"name": "workflowId", "in": "query", "schema": STR, "description": "only this run's emails"},
+                    {"name": "to", "in": "query", "schema": STR,
+                     "description": "only the emails of the signup this address names now (as /api/users?q= finds it)"},
+                ],  # fmt: skip
                 "responses": {
                     "200": json_body(
                         obj(["emails", "nextCursor"], emails={"type": "array", "items": ref("OutboxEmail")}, nextCursor=NSTR),

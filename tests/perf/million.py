@@ -8,7 +8,9 @@ then writes ``--finished`` copies of the first and ``--waiting`` of the
 second straight into the store, each with its own ids, address and token
 hashes, and their catalog entries as the engine describes them (not by
 signing up a million times); on the data dir the finished ones go into the
-pack, as a server leaves them, the waiting ones into run files. It then starts the server on that store
+pack, as a server leaves them, the waiting ones into run files; a copy's
+token hashes are those of the links the store's key derives for it, so they
+verify. It then starts the server on that store
 ``--repeat`` times and prints, as medians: the time from start to
 ``/readyz``, the RSS once ready, the first page of ``/api/workflows`` and of
 ``/api/users?status=ACTIVE`` (medians of 20 each), a lookup by address; then
@@ -25,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 import statistics
@@ -41,6 +42,7 @@ import orjson
 from tests.perf.loadgen import Load, open_loop, percentile, rss_mib, start_server
 from userflow.actors.definitions import Definitions
 from userflow.actors.signup import SIGNUP
+from userflow.actors.signup.tokens import TokenSigner, token_hash
 from userflow.storage import codec
 from userflow.storage.catalog import SqliteCatalog
 from userflow.storage.packer import FINISHED
@@ -97,23 +99,33 @@ def templates(data_dir: str, env: dict[str, str]) -> tuple[str, str]:
     return done, waiting
 
 
-class Copier:
-    """Copies of a template run: its ids, address and token hashes replaced, lengths kept."""
+def copy_names(tag: str, n: int) -> tuple[str, str, str]:
+    """The run id, user id and address of copy ``n`` of the template tagged ``tag``."""
+    suffix = f"{tag}{n:020x}"
+    return "wf_" + suffix, "usr_" + suffix, f"u{tag}{n:011d}@example.com"
 
-    def __init__(self, run: dict[str, Any], email: str, tag: str) -> None:
+
+class Copier:
+    """Copies of a template run: its ids, address and token hashes replaced, lengths kept.
+
+    A copy's token hashes are those of the tokens the store's key derives for
+    it (send number k + 1 for the k-th hash, as the signup keeps them), so the
+    links its emails show verify like any other."""
+
+    def __init__(self, run: dict[str, Any], email: str, tag: str, signer: TokenSigner) -> None:
         self.run_id, self.user_id, self.email = run["id"], run["input"]["userId"], email
         self.hashes = list(run["state"].get("tokenHashes", ()))
         self.tag = tag
+        self.signer = signer
 
     def names(self, n: int) -> tuple[str, str, str]:
-        suffix = f"{self.tag}{n:020x}"
-        return "wf_" + suffix, "usr_" + suffix, f"u{self.tag}{n:011d}@example.com"
+        return copy_names(self.tag, n)
 
     def copy(self, text: str, n: int) -> str:
         run_id, user_id, email = self.names(n)
         text = text.replace(self.run_id, run_id).replace(self.user_id, user_id).replace(self.email, email)
         for k, digest in enumerate(self.hashes):
-            text = text.replace(digest, hashlib.sha256(f"{run_id}:{k}".encode()).hexdigest())
+            text = text.replace(digest, token_hash(self.signer.token(run_id, k + 1)))
         return text
 
 
@@ -132,13 +144,15 @@ def fill_data_dir(data_dir: str, kinds: list[tuple[str, int, str]], packed: bool
     """The copies, and their catalog entries; the finished ones as a server leaves them,
     packed (or, not ``packed``, as files, as an earlier release left them)."""
     templates = {template_id: stored_document(data_dir, template_id) for template_id, _, _ in kinds}
+    with open(os.path.join(data_dir, "secret.key"), "rb") as handle:
+        signer = TokenSigner(handle.read())
     catalog = SqliteCatalog(os.path.join(data_dir, "catalog.sqlite"))
     pack = Pack(os.path.join(data_dir, PACK_FILE))
     try:
         for template_id, count, tag in kinds:
             text = templates[template_id]
             template = codec.run_of(json.loads(text), template_id)
-            copier = Copier(template, template["input"]["email"], tag)
+            copier = Copier(template, template["input"]["email"], tag, signer)
             to_pack = packed and template["status"] in FINISHED
             entries, rows = [], []
             for n in range(count):
@@ -169,11 +183,13 @@ def fill_database(url: str, kinds: list[tuple[str, int, str]]) -> None:
     from userflow.storage.postgres.run_sql import run_row
 
     with psycopg.connect(url) as connection:
+        (secret,) = connection.execute("SELECT value FROM secrets WHERE name = 'tokens'").fetchone()
+        signer = TokenSigner(bytes(secret))
         for template_id, count, tag in kinds:
             (document,) = connection.execute("SELECT document FROM runs WHERE id = %s", (template_id,)).fetchone()
             entries = connection.execute("SELECT seq, entry FROM timeline WHERE run_id = %s", (template_id,)).fetchall()
             text = orjson.dumps(document).decode()
-            copier = Copier(document, document["input"]["email"], tag)
+            copier = Copier(document, document["input"]["email"], tag, signer)
             with connection.cursor() as cursor:
                 with cursor.copy(
                     "COPY runs (id, workflow, definition, format, status, document, version, next_wake_at, created_at, updated_at, summary) FROM STDIN"
@@ -283,14 +299,23 @@ def main() -> None:
             cluster.remove()
 
 
+def generate(data_dir: str, database_url: str | None, finished: int, waiting: int) -> float:
+    """Fill an empty store (the data dir, or the database if given) with ``finished`` and
+    ``waiting`` copies of a real server's runs; the seconds it took."""
+    env = {"USERFLOW_DATABASE_URL": database_url} if database_url else {}
+    done, waiting_id = templates(data_dir, env)
+    kinds = [(done, finished, "f"), (waiting_id, waiting, "w")]
+    started = time.perf_counter()
+    (fill_database(database_url, kinds) if database_url else fill_data_dir(data_dir, kinds))
+    seconds = round(time.perf_counter() - started, 1)
+    print(json.dumps({"generated": finished + waiting, "seconds": seconds}), flush=True)
+    return seconds
+
+
 def measure(args: argparse.Namespace) -> None:
     env = {"USERFLOW_DATABASE_URL": args.database_url} if args.database_url else {}
     data_dir = tempfile.mkdtemp(prefix="userflow-million-")
-    done, waiting = templates(data_dir, env)
-    kinds = [(done, args.finished, "f"), (waiting, args.waiting, "w")]
-    started = time.perf_counter()
-    (fill_database(args.database_url, kinds) if args.database_url else fill_data_dir(data_dir, kinds))
-    print(json.dumps({"generated": args.finished + args.waiting, "seconds": round(time.perf_counter() - started, 1)}), flush=True)
+    generate(data_dir, args.database_url, args.finished, args.waiting)
 
     starts, rss, first_page, active_page, by_email, signed = [], [], [], [], [], []
     for round_no in range(args.repeat):
