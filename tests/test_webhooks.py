@@ -97,11 +97,12 @@ def test_every_type_arrives_signed_with_each_secret_and_the_user_record(stores_a
             assert verified["status"] == "PENDING" and verified["verifiedAt"]
             failure = of_user(got, bounced["userId"])[-1].body["data"]
             assert failure["error"]["step"] == "send-verification-email" and "550" in failure["error"]["message"]
-            listing = server.get("/api/webhooks/deliveries?limit=200")
+            # Listed as delivered once the outcome is durable, a moment after the receiver answered.
+            listing = server.wait_for("/api/webhooks/deliveries?limit=200", lambda b: all(d["status"] == "delivered" for d in b["deliveries"]))
             assert listing["configured"] is True
             listed = listing["deliveries"]
-            assert {d["eventId"] for d in listed} == {r.id for r in got} and all(d["status"] == "delivered" for d in listed)
-            detail = server.get(f"/api/workflows/{ann['workflowId']}")
+            assert {d["eventId"] for d in listed} == {r.id for r in got}
+            detail = server.wait_for(f"/api/workflows/{ann['workflowId']}", lambda d: all(w["status"] == "delivered" for w in d["webhooks"]))
             assert len(detail["webhooks"]) == 3
             assert sum(e["type"] == "webhook-delivered" for e in detail["timeline"]) == 3
         finally:

@@ -67,8 +67,8 @@ class PgStores:
     def run_store(self) -> PgRunStore:
         return PgRunStore(self.pool, self._describe)
 
-    def deliveries(self) -> PgDeliveries:
-        return PgDeliveries(self.pool)
+    def deliveries(self, node_id: str | None = None) -> PgDeliveries:
+        return PgDeliveries(self.pool, node_id)
 
     def event_journal(self) -> PgEventJournal:
         return PgEventJournal(self.pool)
