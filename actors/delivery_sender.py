@@ -38,7 +38,7 @@ STORE_RETRY = 1.0  # seconds before the store is asked again after it failed
 
 
 class Sender:
-    """Claims due deliveries and attempts them, ``IN_FLIGHT`` at most at once."""
+    """Claims due deliveries and attempts them, ``in_flight`` at most at once."""
 
     def __init__(
         self,
@@ -47,12 +47,14 @@ class Sender:
         saver: Saver,
         tell: Callable[[Delivery, dict[str, Any] | None], None],
         claim_seconds: float | None = None,
+        in_flight: int = IN_FLIGHT,
     ) -> None:
         self.settings = settings
         self._store = store
         self._saver = saver
         self._tell = tell
         self.claim_seconds = claim_seconds if claim_seconds is not None else settings.timeout + CLAIM_MARGIN
+        self._most_in_flight = in_flight
         self._signers = [check_secret(secret) for secret in settings.secrets]
         self._wake = asyncio.Event()
         self._in_flight = 0
@@ -84,7 +86,7 @@ class Sender:
         while not self._stopping:
             self._wake.clear()
             wait = self._store.poll_every
-            room = IN_FLIGHT - self._in_flight
+            room = self._most_in_flight - self._in_flight
             if room > 0:
                 try:
                     claimed, due_in = await asyncio.to_thread(self._store.claim, room, self.claim_seconds)

@@ -60,12 +60,20 @@ def scrubbed(payload: str) -> str:
 class Webhooks:
     """The deliveries of this node: making them, reading them, and an operator's retry."""
 
-    def __init__(self, settings: WebhookSettings, store: DeliveryStore, loop: asyncio.AbstractEventLoop, *, claim_seconds: float | None = None) -> None:
+    def __init__(
+        self,
+        settings: WebhookSettings,
+        store: DeliveryStore,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        claim_seconds: float | None = None,
+        in_flight: int = IN_FLIGHT,
+    ) -> None:
         self.settings = settings
         self._store = store
         self._loop = loop
         self._saver = Saver(store)
-        self._sender = Sender(settings, store, self._saver, self._tell, claim_seconds)
+        self._sender = Sender(settings, store, self._saver, self._tell, claim_seconds, in_flight)
         self._seen: dict[str, int] = {}  # run id -> events handed over (actor threads), while the run is active
         self._since: dict[str, float] = {}  # url -> when it was first configured
         self._unmade: list[dict[str, Any]] = []  # deliveries of committed events, not yet in the store
