@@ -253,3 +253,25 @@ def test_sigkill_at_random_moments_loses_no_event_and_keeps_each_users_order(sto
     answered = collections.Counter(r.id for r in got if 200 <= r.answered < 300)
     repeats = sum(n - 1 for n in answered.values())
     assert repeats <= 4 * IN_FLIGHT, f"{repeats} deliveries repeated after being answered"
+
+
+# -- erasure -------------------------------------------------------------------------------------------
+
+
+def test_an_erased_users_payloads_still_to_be_sent_leave_every_file_and_row(stores_at: StoresAt, receiver: Receiver) -> None:
+    from tests.test_erasure import kept_anywhere
+
+    secret = new_secret()
+    receiver.secrets = (secret,)
+    receiver.answer = lambda n: 500  # every delivery stays pending, its payload kept to be sent again
+    server = start(stores_at, "data", [receiver.url], secret, "--webhook-retry-schedule", "3600")
+    try:
+        accepted = signup(server, "erin.erased@example.com", "Erin Erased")
+        receiver.wait_until(lambda rs: len(rs) >= 1)
+        server.wait_for("/api/webhooks/deliveries", lambda b: any(d["attempts"] for d in b["deliveries"]))
+        assert kept_anywhere(stores_at, server, ["erin.erased@example.com"]), "the pending payload is kept before erasure"
+        status, body = server.request("DELETE", f"/api/users/{accepted['userId']}")
+        assert status == 200, body
+        assert kept_anywhere(stores_at, server, ["erin.erased@example.com", "Erin Erased"]) == []
+    finally:
+        server.stop()
