@@ -1,7 +1,7 @@
 """A webhook delivery: one event to one URL, what became of it, and the settings
 every delivery follows (URLs, signing secrets, timeout, retry schedule).
 
-``Delivery.record()`` is its durable state (``storage.deliveries`` keeps it);
+``Delivery.record()`` is its durable state (a ``storage.deliveries`` store keeps it);
 ``Delivery.view()`` is how the API and the dashboard show it. The sending
 itself is ``actors.webhooks``.
 """
@@ -46,7 +46,7 @@ def check_secret(secret: str) -> Webhook:
 class Delivery:
     """One event to one URL, and what became of it."""
 
-    __slots__ = ("id", "event_id", "number", "run_id", "user_id", "type", "url", "status", "attempts", "next_at", "created_at", "payload", "manual", "resent")
+    __slots__ = ("id", "event_id", "number", "run_id", "user_id", "type", "url", "status", "attempts", "next_at", "created_at", "payload", "manual", "resent", "claim")
 
     def __init__(self, record: Mapping[str, Any]) -> None:
         self.id: str = record["id"]
@@ -63,6 +63,7 @@ class Delivery:
         self.payload: bytes | None = record["payload"].encode() if record.get("payload") else None
         self.manual: bool = bool(record.get("manual"))
         self.resent: list[dict[str, Any]] = list(record.get("resent", ()))  # {at, by} of each operator's retry
+        self.claim: int = record.get("claim", 0)  # the store's claim this node attempts it under
 
     @property
     def lane(self) -> tuple[str, str]:

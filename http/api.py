@@ -273,7 +273,7 @@ async def get_workflow(request: web.Request) -> web.Response:
         raise ApiError(404, "workflow_not_found", f"no workflow with id {run_id!r}")
     # Everything from the one committed snapshot, never half file and half index.
     hooks = request.app.get(WEBHOOKS)
-    deliveries = hooks.of_run(run_id) if hooks is not None else []
+    deliveries = await hooks.of_run(run_id) if hooks is not None else []
     return json_response(views.workflow_detail(stored, runtime.index.summarise(stored.run), deliveries))
 
 

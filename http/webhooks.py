@@ -40,7 +40,7 @@ def attach(app: web.Application, settings: Settings, stores: Stores, runtime: Ru
         return
     webhooks = Webhooks(
         WebhookSettings(settings.webhook_urls, settings.webhook_secrets, settings.webhook_timeout, settings.webhook_schedule),
-        stores.deliveries(),
+        stores.deliveries(settings.node_id),
         asyncio.get_running_loop(),
     )
     runtime.index.subscribe(webhooks.on_commit)
@@ -79,19 +79,21 @@ async def list_deliveries(request: web.Request) -> web.Response:
     webhooks = request.app.get(WEBHOOKS)
     if webhooks is None:
         return json_response({"deliveries": [], "nextCursor": None, "configured": False})
-    page, next_cursor = webhooks.page(raw.lower() if raw else None, limit, cursor)
+    page, next_cursor = await webhooks.page(raw.lower() if raw else None, limit, cursor)
     return json_response({"deliveries": [d.view() for d in page], "nextCursor": next_cursor, "configured": True})
 
 
 async def retry_delivery(request: web.Request) -> web.Response:
     delivery_id = request.match_info["id"]
     webhooks = request.app.get(WEBHOOKS)
-    delivery = webhooks.get(delivery_id) if webhooks is not None and _DELIVERY_ID.fullmatch(delivery_id) else None
-    if webhooks is None or delivery is None:
-        raise ApiError(404, "delivery_not_found", f"no webhook delivery with id {delivery_id!r}")
+    missing = ApiError(404, "delivery_not_found", f"no webhook delivery with id {delivery_id!r}")
+    if webhooks is None or not _DELIVERY_ID.fullmatch(delivery_id):
+        raise missing
     by = request[PRINCIPAL].describe(request.app[CLIENTS].address(request))
     try:
-        await webhooks.retry(delivery_id, by)
+        delivery = await webhooks.retry(delivery_id, by)
+    except KeyError:
+        raise missing from None
     except ValueError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
     log.info("webhook %s to %s sent again by %s", delivery.type, delivery.url, by, extra={"runId": delivery.run_id, "event": "webhook"})

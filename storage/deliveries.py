@@ -1,71 +1,80 @@
-"""Where webhook deliveries are kept: ``DATA/webhooks/``, a journal of their states.
+"""Where webhook deliveries are kept, and what a sender asks of that place.
 
 An event itself is stored with its run, in the commit that made it (the
-transactional outbox); this store keeps what became of each delivery of it.
-Every record is a delivery's whole state as JSON (``{"id", ..., "status",
-"attempts", "nextAt"}``), or a mark (``{"mark": "queued", "runId", "count"}``:
-how many of a run's events have deliveries; ``{"mark": "since", "at"}``: when
-deliveries began, so that turning webhooks on does not send every old
-event). Records are appended through the journal (many behind one sync), so
-replaying keeps the last state of each; ``compact`` rewrites the live states
-alone into a new segment and drops the old ones, so a crash in the middle
-leaves old and new, which replay to the same states.
+transactional outbox); a delivery store keeps what became of each delivery of
+it, and is the sender's queue: memory holds only the attempts in flight, so a
+server's size and start follow the deliveries still to make, never every one
+ever made. Listing, counting and a run's deliveries are read from the store.
+
+A lane is a (run, URL) pair, delivered in order by event number: only a lane's
+lowest pending number may be claimed (an operator's retry of a failed one
+stands apart from its lane). A sender claims due deliveries, attempts them,
+and writes each outcome with its claim: the store keeps the outcome only if
+the claim is still the sender's (on a database shared by several nodes,
+another node may have taken over a claim that expired).
+
+The data dir's store is :class:`~userflow.storage.delivery_file.DeliveryFile`;
+the database's is :class:`~userflow.storage.postgres.deliveries.PgDeliveries`.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any, Protocol
 
-import orjson
-
-from userflow.storage.journal import Journal, records
-
-_KEY = "deliveries"
+#: States a record carries besides its columns: what a list shows and an attempt appends to.
+STATE_KEYS = ("eventId", "userId", "type", "createdAt", "attempts", "resent")
 
 
 class DeliveryStore(Protocol):
-    def load(self) -> Iterator[dict[str, Any]]:
-        """Every record, oldest first (the last state of a delivery wins)."""
+    node_id: str
+    #: Seconds between looks for work this node did not make (other nodes' deliveries,
+    #: claims of a node that died); None when every delivery is this node's.
+    poll_every: float | None
+
+    def since(self, urls: Iterable[str], now: float) -> dict[str, float]:
+        """When each URL began to be sent events (``now`` for one new here), every URL known."""
         ...
 
-    def save(self, items: list[dict[str, Any]]) -> None:
-        """Durably keep these states and marks (blocking: call it off the event loop)."""
+    def highest(self, run_ids: list[str]) -> dict[tuple[str, str], int]:
+        """The highest event number with a delivery, per lane of these runs."""
         ...
 
-    def compact(self, items: Iterable[dict[str, Any]]) -> None:
-        """Keep only ``items``: the live state of everything (at start, before any save)."""
+    def release(self) -> None:
+        """Give up the claims this node held before it (re)started: attempts cut off."""
         ...
+
+    def claim(self, limit: int, seconds: float) -> tuple[list[dict[str, Any]], float | None]:
+        """Up to ``limit`` due lane heads, claimed for ``seconds``, each record with its
+        ``claim``; and in how many seconds the next one not yet due will be (None: none)."""
+        ...
+
+    def write(self, new: list[dict[str, Any]], outcomes: list[dict[str, Any]]) -> tuple[set[str], set[str]]:
+        """In one durable transaction: make the ``new`` deliveries that do not exist yet (by id,
+        or by lane and number) and keep each outcome (a record with its ``claim``) whose claim
+        is still ours; the ids made, and the ids whose outcome was kept."""
+        ...
+
+    def resend(self, delivery_id: str, by: dict[str, Any], at: float) -> dict[str, Any]:
+        """Make a failed delivery pending again (one attempt, apart from its lane).
+        KeyError if there is none, ValueError (the message says why) if it is not failed."""
+        ...
+
+    def scrub(self, run_id: str, scrub: Any) -> int:
+        """Rewrite the payloads the run's deliveries still keep with ``scrub(payload) -> payload``,
+        leaving no earlier copy in the store; how many were rewritten."""
+        ...
+
+    def get(self, delivery_id: str) -> dict[str, Any] | None: ...
+
+    def of_run(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's deliveries, oldest first."""
+        ...
+
+    def page(self, status: str | None, limit: int, before: str | None) -> tuple[list[dict[str, Any]], str | None]:
+        """Newest first, strictly older than the delivery ``before``; the cursor of the next page."""
+        ...
+
+    def counts(self) -> dict[str, int]: ...
 
     def close(self) -> None: ...
-
-
-class DeliveryLog:
-    """The data dir's delivery store."""
-
-    def __init__(self, data_dir: str) -> None:
-        self.directory = os.path.join(data_dir, "webhooks")
-        self._journal = Journal(self.directory)
-
-    def load(self) -> Iterator[dict[str, Any]]:
-        for number in self._journal.segments():
-            if number == self._journal.current:
-                continue  # opened empty by this process
-            for _, _, document in records(self._journal.path(number)):
-                yield from orjson.loads(document)
-
-    def save(self, items: list[dict[str, Any]]) -> None:
-        if items:
-            self._journal.append(_KEY, 0, orjson.dumps(items))
-
-    def compact(self, items: Iterable[dict[str, Any]]) -> None:
-        old = self._journal.rotate()
-        kept = list(items)
-        # One record per chunk keeps a record well under the journal's size limits.
-        for start in range(0, len(kept), 1000):
-            self.save(kept[start : start + 1000])
-        self._journal.delete(old)
-
-    def close(self) -> None:
-        self._journal.close()

@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 from userflow.storage.datadir import DataDir
-from userflow.storage.deliveries import DeliveryLog, DeliveryStore
+from userflow.storage.deliveries import DeliveryStore
+from userflow.storage.delivery_file import DeliveryFile
 from userflow.storage.operators import OperatorFile, OperatorStore
 from userflow.storage.port import EventJournal, RunStore
 from userflow.storage.runs import FileRunStore
@@ -28,7 +29,9 @@ class Stores(Protocol):
         """The store of runs (made once, at the engine's start; the engine closes it)."""
         ...
 
-    def deliveries(self) -> DeliveryStore: ...
+    def deliveries(self, node_id: str | None = None) -> DeliveryStore:
+        """The webhook deliveries, claimed as the node ``node_id`` (the data dir has one node)."""
+        ...
 
     def event_journal(self) -> EventJournal | None:
         """Where the event stream is kept so its ids outlive a process; None: in memory only."""
@@ -55,7 +58,7 @@ class Stores(Protocol):
 
 class FileStores:
     """The data dir: runs in ``runs/``, ``packs.sqlite`` and the journal, accounts in ``operators.json``,
-    deliveries in ``webhooks/``, the token key in ``secret.key``."""
+    deliveries in ``webhooks.sqlite``, the token key in ``secret.key``."""
 
     def __init__(self, data_dir: DataDir) -> None:
         self.data_dir = data_dir
@@ -65,8 +68,8 @@ class FileStores:
     def run_store(self) -> FileRunStore:
         return FileRunStore(self.data_dir.path)
 
-    def deliveries(self) -> DeliveryLog:
-        return DeliveryLog(self.data_dir.path)
+    def deliveries(self, node_id: str | None = None) -> DeliveryFile:
+        return DeliveryFile(self.data_dir.path)
 
     def event_journal(self) -> None:
         return None  # one process per data dir: its stream lives and ends with it

@@ -97,11 +97,12 @@ def test_every_type_arrives_signed_with_each_secret_and_the_user_record(stores_a
             assert verified["status"] == "PENDING" and verified["verifiedAt"]
             failure = of_user(got, bounced["userId"])[-1].body["data"]
             assert failure["error"]["step"] == "send-verification-email" and "550" in failure["error"]["message"]
-            listing = server.get("/api/webhooks/deliveries?limit=200")
+            # Listed as delivered once the outcome is durable, a moment after the receiver answered.
+            listing = server.wait_for("/api/webhooks/deliveries?limit=200", lambda b: all(d["status"] == "delivered" for d in b["deliveries"]))
             assert listing["configured"] is True
             listed = listing["deliveries"]
-            assert {d["eventId"] for d in listed} == {r.id for r in got} and all(d["status"] == "delivered" for d in listed)
-            detail = server.get(f"/api/workflows/{ann['workflowId']}")
+            assert {d["eventId"] for d in listed} == {r.id for r in got}
+            detail = server.wait_for(f"/api/workflows/{ann['workflowId']}", lambda d: all(w["status"] == "delivered" for w in d["webhooks"]))
             assert len(detail["webhooks"]) == 3
             assert sum(e["type"] == "webhook-delivered" for e in detail["timeline"]) == 3
         finally:
@@ -252,3 +253,25 @@ def test_sigkill_at_random_moments_loses_no_event_and_keeps_each_users_order(sto
     answered = collections.Counter(r.id for r in got if 200 <= r.answered < 300)
     repeats = sum(n - 1 for n in answered.values())
     assert repeats <= 4 * IN_FLIGHT, f"{repeats} deliveries repeated after being answered"
+
+
+# -- erasure -------------------------------------------------------------------------------------------
+
+
+def test_an_erased_users_payloads_still_to_be_sent_leave_every_file_and_row(stores_at: StoresAt, receiver: Receiver) -> None:
+    from tests.test_erasure import kept_anywhere
+
+    secret = new_secret()
+    receiver.secrets = (secret,)
+    receiver.answer = lambda n: 500  # every delivery stays pending, its payload kept to be sent again
+    server = start(stores_at, "data", [receiver.url], secret, "--webhook-retry-schedule", "3600")
+    try:
+        accepted = signup(server, "erin.erased@example.com", "Erin Erased")
+        receiver.wait_until(lambda rs: len(rs) >= 1)
+        server.wait_for("/api/webhooks/deliveries", lambda b: any(d["attempts"] for d in b["deliveries"]))
+        assert kept_anywhere(stores_at, server, ["erin.erased@example.com"]), "the pending payload is kept before erasure"
+        status, body = server.request("DELETE", f"/api/users/{accepted['userId']}")
+        assert status == 200, body
+        assert kept_anywhere(stores_at, server, ["erin.erased@example.com", "Erin Erased"]) == []
+    finally:
+        server.stop()

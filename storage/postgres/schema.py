@@ -224,6 +224,26 @@ CREATE TRIGGER run_counts_follow AFTER INSERT OR DELETE ON run_facets
     FOR EACH ROW EXECUTE FUNCTION run_counts_follow();
 """
 
+DELIVERY_CLAIMS = """
+-- Several nodes deliver webhooks from one table, each pending delivery
+-- attempted by one node at a time. A node claims a lane's head (the lowest
+-- pending number of a (run_id, url) pair; an operator's retry stands apart)
+-- with SELECT ... FOR UPDATE SKIP LOCKED, until claimed_until, judged by the
+-- database's clock; another node may claim it once that has passed (its
+-- node died). claim counts the claims of the row, and an outcome is written
+--   UPDATE webhook_deliveries ... WHERE id = $1 AND claimed_by = $node AND claim = $n
+-- so a node that was paused past its claim, and woke up, writes nothing.
+-- seq is the order deliveries were made in: the list pages by it, newest first.
+ALTER TABLE webhook_deliveries
+    ADD COLUMN claimed_by    text,
+    ADD COLUMN claimed_until timestamptz,
+    ADD COLUMN claim         bigint NOT NULL DEFAULT 0,
+    ADD COLUMN seq           bigint GENERATED ALWAYS AS IDENTITY;
+CREATE UNIQUE INDEX webhook_deliveries_seq ON webhook_deliveries (seq);
+CREATE INDEX webhook_deliveries_listed ON webhook_deliveries (status, seq);
+DROP INDEX webhook_deliveries_status;
+"""
+
 NODES = """
 -- Many nodes on one database. A node registers with an incarnation (a random
 -- value of each process): a process that finds its id held by a live node
@@ -245,7 +265,8 @@ DROP FUNCTION run_counts_follow();
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "runs, timeline, lookup keys, secrets, operators, webhooks, events, nodes", INITIAL_SCHEMA),
     Migration(2, "the catalog: run summaries, facets and their counts", CATALOG),
-    Migration(3, "nodes: incarnations, addresses, clean stops; run counts kept in order", NODES),
+    Migration(3, "webhook deliveries claimed by one node at a time, listed in the order made", DELIVERY_CLAIMS),
+    Migration(4, "nodes: incarnations, addresses, clean stops; run counts kept in order", NODES),
 )
 
 

@@ -91,8 +91,8 @@ class PgStores:
         except (psycopg.Error, OSError) as exc:
             raise StorageError(5, f"the nodes cannot be read from the database: {one_line(exc)}") from None
 
-    def deliveries(self) -> PgDeliveries:
-        return PgDeliveries(self.pool)
+    def deliveries(self, node_id: str | None = None) -> PgDeliveries:
+        return PgDeliveries(self.pool, node_id)
 
     def event_journal(self) -> PgEventJournal:
         return PgEventJournal(self.pool)
