@@ -80,6 +80,7 @@ class Webhooks:
         self._to_make = asyncio.Event()
         self._making = asyncio.Lock()
         self._maker: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._listeners: list[Listener] = []
         self._counts: dict[str, int] = {"pending": 0, "delivered": 0, "failed": 0}
         self._counted = 0.0
@@ -108,16 +109,27 @@ class Webhooks:
         self,
         changed_since: Callable[[float], Iterable[Mapping[str, Any]]],
         read_events: Callable[[str], list[dict[str, Any]]],
+        sweep_every: float | None = None,
     ) -> None:
         """Make the deliveries of events recorded but not yet made (a crash fell in between), start sending.
 
         ``changed_since(when)`` gives the summaries of the runs changed since
         (epoch seconds), with how many events each has told of (blocking);
-        ``read_events(run_id)`` reads a run's events (blocking)."""
+        ``read_events(run_id)`` reads a run's events (blocking). With
+        ``sweep_every`` (a store other nodes share), the runs changed lately are
+        looked at again that often: a node that died between a commit and its
+        deliveries leaves them to be made by the others, not by its restart."""
         oldest = min((self._since[url] for url in self.settings.urls), default=0.0)
+        await self._make_behind(changed_since, read_events, oldest)
+        self._sender.start()
+        if sweep_every is not None:
+            self._sweeper = asyncio.create_task(self._sweep(changed_since, read_events, sweep_every), name="userflow-webhook-sweep")
 
+    async def _make_behind(
+        self, changed_since: Callable[[float], Iterable[Mapping[str, Any]]], read_events: Callable[[str], list[dict[str, Any]]], since: float
+    ) -> None:
         def runs_behind() -> list[str]:
-            told = {summary["id"]: summary["events"] for summary in changed_since(oldest) if summary.get("events")}
+            told = {summary["id"]: summary["events"] for summary in changed_since(since) if summary.get("events")}
             highest = self._store.highest(list(told))
             return [run_id for run_id, events in told.items() if any(events > highest.get((run_id, url), 0) for url in self.settings.urls)]
 
@@ -126,11 +138,25 @@ class Webhooks:
             self.events_committed(run_id, await asyncio.to_thread(read_events, run_id))
         if behind:
             log.info("webhooks: events of %d runs found recorded but not yet made into deliveries; made now", len(behind))
-        self._sender.start()
+
+    async def _sweep(
+        self, changed_since: Callable[[float], Iterable[Mapping[str, Any]]], read_events: Callable[[str], list[dict[str, Any]]], every: float
+    ) -> None:
+        while not self._stopping:
+            started = time.time()
+            await asyncio.sleep(every)
+            try:
+                # Back past the last sweep by as much again: a commit is listed a moment after its time.
+                await self._make_behind(changed_since, read_events, started - every)
+            except Exception as exc:  # noqa: BLE001 - the store is away: the next sweep looks again
+                log.warning("webhooks: could not look for events without deliveries: %s", exc)
 
     async def stop(self) -> None:
         """Stop sending; an attempt cut off now is made again (here at the next start, or by another node)."""
         self._stopping = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
         await self._sender.stop()
         if self._maker is not None:
             self._maker.cancel()

@@ -167,6 +167,7 @@ async def start_engine(app: web.Application) -> None:
     # Once ready, the modules and the recovered index move to the permanent
     # generation, where later collections no longer walk them.
     runtime = app[RUNTIME]
+    settings = app[SETTINGS]
     await app[EVENTS].load()  # before runs resume: a client resuming gets the frames before and after
     hooks = app.get(WEBHOOKS)
     if hooks is not None:
@@ -183,9 +184,9 @@ async def start_engine(app: web.Application) -> None:
             stored = runtime.parts.store.read(run_id)
             return list(stored.run.get("events", ())) if stored else []
 
-        await hooks.start(runtime.index.changed_since, events_of)
+        shared = runtime.parts.shared  # other nodes' deaths leave events to this one
+        await hooks.start(runtime.index.changed_since, events_of, settings.node_timeout if shared else None)
     log.info("ready: %d runs recovered, %d resumed", report.runs, len(report.resume))
-    settings = app[SETTINGS]
     if settings.retain_finished is not None:
         app[RETENTION] = asyncio.create_task(retention.keep_sweeping(runtime, settings.retain_finished, settings.retention_every))
 

@@ -34,16 +34,17 @@ def token_in(message: Message) -> str:
 class Nodes:
     """The nodes of one database: started, killed, paused and restarted by name."""
 
-    def __init__(self, root: str, database_url: str, smtp: SmtpServer, *flags: str) -> None:
+    def __init__(self, root: str, database_url: str, smtp: SmtpServer, *flags: str, env: dict[str, str] | None = None) -> None:
         self.root = root
         self.database_url = database_url
+        self.env = {**(env or {}), "USERFLOW_DATABASE_URL": database_url}
         self.flags = ("--smtp-url", smtp.url, "--email-failure-rate", "0", "--node-timeout", str(NODE_TIMEOUT), *flags)
         self.smtp = smtp
         self.nodes: dict[str, Server] = {}
         self.gone: list[Server] = []
 
     def start(self, name: str, *flags: str) -> Server:
-        node = Server(os.path.join(self.root, name), "--node-id", name, *self.flags, *flags, env={"USERFLOW_DATABASE_URL": self.database_url})
+        node = Server(os.path.join(self.root, name), "--node-id", name, *self.flags, *flags, env=self.env)
         self.nodes[name] = node.start()
         return node
 

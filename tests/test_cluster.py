@@ -18,6 +18,7 @@ from tests.cluster import EventReader, Nodes, attempts_by_node, completed_runs, 
 from tests.helpers import wait_until
 from userflow.actors.timeutil import epoch
 from tests.smtp_server import SmtpServer
+from tests.webhook_receiver import Receiver, flaky, new_secret
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -172,6 +173,56 @@ def test_sigkill_of_random_nodes_under_load_every_202_completes_on_the_survivors
               f"{sum(n - 1 for n in repeated.values())} emails received twice")  # fmt: skip
     finally:
         traffic.stop.set()
+
+
+def test_webhooks_deliver_every_event_of_every_run_in_order_while_nodes_are_killed(tmp_path, database_url, smtp):
+    rng = random.Random(5)
+    secret = new_secret()
+    with Receiver(secret) as receiver:
+        receiver.answer = flaky(0.2)
+        flags = ("--webhook-url", receiver.url, "--webhook-retry-schedule", "0.2,0.5,1,2,4")
+        with Nodes(str(tmp_path), database_url, smtp, *flags, env={"USERFLOW_WEBHOOK_SECRET": secret}) as nodes:
+            for name in ("a", "b", "c"):
+                nodes.start(name)
+            traffic = Traffic(nodes, smtp, rng)
+            threads = [threading.Thread(target=traffic.signups, args=(w,), daemon=True) for w in range(2)]
+            threads.append(threading.Thread(target=traffic.clicks, daemon=True))
+            for thread in threads:
+                thread.start()
+            try:
+                for round in range(2):
+                    time.sleep(rng.uniform(0.5, 1.5))  # chaos timing: a random moment, not a synchronisation
+                    with traffic.lock:
+                        victim = rng.choice(sorted(nodes.nodes))
+                        nodes.kill(victim)
+                    time.sleep(rng.uniform(0.3, 0.8))
+                    with traffic.lock:
+                        nodes.start(f"{victim}{round}")
+            finally:
+                traffic.stop.set()
+                for thread in threads:
+                    thread.join(timeout=20)
+            survivor = nodes.alive()[0]
+            for run_id in traffic.accepted:
+                survivor.wait_for(f"/api/workflows/{run_id}", lambda d: d["status"] in ("WAITING", "COMPLETED"), timeout=60)
+            with psycopg.connect(database_url) as connection:
+                events = {
+                    run_id: [e["id"] for e in found or []]
+                    for run_id, found in connection.execute("SELECT id, document -> 'events' FROM runs").fetchall()
+                }
+            promised = {event for run_events in events.values() for event in run_events}
+            assert promised, "no event was recorded"
+            receiver.wait_until(lambda got: promised <= {r.id for r in got if 200 <= r.answered < 300}, timeout=90)
+            delivered = receiver.delivered()
+            assert all(all(r.verified.values()) for r in receiver.received), "a request was not signed with the secret"
+            first_delivery = {}
+            for n, r in enumerate(delivered):
+                first_delivery.setdefault(r.id, n)
+            for run_events in events.values():  # each user's events delivered in the order they happened
+                order = [first_delivery[event] for event in run_events]
+                assert order == sorted(order), run_events
+            repeats = len(delivered) - len({r.id for r in delivered})
+            print(f"\nwebhooks under kills: {len(promised)} events, {repeats} delivered twice")
 
 
 def test_a_paused_node_loses_its_runs_and_executes_nothing_of_theirs_when_it_wakes(nodes, smtp):
