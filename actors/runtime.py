@@ -106,8 +106,18 @@ class Runtime:
         self, workflow: str, input: dict[str, Any], dedupe: tuple[str, str] | None = None
     ) -> StartResult:
         """Start a run; returns once its first snapshot is durable."""
-        stored = await asyncio.to_thread(self._stored, dedupe) if dedupe is not None else None
-        return await self._ask(lambda reply: StartRun(workflow, input, dedupe, reply, stored))
+        if dedupe is None:
+            return await self._ask(lambda reply: StartRun(workflow, input, dedupe, reply, None))
+        claims = self.parts.store.claims()
+        # On a shared store, one start of a key at a time across nodes: the catalog is read,
+        # and the run made durable, before another node's start of the key looks.
+        lock = await asyncio.to_thread(claims.lock_key, *dedupe) if claims is not None else None
+        try:
+            stored = await asyncio.to_thread(self._stored, dedupe)
+            return await self._ask(lambda reply: StartRun(workflow, input, dedupe, reply, stored))
+        finally:
+            if lock is not None:
+                await asyncio.to_thread(lock.release)
 
     def _stored(self, dedupe: tuple[str, str]) -> tuple[str, dict[str, Any]] | None:
         run_id = self.index.lookup(*dedupe)

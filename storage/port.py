@@ -141,6 +141,14 @@ class Claims(Protocol):
         """The runs this node id held when its previous process ended."""
         ...
 
+    def lock_key(self, kind: str, value: str) -> KeyLock:
+        """Hold the lookup key against starts on every node (blocking), until released."""
+        ...
+
+
+class KeyLock(Protocol):
+    def release(self) -> None: ...
+
 
 class RunStore(Protocol):
     def open(self, run_id: str) -> RunHandle: ...

@@ -78,6 +78,28 @@ def test_signups_on_every_node_and_clicks_on_another_all_complete_with_one_email
     assert c.get("/readyz")["node"] == "c"
 
 
+def test_one_address_signed_up_on_every_node_at_once_is_one_user_with_one_email(nodes, smtp):
+    ring = [nodes.start(name) for name in ("a", "b", "c")]
+    start = threading.Barrier(6)
+    answers = []
+
+    def sign_up(node) -> None:
+        start.wait()
+        answers.append(node.request("POST", "/api/signup", {"email": "twice@example.com", "name": "Double Click"}))
+
+    workers = [threading.Thread(target=sign_up, args=(ring[n % 3],)) for n in range(6)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=30)
+    assert [status for status, _ in answers] == [202] * 6, answers
+    assert len({body["workflowId"] for _, body in answers}) == 1, answers
+    [run_id] = {body["workflowId"] for _, body in answers}
+    ring[1].wait_for(f"/api/workflows/{run_id}", lambda d: d["status"] == "WAITING", timeout=30)
+    assert len(ring[2].get("/api/users?q=twice@example.com")["users"]) == 1
+    assert received(smtp) == {f"<{run_id}.verification.1@userflow>": 1}
+
+
 class Traffic:
     """Signups on random live nodes, and each email's click on another random node."""
 

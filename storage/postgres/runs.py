@@ -111,11 +111,13 @@ class PgRunHandle:
 
 
 class PgRunStore:
-    def __init__(self, pool: ConnectionPool, describe: Describe | None = None, lease: NodeLease | None = None) -> None:
+    def __init__(
+        self, pool: ConnectionPool, describe: Describe | None = None, lease: NodeLease | None = None, key_pool: ConnectionPool | None = None
+    ) -> None:
         self._pool = pool
         self._describe = describe
         self.lease = lease
-        self._claims = PgClaims(pool, lease) if lease is not None else None
+        self._claims = PgClaims(pool, lease, key_pool or pool) if lease is not None else None
         self._written_keys: dict[str, set[tuple[str, str]]] = {}  # per active run, touched by the committer only
         self._queue: list[_Commit] = []
         self._releases: list[dict[str, Any]] = []
