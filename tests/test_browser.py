@@ -1101,6 +1101,20 @@ def test_nodes_on_one_database_the_panel_sees_a_node_die_and_a_card_shows_both_n
         expect(card.locator(".timeline-list .t-node[data-node]")).to_have_count(sum(1 for e in run["timeline"] if e["node"]))
         assert set(card.locator(".timeline-list .t-node[data-node]").evaluate_all("tags => tags.map(t => t.dataset.node)")) == recorded_by
 
+        # A run signed up on B whose email B is sending when it dies: A takes it over.
+        taken_over = "taken.over@example.com"
+        held: list[str] = []
+
+        def hold_first_send(envelope: Any) -> bool:  # B's send stays in flight; A's goes through
+            if envelope.rcpt_tos == [taken_over] and not held:
+                held.append(taken_over)
+                return True
+            return False
+
+        smtp.handler.hold = hold_first_send
+        assert b.request("POST", "/api/signup", {"name": "Tak Over", "email": taken_over})[0] == 202
+        smtp.handler.wait_held(1, timeout=30)
+
         # B dies: the panel says so, in words, once B's heartbeat is older than the node
         # timeout, at the page's next look; A stays alive.
         killed_at = time.monotonic()
@@ -1112,6 +1126,17 @@ def test_nodes_on_one_database_the_panel_sees_a_node_die_and_a_card_shows_both_n
         expect(page.locator("#nodes-h")).to_have_text("Nodes (1 alive, 1 down)")
         expect(page.locator("#nodes-live")).to_have_text("Node b is down.")
         expect(node_item(page, "a").locator("[data-role=node-state]")).to_have_text("alive")
+
+        # The step B was in the middle of shows each attempt's node: the first B's, the next A's.
+        card = run_card(page, taken_over)
+        expect(card).to_have_attribute("data-status", "WAITING", timeout=30_000)
+        tags = step(card, EMAIL_STEP).locator("[data-role=attempt-nodes] .node-tag")
+        expect(tags).to_have_count(2)
+        assert [(tags.nth(i).get_attribute("data-attempts"), tags.nth(i).get_attribute("data-node")) for i in range(2)] == [("1", "b"), ("2", "a")]
+        seen_text = "t => [...t.childNodes].filter(n => !(n.classList && n.classList.contains('visually-hidden'))).map(n => n.textContent).join('')"
+        assert tags.evaluate_all(f"tags => tags.map({seen_text})") == ["#1 b", "#2 a"]
+        expect(tags.locator(".visually-hidden")).to_have_text(["attempt 1 on node ", "attempt 2 on node "])  # what is read out
+        smtp.handler.let_go()
 
 
 # -- 8. a store larger than a page: the overview, the table of runs, search, paging ----------
