@@ -26,6 +26,11 @@
 // `delivery` events; their panel stays hidden on a server that has shown none
 // (the list is empty both when no webhook URL is configured and before the
 // first event).
+//
+// The nodes panel polls GET /api/nodes every few seconds while the page is
+// visible: a heartbeat is no event on the stream, and a dead node sends none.
+// Heartbeat ages are the database's (its clock judges the nodes), advanced by
+// the time elapsed here since the answer, never by this machine's clock.
 "use strict";
 
 (() => {
@@ -41,6 +46,7 @@
   const OVERVIEW_EVERY_MS = 2000;   // at most this often while runs change
   const OVERVIEW_IDLE_MS = 60000;   // and this often anyway: the time buckets move
   const KEEP_SUMMARIES = 2000;      // summaries seen live, beyond which those not shown are forgotten
+  const NODES_EVERY_MS = 3000;      // the nodes panel: within this of a node going down (plus its timeout)
 
   const $ = (sel, root = document) => root.querySelector(sel);
 
@@ -181,6 +187,30 @@
       const text = node.dataset.prefix + relative(node.getAttribute("datetime"), node.dataset.rel);
       if (node.textContent !== text) node.textContent = text;
     }
+    for (const node of document.querySelectorAll("[data-age]")) {
+      const text = ageText(node);
+      if (node.textContent !== text) node.textContent = text;
+    }
+  }
+
+  // An age the server measured (seconds, at performance.now() `at` here), as of now.
+  function ageEl(seconds, at) {
+    const node = el("span", { class: "age", "data-age": seconds, "data-age-at": at });
+    node.textContent = ageText(node);
+    return node;
+  }
+
+  function ageText(node) {
+    const age = Number(node.dataset.age) * 1000 + (performance.now() - Number(node.dataset.ageAt));
+    return `${formatDuration(Math.max(0, age))} ago`;
+  }
+
+  // Which node did something: the run's, an attempt's, a timeline entry's.
+  function nodeTag(node, attrs = {}, spoken = "on node ", shown = "") {
+    return el("span", { class: "node-tag", "data-node": node, ...attrs },
+      el("span", { class: "visually-hidden" }, spoken),
+      shown ? el("span", { "aria-hidden": "true" }, shown) : null,
+      node);
   }
 
   function plural(n, word) {
@@ -485,6 +515,108 @@
       renderSoon("list");  // the filters' counts
     }
     return true;
+  }
+
+  // The nodes panel: asked again every NODES_EVERY_MS while the page is shown; a
+  // hidden page asks nothing, and asks at once when it is shown again.
+  let nodesTimer = null;
+  let nodesSeq = 0;
+  let nodesShown = null;  // id -> alive, as last shown: what changed is told
+
+  function scheduleNodes(delay = NODES_EVERY_MS) {
+    clearTimeout(nodesTimer);
+    nodesTimer = null;
+    if (leaving || document.hidden) return;
+    nodesTimer = setTimeout(loadNodes, delay);
+  }
+
+  async function loadNodes() {
+    nodesTimer = null;
+    const seq = ++nodesSeq;
+    const answer = await api("/api/nodes");
+    if (seq !== nodesSeq) return;  // a newer request went out meanwhile
+    if (answer.status === 404) {  // a server without nodes: no panel, and no more asking
+      $("#nodes-card").hidden = true;
+      return;
+    }
+    if (answer.ok) renderNodes(answer.body);
+    else nodesUnknown(answer);
+    scheduleNodes();
+  }
+
+  document.addEventListener("visibilitychange", () => {
+    if (document.hidden) scheduleNodes();  // stops: nothing is scheduled for a hidden page
+    else if (me) scheduleNodes(0);
+  });
+
+  function renderNodes(body) {
+    const card = $("#nodes-card");
+    const at = performance.now();
+    // Alive first, then by name: the order stays put from one answer to the next.
+    const nodes = [...body.nodes].sort((a, b) => Number(b.alive) - Number(a.alive) || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    const shared = nodes.some((n) => n.heartbeatAt !== undefined);
+    const alive = nodes.filter((n) => n.alive).length;
+    const down = nodes.length - alive;
+    $("#nodes-count").textContent = `(${alive} alive${down ? `, ${down} down` : ""})`;
+    $("#nodes-scope").textContent = shared
+      ? `The servers sharing this database, alive while their heartbeat is recent by its clock; checked every ${NODES_EVERY_MS / 1000} s.`
+      : "One server, on its data dir.";
+    $("#nodes-scope").classList.remove("nodes-error");
+    $("#nodes").replaceChildren(...nodes.map((n) => nodeItem(n, at)));
+    tellNodeChanges(nodes);
+    card.dataset.loaded = "true";
+    card.dataset.stale = "false";
+  }
+
+  function nodeItem(n, at) {
+    const state = n.alive ? "alive" : "down";
+    const facts = [["Runs executing", el("span", { "data-role": "executing" }, num(n.executing))]];
+    if (n.heartbeatAgeSeconds !== undefined && n.heartbeatAgeSeconds !== null) {
+      const heartbeat = ageEl(n.heartbeatAgeSeconds, at);
+      heartbeat.dataset.role = "heartbeat";
+      heartbeat.title = n.heartbeatAt ? `${clock(n.heartbeatAt, true)} by the database's clock` : "";
+      facts.push(["Last heartbeat", heartbeat]);
+    }
+    if (n.stoppedAt && n.heartbeatAt) {
+      // Both stamps are the database's: its age from theirs, not from this machine's clock.
+      const stopped = ageEl(n.heartbeatAgeSeconds - (ms(n.stoppedAt) - ms(n.heartbeatAt)) / 1000, at);
+      stopped.dataset.role = "stopped";
+      facts.push(["Stopped", stopped]);
+    }
+    facts.push(["Address", n.address ? el("code", { class: "node-address" }, n.address) : el("span", { class: "muted" }, "not given")]);
+    return el("li", {
+      class: `node n-${state}`, "data-node-id": n.id, "data-alive": String(Boolean(n.alive)), "data-self": String(Boolean(n.self)),
+    },
+      el("div", { class: "node-head" },
+        el("code", { class: "node-id", "data-role": "node-id" }, n.id),
+        el("span", { class: `badge b-node-${state}`, "data-role": "node-state" }, state),
+        n.self ? el("span", { class: "badge node-self", "data-role": "self", title: "the server this page is connected to" }, "this node") : null),
+      el("dl", { class: "node-facts" }, ...facts.flatMap(([label, value]) => [el("dt", {}, label), el("dd", {}, value)])));
+  }
+
+  // Said once per change, not at every poll: a node that went down, came back or joined.
+  function tellNodeChanges(nodes) {
+    const now = new Map(nodes.map((n) => [n.id, Boolean(n.alive)]));
+    if (nodesShown) {
+      const told = [];
+      for (const [id, alive] of now) {
+        const before = nodesShown.get(id);
+        if (before === undefined) told.push(`Node ${id} joined${alive ? "" : ", down"}.`);
+        else if (before !== alive) told.push(alive ? `Node ${id} is alive again.` : `Node ${id} is down.`);
+      }
+      if (told.length) $("#nodes-live").textContent = told.join(" ");
+    }
+    nodesShown = now;
+  }
+
+  // No answer: what is shown stays, said to be as of the last answer.
+  function nodesUnknown(answer) {
+    const card = $("#nodes-card");
+    if (card.dataset.stale === "true") return;
+    card.dataset.stale = "true";
+    const scope = $("#nodes-scope");
+    scope.textContent = `Not updated: ${answer.status ? `${answer.status}: ` : ""}${answer.message}`;
+    scope.classList.add("nodes-error");
   }
 
   // Everything from scratch: at the first connection and on `reset`. A reset that
@@ -1061,6 +1193,8 @@
       el("div", { class: "run-meta" },
         timeEl(run.createdAt, "ago", "started "),
         run.finishedAt ? [" · ", el("span", {}, `finished in ${formatDuration(ms(run.finishedAt) - ms(run.createdAt))}`)] : null,
+        run.node ? [" · ", el("span", { class: "run-node" }, run.status === "RUNNING" ? "on " : "last on ",
+          nodeTag(run.node, { "data-role": "run-node", title: run.status === "RUNNING" ? "the node executing this run" : "the node that executed this run last" }, "node "))] : null,
         " · ", el("code", { class: "run-id" }, id)),
       actionsFor(run, titleId));
 
@@ -1142,6 +1276,16 @@
       parts.push(el("div", { class: "step-meta", "data-role": "attempts", "data-attempts": attempts.length,
         title: step.durationMs != null ? `took ${formatDuration(step.durationMs)}, from the first attempt to the last` : null }, meta.join(" · ")));
     }
+    const onNodes = attempts.filter((a) => a.node);
+    if (onNodes.length) {
+      // All on one node (always so on a data dir): said once; else beside each attempt.
+      const one = onNodes.length === attempts.length && onNodes.every((a) => a.node === onNodes[0].node);
+      parts.push(el("div", { class: "step-nodes", "data-role": "attempt-nodes" }, one
+        ? ["on ", nodeTag(onNodes[0].node, { "data-attempts": onNodes.map((a) => a.number).join(","),
+          title: attempts.length === 1 ? `attempt 1 on node ${onNodes[0].node}` : `every attempt on node ${onNodes[0].node}` }, "node ")]
+        : onNodes.map((a) => nodeTag(a.node, { "data-attempts": String(a.number), title: `attempt ${a.number} on node ${a.node}` },
+          `attempt ${a.number} on node `, `#${a.number} `))));
+    }
     if (last && !last.finishedAt && step.status === "RUNNING") {
       parts.push(el("div", { class: "step-meta" }, `attempt ${last.number} running `, timeEl(last.startedAt, "elapsed")));
     }
@@ -1215,7 +1359,8 @@
     },
       el("time", { datetime: e.at, title: e.at }, clock(e.at)),
       el("span", { class: "t-type" }, e.type),
-      el("span", { class: "t-msg" }, e.message));
+      el("span", { class: "t-msg" }, e.message),
+      e.node ? nodeTag(e.node, { class: "node-tag t-node", title: `recorded by node ${e.node}` }) : el("span", { class: "t-node" }));
   }
 
   // -- operator actions -------------------------------------------------------------
@@ -1677,7 +1822,9 @@
       await new Promise((resolve) => setTimeout(resolve, delay));
       delay = Math.min(delay * 2, 5000);
     }
-    if (!leaving) connect();
+    if (leaving) return;
+    connect();
+    scheduleNodes(0);
   }
 
   renderList();

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,7 @@ from tests.browser_support import (
     step,
     wait_same_snapshot,
 )
+from tests.cluster import NODE_TIMEOUT, Nodes, attempts_by_node, detail, run_of, token_in
 from tests.helpers import ONE_STORE, StoresAt
 from tests.server import Server
 from tests.smtp_server import SmtpServer
@@ -969,7 +971,175 @@ def test_an_expired_runs_email_says_its_link_expired(start_server: Callable[...,
     expect(page.locator('#outbox li.mail[data-to="expired@example.com"] .mail-note')).to_have_text("link expired")
 
 
-# -- 7. a store larger than a page: the overview, the table of runs, search, paging ----------
+# -- 7. the nodes: which node did what, and which nodes are alive ---------------------------
+
+NODES_EVERY_S = 3.0  # how often the page asks GET /api/nodes (NODES_EVERY_MS in dashboard.js)
+
+# Counts the page's requests to /api/nodes as it makes them, synchronously, so a count
+# read after the page's timers ran is exact.
+COUNT_NODE_POLLS = """(() => {
+  window.__uf_node_polls = 0;
+  const fetch = window.fetch.bind(window);
+  window.fetch = (input, init) => {
+    if (String(input).startsWith('/api/nodes')) window.__uf_node_polls += 1;
+    return fetch(input, init);
+  };
+})()"""
+
+
+def node_item(page: Page, node_id: str) -> Any:
+    return page.locator(f"#nodes li.node[data-node-id={json.dumps(node_id)}]")
+
+
+def set_page_hidden(page: Page, hidden: bool) -> None:
+    """As a browser does for a tab in the background (or back in front)."""
+    page.evaluate(
+        """hidden => {
+          Object.defineProperty(document, 'hidden', {configurable: true, get: () => hidden});
+          Object.defineProperty(document, 'visibilityState', {configurable: true, get: () => hidden ? 'hidden' : 'visible'});
+          document.dispatchEvent(new Event('visibilitychange'));
+        }""",
+        hidden,
+    )
+
+
+def node_polls(page: Page) -> int:
+    return int(page.evaluate("() => window.__uf_node_polls"))
+
+
+@ONE_STORE
+def test_data_dir_shows_its_one_node_and_asks_nothing_while_hidden(start_server: Callable[..., Server], context: BrowserContext) -> None:
+    server = start_server("--email-failure-rate", "0")
+    run_id = api_signup(server, "Nod Solo", "solo@example.com")
+    server.wait_for(f"/api/workflows/{run_id}", lambda d: d["status"] == "WAITING")
+    page = context.new_page()
+    # The page's timers run on a clock the test moves: time passes without a sleep.
+    page.clock.install()
+    page.add_init_script(COUNT_NODE_POLLS)
+    page.goto(server.url)
+    expect(page.locator("#conn")).to_have_attribute("data-state", "live")
+    expect(page.locator("#nodes-card")).to_have_attribute("data-loaded", "true")
+
+    # One node, this one, alive, with what it executes and where it answers; no heartbeat on a data dir.
+    panel = page.get_by_role("region", name=re.compile("^Nodes"))
+    expect(panel.get_by_role("heading", level=2)).to_have_text("Nodes (1 alive)")
+    expect(page.locator("#nodes li.node")).to_have_count(1)
+    solo = node_item(page, server.node_id)
+    expect(solo).to_have_attribute("data-alive", "true")
+    expect(solo.locator("[data-role=node-state]")).to_have_text("alive")
+    expect(solo.locator("[data-role=self]")).to_have_text("this node")
+    expect(solo.locator("dt")).to_have_text(["Runs executing", "Address"])
+    expect(solo.locator("[data-role=executing]")).to_have_text(re.compile(r"^\d+$"))
+    expect(solo.locator(".node-address")).to_have_text(server.get("/api/nodes")["nodes"][0]["address"])
+    expect(page.locator("#nodes-scope")).to_have_text("One server, on its data dir.")
+
+    # The run's card says the node, of the run and beside its steps' attempts and timeline entries.
+    card = run_card(page, "solo@example.com")
+    page.clock.run_for(100)  # the card is drawn at the next animation frame
+    expect(card.locator("[data-role=run-node]")).to_have_text(f"node {server.node_id}")
+    for step_id in ("create-user", EMAIL_STEP):
+        expect(step(card, step_id).locator("[data-role=attempt-nodes] .node-tag")).to_have_attribute("data-node", server.node_id)
+    entries = card.locator(".timeline-list li")
+    expect(entries.first).to_be_attached()
+    assert entries.count() == card.locator(f'.timeline-list li .t-node[data-node="{server.node_id}"]').count()
+
+    # Asked again every few seconds while shown...
+    page.clock.pause_at(int(page.evaluate("() => Date.now()")) + 1000)
+    page.wait_for_function("() => window.__uf_node_polls >= 1")
+    asked = node_polls(page)
+    page.clock.run_for(int(NODES_EVERY_S * 1000) + 100)
+    page.wait_for_function("asked => window.__uf_node_polls > asked", arg=asked)
+    # ...never while hidden, however long...
+    set_page_hidden(page, True)
+    asked = node_polls(page)
+    page.clock.run_for(60_000)
+    assert node_polls(page) == asked, "the page asked for the nodes while it was hidden"
+    # ...and at once when shown again.
+    set_page_hidden(page, False)
+    page.clock.run_for(10)
+    assert node_polls(page) == asked + 1
+
+
+def test_nodes_on_one_database_the_panel_sees_a_node_die_and_a_card_shows_both_nodes(
+    tmp_path: Any, database_url: str, context: BrowserContext
+) -> None:
+    with SmtpServer() as smtp, Nodes(str(tmp_path), database_url, smtp) as nodes:
+        a, b = nodes.start("a"), nodes.start("b")
+        page = open_dashboard(context, a.url)
+        expect(page.locator("#nodes-h")).to_have_text("Nodes (2 alive)")
+        expect(page.locator("#nodes li.node")).to_have_count(2)
+        for name, node, is_self in (("a", a, "true"), ("b", b, "false")):
+            item = node_item(page, name)
+            expect(item).to_have_attribute("data-alive", "true")
+            expect(item).to_have_attribute("data-self", is_self)
+            expect(item.locator("[data-role=node-state]")).to_have_text("alive")
+            expect(item.locator("[data-role=heartbeat]")).to_have_text(re.compile(r"ago$"))
+            expect(item.locator(".node-address")).to_have_text(node.url)
+        expect(node_item(page, "a").locator("[data-role=self]")).to_have_text("this node")
+        expect(node_item(page, "b").locator("[data-role=self]")).to_have_count(0)
+
+        # Signed up on A (the page's node), clicked on B: the card shows attempts by both.
+        email = "two.nodes@example.com"
+        sign_up(page, "Twyla Nodes", email)
+        message = smtp.handler.wait_for(1, timeout=30)[0]
+        assert b.request("GET", "/api/verify?token=" + token_in(message))[0] == 200
+        card = run_card(page, email)
+        expect(card).to_have_attribute("data-status", "COMPLETED", timeout=30_000)
+        run = detail(a, run_of(message))
+        by_node = {node for _, _, node, _, _ in attempts_by_node(run)}
+        assert by_node == {"a", "b"}, attempts_by_node(run)
+        for step_data in run["steps"]:
+            tags = step(card, step_data["id"]).locator("[data-role=attempt-nodes] .node-tag")
+            if step_data["attempts"]:  # each step ran once here, on one node
+                expect(tags).to_have_attribute("data-node", step_data["attempts"][-1]["node"])
+            else:
+                expect(tags).to_have_count(0)
+        shown = set(card.locator("[data-role=attempt-nodes] .node-tag").evaluate_all("tags => tags.map(t => t.dataset.node)"))
+        assert shown == {"a", "b"}
+        expect(card.locator("[data-role=run-node]")).to_have_text(f"node {run['node']}")
+        recorded_by = {e["node"] for e in run["timeline"] if e["node"]}
+        expect(card.locator(".timeline-list .t-node[data-node]")).to_have_count(sum(1 for e in run["timeline"] if e["node"]))
+        assert set(card.locator(".timeline-list .t-node[data-node]").evaluate_all("tags => tags.map(t => t.dataset.node)")) == recorded_by
+
+        # A run signed up on B whose email B is sending when it dies: A takes it over.
+        taken_over = "taken.over@example.com"
+        held: list[str] = []
+
+        def hold_first_send(envelope: Any) -> bool:  # B's send stays in flight; A's goes through
+            if envelope.rcpt_tos == [taken_over] and not held:
+                held.append(taken_over)
+                return True
+            return False
+
+        smtp.handler.hold = hold_first_send
+        assert b.request("POST", "/api/signup", {"name": "Tak Over", "email": taken_over})[0] == 202
+        smtp.handler.wait_held(1, timeout=30)
+
+        # B dies: the panel says so, in words, once B's heartbeat is older than the node
+        # timeout, at the page's next look; A stays alive.
+        killed_at = time.monotonic()
+        nodes.kill("b")
+        down_within = NODE_TIMEOUT + NODES_EVERY_S + 3.0  # the timeout, one poll, and slack for a busy machine
+        expect(node_item(page, "b")).to_have_attribute("data-alive", "false", timeout=down_within * 1000)
+        assert time.monotonic() - killed_at < down_within
+        expect(node_item(page, "b").locator("[data-role=node-state]")).to_have_text("down")
+        expect(page.locator("#nodes-h")).to_have_text("Nodes (1 alive, 1 down)")
+        expect(page.locator("#nodes-live")).to_have_text("Node b is down.")
+        expect(node_item(page, "a").locator("[data-role=node-state]")).to_have_text("alive")
+
+        # The step B was in the middle of shows each attempt's node: the first B's, the next A's.
+        card = run_card(page, taken_over)
+        expect(card).to_have_attribute("data-status", "WAITING", timeout=30_000)
+        tags = step(card, EMAIL_STEP).locator("[data-role=attempt-nodes] .node-tag")
+        expect(tags).to_have_count(2)
+        assert [(tags.nth(i).get_attribute("data-attempts"), tags.nth(i).get_attribute("data-node")) for i in range(2)] == [("1", "b"), ("2", "a")]
+        seen_text = "t => [...t.childNodes].filter(n => !(n.classList && n.classList.contains('visually-hidden'))).map(n => n.textContent).join('')"
+        assert tags.evaluate_all(f"tags => tags.map({seen_text})") == ["#1 b", "#2 a"]
+        expect(tags.locator(".visually-hidden")).to_have_text(["attempt 1 on node ", "attempt 2 on node "])  # what is read out
+        smtp.handler.let_go()
+
+
+# -- 8. a store larger than a page: the overview, the table of runs, search, paging ----------
 #
 # One server per store for these tests, seeded once with a known mix of 60 runs: the
 # table's page is 50. They read it in order; only the last one adds runs.
