@@ -13,8 +13,8 @@ signal delivered mid-run is handled between two attempts, not after the run.
 
 What each move does to the run is ``run_model``'s; deadlines of waits live in
 ``run_deadlines``, signals and timers from outside in ``run_signals``,
-operator commands in ``run_commands``; this module holds the life cycle, the
-mailbox, the cursor loop and the commit.
+operator commands in ``run_commands``, step attempts in ``run_steps``; this
+module holds the life cycle, the mailbox, the cursor loop and the commit.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-import time
 from typing import Any
 
 import pykka
@@ -42,14 +41,14 @@ from userflow.actors.messages import (
     reject,
     resolve,
 )
-from userflow.actors.retry import PermanentError, describe
+from userflow.actors.retry import describe
 from userflow.actors.parts import EngineParts
-from userflow.actors.run_model import INTERRUPTED, Attempt, Run, StepRecord, storable
+from userflow.actors.run_model import INTERRUPTED, Run, StepRecord
 from userflow.actors.status import RunStatus, StepStatus
 from userflow.actors.run_commands import Commands
 from userflow.actors.run_deadlines import Deadlines
 from userflow.actors.run_signals import Signals
-from userflow.actors.timeutil import epoch, iso, now
+from userflow.actors.run_steps import Steps
 from userflow.actors.workflow import RETRY_TIMER, Step, StepContext, Wait, Workflow
 from userflow.storage import RunHandle, RunMoved, StorageError
 from userflow.storage.faults import crash_point
@@ -88,6 +87,7 @@ class RunActor(pykka.ThreadingActor):
         self._deadlines = Deadlines(self)
         self._signals = Signals(self, self._deadlines)
         self._commands = Commands(self)
+        self._steps = Steps(self)
 
     # -- life cycle -----------------------------------------------------------
 
@@ -241,40 +241,7 @@ class RunActor(pykka.ThreadingActor):
         if isinstance(spec, Wait):
             self.wait(spec, step)
         else:
-            self._attempt(spec, step)
-
-    def _attempt(self, spec: Step, step: StepRecord) -> None:
-        run = self.run
-        due = run.timers.get(RETRY_TIMER)
-        if due is not None:
-            if due > now():
-                self.set_timer(RETRY_TIMER, due)  # re-armed as it was
-                return
-            del run.timers[RETRY_TIMER]
-        attempt = run.start_attempt(step)
-        number = attempt["number"]
-        run.log("attempt-started", f"{spec.name}: attempt {number} started", spec.id, number)
-        self.commit()
-        crash_point(spec.id, "before-run")
-
-        context = self.context(spec, number)
-        assert self._handle is not None
-        if not self._handle.held():  # the lease lapsed while the attempt's start was written
-            raise RunMoved(self.run_id, "may have been taken over: this node's lease lapsed")
-        started = time.perf_counter()
-        try:
-            output = self.call(spec.run, context)
-        except Exception as exc:  # noqa: BLE001 - every failure is recorded, none escapes
-            self._attempt_failed(spec, step, attempt, context, exc)
-            return
-        try:
-            storable(output, context.state)
-        except PermanentError as exc:
-            self._attempt_failed(spec, step, attempt, context, exc)
-            return
-        crash_point(spec.id, "before-commit")
-        elapsed = (time.perf_counter() - started) * 1000
-        self._complete(spec, step, attempt, context, output, f"{spec.name} completed in {elapsed:.0f} ms")
+            self._steps.attempt(spec, step)
 
     def call(self, function: Any, context: StepContext) -> Any:
         result = function(context)
@@ -326,50 +293,6 @@ class RunActor(pykka.ThreadingActor):
             self.run.log(entry["type"], entry["message"], context.step_id, context.attempt, at=entry["at"])
         context.entries.clear()
 
-    def _complete(self, spec: Step, step: StepRecord, attempt: Attempt, context: StepContext, output: Any, message: str) -> None:
-        self.keep(context)
-        self.run.complete(step, output, attempt)
-        self.run.log("step-completed", message, spec.id, attempt["number"])
-        self._commit_with_next()
-
-    def _attempt_failed(self, spec: Step, step: StepRecord, attempt: Attempt, context: StepContext, error: BaseException) -> None:
-        run = self.run
-        number = attempt["number"]
-        run.fail_attempt(attempt, describe(error))
-        self.take_entries(context)
-        budget = run.budget(step)
-        failures = sum(1 for a in budget if a["error"] and not a.get("interrupted"))
-        policy = spec.policy(self.parts.services)
-        delay = policy.backoff(failures)
-        elapsed = now() - epoch(budget[0]["startedAt"])
-        if policy.should_retry(failures, error, elapsed, delay):
-            due = now() + delay
-            run.retry_later(step, iso(due))
-            self.set_timer(RETRY_TIMER, due)
-            run.log("attempt-failed", f"{spec.name}: attempt {number} failed ({attempt['error']}); retrying in {delay:.1f} s", spec.id, number)
-            self.commit()
-            return
-        why = "not retryable" if policy.is_permanent(error) else f"{failures} failed attempts in {elapsed:.0f} s"
-        run.log("attempt-failed", f"{spec.name}: attempt {number} failed ({attempt['error']}); {why}", spec.id, number)
-        if spec.fallback is not None:
-            fallback_context = self.context(spec, number)
-            try:
-                output = spec.fallback(fallback_context, error)
-            except Exception as exc:  # noqa: BLE001
-                attempt["error"] = f"{attempt['error']}; fallback failed: {describe(exc)}"
-            else:
-                self._complete(spec, step, attempt, fallback_context, output, f"{spec.name} completed by its fallback")
-                return
-        message = attempt["error"] or describe(error)
-        run.fail(step, message)
-        run.log("run-failed", f"run failed at {spec.name}: {message}", spec.id, number)
-        assert self.workflow is not None
-        if self.workflow.on_failed is not None:
-            context = self.context(spec, number)
-            self.workflow.on_failed(context, message)
-            self.keep(context)
-        self.commit()
-
     def wait(self, spec: Wait, step: StepRecord) -> None:
         run = self.run
         signal = run.signal(spec.signal)
@@ -390,9 +313,13 @@ class RunActor(pykka.ThreadingActor):
         run.consume(step, signal)
         run.log("step-completed", f"{spec.name}: signal {spec.signal} received", spec.id)
         crash_point(spec.id, "before-commit")
-        self._commit_with_next()
+        self.commit_with_next()
 
-    def _commit_with_next(self) -> None:
+    def held(self) -> bool:
+        assert self._handle is not None
+        return self._handle.held()
+
+    def commit_with_next(self) -> None:
         """Let a completed step ride on the next commit (the next attempt's start, a
         wait, the end), which follows at once: one sync fewer per step. Nothing was
         promised on it; a crash in between runs the step again, as steps allow."""

@@ -22,7 +22,7 @@ from userflow.actors.signup.tokens import TokenSigner
 from userflow.actors.signup.workflow import RiskChecker
 from userflow.http.erasure import erase_user
 from userflow.http.overview import get_overview
-from userflow.http import api, auth, pages, signin, webhooks
+from userflow.http import api, auth, health, pages, signin, webhooks
 from userflow.http.webhooks import WEBHOOKS
 from userflow.http.auth import Access, Authenticator
 from userflow.http.clients import Clients, parse_networks
@@ -211,8 +211,8 @@ ROUTES = (
     ("GET", "/verify", pages.verify_page, PUBLIC),
     ("POST", "/verify", pages.verify_submit, PUBLIC),
     ("GET", "/api/openapi.json", openapi, PUBLIC),
-    ("GET", "/healthz", api.healthz, PUBLIC),
-    ("GET", "/readyz", api.readyz, PUBLIC),
+    ("GET", "/healthz", health.healthz, PUBLIC),
+    ("GET", "/readyz", health.readyz, PUBLIC),
     ("GET", "/signin", signin.signin_page, PUBLIC),
     ("POST", "/api/session", signin.sign_in, PUBLIC),
     ("DELETE", "/api/session", signin.sign_out, PUBLIC),
@@ -232,7 +232,7 @@ ROUTES = (
     ("GET", "/api/outbox", api.outbox, VIEWER),
     ("GET", "/api/events", events_stream, VIEWER),
     ("GET", "/metrics", metrics_page, VIEWER),
-    ("GET", "/api/nodes", api.list_nodes, VIEWER),
+    ("GET", "/api/nodes", health.list_nodes, VIEWER),
     ("GET", "/api/webhooks/deliveries", webhooks.list_deliveries, VIEWER),
     ("POST", "/api/webhooks/deliveries/{id}/retry", webhooks.retry_delivery, OPERATOR),
 )

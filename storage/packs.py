@@ -64,6 +64,7 @@ class Pack:
         self._write_lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
+        self._closes = 0  # how many times closed: a thread's connection from before is closed
         # Made owner-only before SQLite opens it: its log and shared-memory files take its mode.
         os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         try:
@@ -78,13 +79,15 @@ class Pack:
 
     def _connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
-        if connection is None:
+        if connection is None or getattr(self._local, "opened", -1) != self._closes:
+            # Opened again after close: reading a stopped store (tools, tests) still works.
             connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             connection.execute(f"PRAGMA page_size = {_PAGE_SIZE}")  # takes on a new file only, before WAL
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute("PRAGMA synchronous = FULL")  # a row is durable before its file goes
             connection.execute("PRAGMA secure_delete = ON")
             self._local.connection = connection
+            self._local.opened = self._closes
             with self._connections_lock:
                 self._connections.append(connection)
         return connection
@@ -166,6 +169,7 @@ class Pack:
     def close(self) -> None:
         with self._connections_lock:
             connections, self._connections = self._connections, []
+            self._closes += 1
         for connection in connections:
             connection.close()
 
