@@ -28,6 +28,7 @@ they were before (an erased address).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -44,6 +45,7 @@ CREATE TABLE IF NOT EXISTS packed (id TEXT NOT NULL UNIQUE, version INTEGER NOT 
 # A rowid table, not WITHOUT ROWID: its leaf pages hold rows of a few KiB
 # whole, where an index b-tree would spill each into an overflow page.
 _PAGE_SIZE = 16384  # a row is a kilobyte or two: few bytes of each page left over
+_CONNECTIONS = 4  # shared by every thread; a read takes a millisecond
 _LEVEL = 6
 
 
@@ -60,48 +62,59 @@ class Pack:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._local = threading.local()
         self._write_lock = threading.Lock()
-        self._connections: list[sqlite3.Connection] = []
+        self._idle: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
-        self._closes = 0  # how many times closed: a thread's connection from before is closed
+        self._slots = threading.BoundedSemaphore(_CONNECTIONS)
         # Made owner-only before SQLite opens it: its log and shared-memory files take its mode.
         os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         try:
-            connection = self._connection()
-            connection.executescript(_SCHEMA)
-            connection.execute("SELECT count(*) FROM packed WHERE id = ''").fetchone()
+            with self._connection() as connection:
+                connection.executescript(_SCHEMA)
+                connection.execute("SELECT count(*) FROM packed WHERE id = ''").fetchone()
         except sqlite3.DatabaseError as exc:
             self.close()
             raise StorageError(
                 5, f"{path} cannot be read ({exc}): it holds finished runs; restore it, or move it aside to start without them"
             ) from None
 
-    def _connection(self) -> sqlite3.Connection:
-        connection = getattr(self._local, "connection", None)
-        if connection is None or getattr(self._local, "opened", -1) != self._closes:
-            # Opened again after close: reading a stopped store (tools, tests) still works.
-            connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            connection.execute(f"PRAGMA page_size = {_PAGE_SIZE}")  # takes on a new file only, before WAL
-            connection.execute("PRAGMA journal_mode = WAL")
-            connection.execute("PRAGMA synchronous = FULL")  # a row is durable before its file goes
-            connection.execute("PRAGMA secure_delete = ON")
-            self._local.connection = connection
-            self._local.opened = self._closes
-            with self._connections_lock:
-                self._connections.append(connection)
+    def _open(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        connection.execute(f"PRAGMA page_size = {_PAGE_SIZE}")  # takes on a new file only, before WAL
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("PRAGMA synchronous = FULL")  # a row is durable before its file goes
+        connection.execute("PRAGMA secure_delete = ON")
         return connection
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        """A connection of the few shared by every thread: each run actor is a thread of
+        its own, and a connection per thread would hold files open for every one."""
+        self._slots.acquire()
+        with self._connections_lock:
+            connection = self._idle.pop() if self._idle else None
+        try:
+            if connection is None:
+                connection = self._open()
+            yield connection
+        finally:
+            with self._connections_lock:
+                if connection is not None:
+                    self._idle.append(connection)
+            self._slots.release()
 
     # -- reading ----------------------------------------------------------------------
 
     def version(self, run_id: str) -> int | None:
         """The packed version of the run, or None if it has no row."""
-        row = self._connection().execute("SELECT version FROM packed WHERE id = ?", (run_id,)).fetchone()
+        with self._connection() as connection:
+            row = connection.execute("SELECT version FROM packed WHERE id = ?", (run_id,)).fetchone()
         return int(row[0]) if row else None
 
     def get(self, run_id: str) -> tuple[int, bytes] | None:
         """The run's (version, document), or None; PackRowDamaged if its row is."""
-        row = self._connection().execute("SELECT version, document FROM packed WHERE id = ?", (run_id,)).fetchone()
+        with self._connection() as connection:
+            row = connection.execute("SELECT version, document FROM packed WHERE id = ?", (run_id,)).fetchone()
         if row is None:
             return None
         return int(row[0]), _decompressed(run_id, row[1])
@@ -111,9 +124,10 @@ class Pack:
         read a batch at a time (no transaction stays open between batches)."""
         after = ""
         while True:
-            found = self._connection().execute(
-                "SELECT id, version, document FROM packed WHERE id > ? ORDER BY id LIMIT ?", (after, batch)
-            ).fetchall()
+            with self._connection() as connection:
+                found = connection.execute(
+                    "SELECT id, version, document FROM packed WHERE id > ? ORDER BY id LIMIT ?", (after, batch)
+                ).fetchall()
             for run_id, version, document in found:
                 try:
                     yield run_id, int(version), _decompressed(run_id, document)
@@ -125,11 +139,13 @@ class Pack:
 
     def raw(self, run_id: str) -> bytes | None:
         """The row's compressed bytes as stored (what a damaged row is quarantined as)."""
-        row = self._connection().execute("SELECT document FROM packed WHERE id = ?", (run_id,)).fetchone()
+        with self._connection() as connection:
+            row = connection.execute("SELECT document FROM packed WHERE id = ?", (run_id,)).fetchone()
         return bytes(row[0]) if row else None
 
     def __len__(self) -> int:
-        return int(self._connection().execute("SELECT count(*) FROM packed").fetchone()[0])
+        with self._connection() as connection:
+            return int(connection.execute("SELECT count(*) FROM packed").fetchone()[0])
 
     # -- writing ----------------------------------------------------------------------
 
@@ -137,8 +153,7 @@ class Pack:
         """In one synced transaction: keep these (id, version, compressed document) rows
         where the pack has none or one no newer (an equal one may be damaged), and delete the rows of ``gone`` (id,
         version) that are older than that version (their files are newer)."""
-        connection = self._connection()
-        with self._write_lock:
+        with self._write_lock, self._connection() as connection:
             connection.execute("BEGIN IMMEDIATE")
             try:
                 connection.executemany(
@@ -153,25 +168,22 @@ class Pack:
                 raise
 
     def delete(self, run_id: str) -> None:
-        connection = self._connection()
-        with self._write_lock, connection:
+        with self._write_lock, self._connection() as connection, connection:
             connection.execute("DELETE FROM packed WHERE id = ?", (run_id,))
 
     def drop_old_copies(self) -> None:
         """Empty the write-ahead log into the file and truncate it: the log still holds
         the pages as they were before the latest changes."""
-        connection = self._connection()
-        with self._write_lock:
+        with self._write_lock, self._connection() as connection:
             busy, _, _ = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         if busy:
             raise sqlite3.OperationalError("readers kept the pack's log from being emptied")
 
     def close(self) -> None:
         with self._connections_lock:
-            connections, self._connections = self._connections, []
-            self._closes += 1
+            connections, self._idle = self._idle, []
         for connection in connections:
-            connection.close()
+            connection.close()  # one borrowed now goes back to the idle list: a read after close still works
 
 
 def _decompressed(run_id: str, document: bytes) -> bytes:
