@@ -87,7 +87,10 @@ class Runtime:
 
     def _claimed(self, claimed: list[Claimed]) -> None:
         if self._supervisor is not None:
-            self._supervisor.tell(RunsClaimed(tuple((c.run_id, c.due) for c in claimed)))
+            try:
+                self._supervisor.tell(RunsClaimed(tuple((c.run_id, c.due) for c in claimed)))
+            except pykka.ActorDeadError:  # stopping: the node's stop frees what it claimed
+                pass
 
     def _timer_fired(self, run_id: str, name: str, due: float) -> None:
         if self._supervisor is not None:

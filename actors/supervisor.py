@@ -167,9 +167,12 @@ class Supervisor(pykka.ThreadingActor):
     def _route(self, run_id: str, message: Any) -> None:
         live = self._live.get(run_id)
         if live is not None:
-            live.ref.tell(message)
-            live.routed += 1
-            return
+            try:
+                live.ref.tell(message)
+                live.routed += 1
+                return
+            except pykka.ActorDeadError:
+                self._hold_for_failure(run_id)  # its ActorFailed is on its way: the message waits for it
         if self._stopping:
             if hasattr(message, "reply"):
                 reject(message.reply, ShuttingDown("the server is shutting down"))
@@ -188,9 +191,21 @@ class Supervisor(pykka.ThreadingActor):
             queued = self._queued.pop(run_id)
             ref = RunActor.start(self._parts, self.actor_ref, run_id, queued.created, queued.created_reply)
             live = self._live[run_id] = _Live(ref, ref.actor_urn)
-            for message in queued.messages:
-                ref.tell(message)
+            for n, message in enumerate(queued.messages):
+                try:
+                    ref.tell(message)
+                except pykka.ActorDeadError:  # its start failed at once: the rest wait for its ActorFailed
+                    self._hold_for_failure(run_id)
+                    self._queued.setdefault(run_id, _Queued()).messages[:0] = queued.messages[n:]
+                    break
                 live.routed += 1
+
+    def _hold_for_failure(self, run_id: str) -> None:
+        """The run's actor stopped on an error and has not said so yet: what is routed to the
+        run waits, parked, until its ActorFailed decides when it is activated again."""
+        self._live.pop(run_id, None)
+        self._parked.add(run_id)
+        self._queued.setdefault(run_id, _Queued())
 
     def _idle(self, message: Idle) -> None:
         live = self._live.get(message.run_id)
@@ -259,6 +274,10 @@ class Supervisor(pykka.ThreadingActor):
 
     def _claimed(self, message: RunsClaimed) -> None:
         for run_id, due in message.runs:
+            if run_id in self._elsewhere:  # this node holds it now: no more waiting for another
+                self._elsewhere.discard(run_id)
+                self._parked.discard(run_id)
+                self._failures.pop(run_id, None)
             if run_id not in self._live:
                 self._queued.setdefault(run_id, _Queued())
             for name, at in sorted(due.items(), key=lambda timer: timer[1]):

@@ -100,6 +100,33 @@ def test_one_address_signed_up_on_every_node_at_once_is_one_user_with_one_email(
     assert received(smtp) == {f"<{run_id}.verification.1@userflow>": 1}
 
 
+def test_a_click_on_another_node_while_the_signup_node_still_executes_the_run_waits_for_it(nodes, smtp):
+    a, b = nodes.start("a"), nodes.start("b")
+    runs = set()
+    for n in range(20):
+        status, body = a.request("POST", "/api/signup", {"email": f"eager{n}@example.com", "name": "Eager Clicker"})
+        assert status == 202, body
+        runs.add(body["workflowId"])
+    clicked: set[str] = set()
+    seen = 0
+    deadline = time.monotonic() + 60
+    while clicked != runs and time.monotonic() < deadline:
+        arrived = list(smtp.handler.messages)
+        for message in arrived[seen:]:  # at once: node A is still finishing the email's step
+            status, body = b.request("GET", "/api/verify?token=" + token_in(message))
+            assert status == 200, body
+            clicked.add(run_of(message))
+        seen = len(arrived)
+        with smtp.handler.received:  # until the next email arrives
+            smtp.handler.received.wait_for(lambda: len(smtp.handler.messages) > seen or clicked == runs, timeout=1)
+    assert clicked == runs
+    for run_id in runs:
+        b.wait_for(f"/api/workflows/{run_id}", lambda d: d["status"] == "COMPLETED", timeout=30)
+    for node in (a, b):
+        node.log_marker()
+        assert not any("Unhandled exception" in line or "Traceback" in line for line in node.stderr), "".join(node.stderr[-30:])
+
+
 class Traffic:
     """Signups on random live nodes, and each email's click on another random node."""
 

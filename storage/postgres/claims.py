@@ -107,17 +107,19 @@ class PgClaims:
     def claim(self, run_id: str) -> tuple[dict[str, Any], int] | None:
         """Claim the run for this node: its document and the claim's epoch; None if there
         is no such run; RunMoved if another live node executes it."""
+        found = None
         try:
             with self._pool.connection() as connection:
                 row = connection.execute(_CLAIM, self._claim_params(id=run_id)).fetchone()
                 if row is None:
                     found = connection.execute("SELECT owner FROM runs WHERE id = %s", (run_id,)).fetchone()
-                    if found is None:
-                        return None
-                    raise RunMoved(run_id, f"executes on node {found[0]}")
         except (psycopg.Error, OSError) as exc:
             raise _unavailable("claim a run in", exc) from None
-        return row[0], int(row[1])
+        if row is not None:
+            return row[0], int(row[1])
+        if found is None:
+            return None
+        raise RunMoved(run_id, f"executes on node {found[0]}")  # outside the try: RunMoved is an OSError too
 
     def claim_due(self, limit: int) -> list[Claimed]:
         """Claim up to ``limit`` runs nobody executes whose earliest timer is due."""

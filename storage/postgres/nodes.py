@@ -129,7 +129,9 @@ class NodeLease:
         self._thread.start()
 
     def _renew_loop(self) -> None:
-        while not self._stop.wait(RENEW_EVERY):
+        # Several renewals within the lease: one late under load does not end it.
+        every = min(RENEW_EVERY, (self.timeout - self.margin) / 3)
+        while not self._stop.wait(every):
             self.renew()
 
     def renew(self) -> bool:
