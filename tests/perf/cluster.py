@@ -1,10 +1,11 @@
 """Many nodes on one PostgreSQL database: takeover after SIGKILL, runs/s with 1-3 nodes, a click on another node.
 
-    python -m tests.perf.cluster --only takeover --kills 10                      # node timeout 5 s (the default)
-    python -m tests.perf.cluster --only takeover --kills 10 --node-timeout 2
-    python -m tests.perf.cluster --only throughput --nodes 1 2 3 --duration 30 --repeat 3
-    python -m tests.perf.cluster --only latency --latency-rate 10 --latency-duration 30
-    python -m tests.perf.cluster                                                  # all three
+    python -m tests.perf.cluster --only takeover --kills 10 --click-delay 1                     # node timeout 5 s (the default)
+    python -m tests.perf.cluster --only takeover --kills 10 --click-delay 1 --node-timeout 2
+    python -m tests.perf.cluster --only throughput --nodes 1 2 3 --duration 20                  # instant clicks
+    python -m tests.perf.cluster --only throughput --nodes 1 2 3 --duration 20 --concurrency 200 --click-delay 1
+    python -m tests.perf.cluster --only latency --latency-rate 10 --latency-duration 20 [--click-delay 1]
+    python -m tests.perf.cluster                                                                # all three
 
 Everything runs here: a throwaway PostgreSQL cluster (``tests.postgres.Cluster``,
 ``fsync`` on), the real SMTP server of the tests (``tests.smtp_server``), and
@@ -12,7 +13,10 @@ each node a ``userflow serve`` process (``tests.cluster.Nodes``) with
 ``--email-failure-rate 0``, email over SMTP and the heuristic risk check (no
 Gemini key). A link is taken from the message the SMTP server received and
 clicked on another node than the one that took the signup (when there is
-more than one). It prints one JSON object per measurement.
+more than one), at once or ``--click-delay`` seconds after the message
+arrived (a person reads the email first). It prints one JSON object per
+measurement, with the warnings and errors of every node's log counted by
+message; each node's whole log is written beside its data dir.
 
 - **takeover**: three nodes under an open loop of signups and clicks on random
   nodes. At a random moment a random node gets SIGKILL (the wall time noted);
@@ -226,7 +230,7 @@ class Client:
         try:
             token = await self.mail.token(run_id)
         except TimeoutError:
-            self.error("no email in 60 s")
+            self.error("no email in 60 s")  # its run's send step died with a node, or the run is stuck
             return None
         if self.click_delay:
             await asyncio.sleep(self.click_delay)  # a person reads the email before clicking
@@ -337,7 +341,7 @@ async def takeover(args: argparse.Namespace, cluster: Cluster, smtp: SmtpServer,
                             ).fetchall()
                     restart_began = time.perf_counter()
                     restarts += 1
-                    await asyncio.to_thread(nodes.start, f"{victim}{restarts}", *node_flags(node_timeout))
+                    await asyncio.to_thread(nodes.start, f"{victim.rstrip('0123456789')}{restarts}", *node_flags(node_timeout))
                     if kills and owned:
                         kills[-1]["restartSeconds"] = round(time.perf_counter() - restart_began, 2)
                         print(json.dumps({"kill": kills[-1]}), flush=True)
@@ -399,8 +403,9 @@ async def moved(session: aiohttp.ClientSession, nodes: Nodes, victim: str, kille
 async def complete_every_run(session: aiohttp.ClientSession, client: Client, db_url: str, timeout: float) -> list[dict[str, Any]]:
     """Click what was not clicked (its click died with a node), then wait for every accepted
     run to be COMPLETED; those that are not, with status and owner."""
-    for run_id in [r for r in client.accepted if r not in client.clicked]:
-        await client.click(run_id, None)
+    client.click_delay = 0.0
+    unclicked = [r for r in client.accepted if r not in client.clicked]
+    await asyncio.gather(*(client.click(run_id, None) for run_id in unclicked))
     deadline = time.monotonic() + timeout
     with psycopg.connect(db_url, autocommit=True) as db:
         while True:
