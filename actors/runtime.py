@@ -51,6 +51,7 @@ class Runtime:
         self.parts = EngineParts(store, self.index, self.timers, workflows, services, loop, node_id, shared=claims is not None)
         self._poller = ClaimPoller(claims, self._claimed, claim_every) if claims is not None else None
         self.request_timeout = request_timeout
+        self._starting: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}  # keys being started here, and by how many
         self._max_live = max_live
         self._supervisor: pykka.ActorRef[Supervisor] | None = None
         self.ready = False
@@ -112,15 +113,31 @@ class Runtime:
         if dedupe is None:
             return await self._ask(lambda reply: StartRun(workflow, input, dedupe, reply, None))
         claims = self.parts.store.claims()
-        # On a shared store, one start of a key at a time across nodes: the catalog is read,
-        # and the run made durable, before another node's start of the key looks.
-        lock = await asyncio.to_thread(claims.lock_key, *dedupe) if claims is not None else None
-        try:
+        if claims is None:
             stored = await asyncio.to_thread(self._stored, dedupe)
             return await self._ask(lambda reply: StartRun(workflow, input, dedupe, reply, stored))
+        # On a shared store, one start of a key at a time across nodes: the catalog is read,
+        # and the run made durable, before another start of the key looks (here, then there).
+        here, users = self._starting.get(dedupe) or (asyncio.Lock(), 0)
+        self._starting[dedupe] = (here, users + 1)
+        try:
+            async with here:
+                deadline = asyncio.get_running_loop().time() + self.request_timeout
+                while not await asyncio.to_thread(claims.try_lock_key, *dedupe):
+                    if asyncio.get_running_loop().time() > deadline:
+                        raise TimeoutError("another node kept starting a run for this key")
+                    await asyncio.sleep(0.02)  # another node's start of the key: it ends with its first commit
+                try:
+                    stored = await asyncio.to_thread(self._stored, dedupe)
+                    return await self._ask(lambda reply: StartRun(workflow, input, dedupe, reply, stored))
+                finally:
+                    await asyncio.to_thread(claims.unlock_key, *dedupe)
         finally:
-            if lock is not None:
-                await asyncio.to_thread(lock.release)
+            lock, users = self._starting[dedupe]
+            if users == 1:
+                del self._starting[dedupe]
+            else:
+                self._starting[dedupe] = (lock, users - 1)
 
     def _stored(self, dedupe: tuple[str, str]) -> tuple[str, dict[str, Any]] | None:
         run_id = self.index.lookup(*dedupe)

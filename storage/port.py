@@ -141,13 +141,11 @@ class Claims(Protocol):
         """The runs this node id held when its previous process ended."""
         ...
 
-    def lock_key(self, kind: str, value: str) -> KeyLock:
-        """Hold the lookup key against starts on every node (blocking), until released."""
+    def try_lock_key(self, kind: str, value: str) -> bool:
+        """Hold the lookup key against starts on other nodes, if none holds it now (never waits)."""
         ...
 
-
-class KeyLock(Protocol):
-    def release(self) -> None: ...
+    def unlock_key(self, kind: str, value: str) -> None: ...
 
 
 class RunStore(Protocol):

@@ -13,6 +13,7 @@ one node.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import psycopg
@@ -57,49 +58,45 @@ UPDATE runs SET epoch = epoch + 1 WHERE owner = %(me)s
 
 # Starts of one lookup key (an address) are one at a time across nodes: two
 # signups of one address reaching two nodes together would each find no run and
-# start one. A key's lock is an advisory lock in a space of its own (two int4 keys).
+# start one. A key's lock is a session advisory lock in a space of its own (two
+# int4 keys), all of a node's held on one connection: taking one never waits
+# (pg_try_advisory_lock), so no thread or pooled connection is held while a
+# start waits for another node's.
 KEY_LOCKS = 0x75660001
-KEY_LOCK_CONNECTIONS = 8
-
-
-class KeyLock:
-    """A held lock on a lookup key: ``release`` it once the start it guards is durable."""
-
-    def __init__(self, pool: ConnectionPool, connection: psycopg.Connection, key: str) -> None:
-        self._pool, self._connection, self._key = pool, connection, key
-
-    def release(self) -> None:
-        try:
-            self._connection.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (KEY_LOCKS, self._key))
-        except (psycopg.Error, OSError):
-            self._connection.close()  # a closed session holds no lock
-        finally:
-            self._pool.putconn(self._connection)
 
 
 class PgClaims:
-    def __init__(self, pool: ConnectionPool, lease: NodeLease, key_pool: ConnectionPool) -> None:
+    def __init__(self, pool: ConnectionPool, lease: NodeLease, url: str) -> None:
         self._pool = pool
         self._lease = lease
-        self._key_pool = key_pool  # apart: a start holds its lock while its first commit uses the main pool
+        self._url = url
+        self._keys: psycopg.Connection | None = None
+        self._keys_lock = threading.Lock()
         self.node_id = lease.node_id
 
-    def lock_key(self, kind: str, value: str) -> KeyLock:
-        """Wait until no other start of the key is under way on any node, and hold it."""
-        key = f"{kind}:{value}"
-        try:
-            connection = self._key_pool.getconn()
-        except Exception as exc:  # noqa: BLE001 - psycopg_pool's PoolTimeout, a failed connect
-            raise _unavailable("lock a key in", exc) from None
-        try:
-            connection.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (KEY_LOCKS, key))
-        except (psycopg.Error, OSError) as exc:
-            self._key_pool.putconn(connection)
-            raise _unavailable("lock a key in", exc) from None
-        return KeyLock(self._key_pool, connection, key)
+    def try_lock_key(self, kind: str, value: str) -> bool:
+        """Hold the key against starts on every node, if no other node holds it now.
+        (The session's locks are reentrant: the caller keeps one start per key in this process.)"""
+        return bool(self._on_keys("SELECT pg_try_advisory_lock(%s, hashtext(%s))", f"{kind}:{value}"))
+
+    def unlock_key(self, kind: str, value: str) -> None:
+        self._on_keys("SELECT pg_advisory_unlock(%s, hashtext(%s))", f"{kind}:{value}")
+
+    def _on_keys(self, sql: str, key: str) -> Any:
+        with self._keys_lock:
+            try:
+                if self._keys is None or self._keys.closed or self._keys.broken:
+                    # A new session holds none of the old one's locks: they ended with it.
+                    self._keys = psycopg.connect(self._url, autocommit=True, connect_timeout=5, application_name=f"userflow-keys {self.node_id}")
+                row = self._keys.execute(sql, (KEY_LOCKS, key)).fetchone()
+            except (psycopg.Error, OSError) as exc:
+                raise _unavailable("lock a key in", exc) from None
+        return row[0] if row else None
 
     def close(self) -> None:
-        self._key_pool.close()
+        with self._keys_lock:
+            if self._keys is not None:
+                self._keys.close()
 
     def _claim_params(self, **more: Any) -> dict[str, Any]:
         return {"me": self.node_id, "timeout": self._lease.timeout, **more}

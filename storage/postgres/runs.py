@@ -111,13 +111,11 @@ class PgRunHandle:
 
 
 class PgRunStore:
-    def __init__(
-        self, pool: ConnectionPool, describe: Describe | None = None, lease: NodeLease | None = None, key_pool: ConnectionPool | None = None
-    ) -> None:
+    def __init__(self, pool: ConnectionPool, describe: Describe | None = None, lease: NodeLease | None = None, url: str = "") -> None:
         self._pool = pool
         self._describe = describe
         self.lease = lease
-        self._claims = PgClaims(pool, lease, key_pool or pool) if lease is not None else None
+        self._claims = PgClaims(pool, lease, url) if lease is not None else None
         self._written_keys: dict[str, set[tuple[str, str]]] = {}  # per active run, touched by the committer only
         self._queue: list[_Commit] = []
         self._releases: list[dict[str, Any]] = []
@@ -238,6 +236,8 @@ class PgRunStore:
             self._stopped = True
             self._cond.notify_all()
         self._committer.join(timeout=10)
+        if self._claims is not None:
+            self._claims.close()
 
     # -- group commit -------------------------------------------------------------------
 

@@ -22,7 +22,6 @@ from userflow.storage.atomic import StorageError
 from userflow.storage.port import Describe
 from userflow.storage.postgres.connect import APPLICATION_NAME, DatabaseUnavailable, one_line, open_pool, parse, where
 from userflow.storage.postgres.deliveries import PgDeliveries
-from userflow.storage.postgres.claims import KEY_LOCK_CONNECTIONS
 from userflow.storage.postgres.events import PgEventJournal
 from userflow.storage.postgres.nodes import NodeLease, NodeView, nodes
 from userflow.storage.postgres.operators import PgOperators
@@ -53,7 +52,6 @@ class PgStores:
         self._lock: psycopg.Connection | None = None
         self._exclusive = False
         self.lease: NodeLease | None = None
-        self._key_pool: ConnectionPool | None = None
 
     @classmethod
     def open(cls, url: str, describe: Describe | None = None, *, max_connections: int = 10) -> PgStores:
@@ -72,9 +70,7 @@ class PgStores:
         return stores
 
     def run_store(self) -> PgRunStore:
-        if self.lease is not None and self._key_pool is None:
-            self._key_pool = open_pool(self._url, min_size=1, max_size=KEY_LOCK_CONNECTIONS, timeout=5.0)
-        return PgRunStore(self.pool, self._describe, self.lease, self._key_pool)
+        return PgRunStore(self.pool, self._describe, self.lease, self._url)
 
     def join(self, node_id: str, timeout: float, address: str | None = None) -> None:
         """Become a node of this database: hold the shared lock, take the node's row
@@ -190,5 +186,4 @@ class PgStores:
         self.pool.close()
         if self._lock is not None:
             self._lock.close()
-        if self._key_pool is not None:
-            self._key_pool.close()
+
