@@ -46,6 +46,7 @@ from userflow.storage.catalog import CatalogDamaged, DataDirCatalog, SqliteCatal
 from userflow.storage.packer import Packer
 from userflow.storage.packs import FILE as PACK_FILE, Pack, PackRowDamaged
 from userflow.storage.port import Describe, Entry, StoredRun, valid_run_id
+from userflow.storage.quarantine import Quarantine
 from userflow.storage.run_file import RunFile
 from userflow.storage.run_folders import SUFFIX, TEMP, RunFolders, run_file, shard
 
@@ -75,7 +76,7 @@ class FileRunStore:
     def __init__(self, data_dir: str, checkpoint_every: float = 1.0) -> None:
         self._folders = RunFolders(os.path.join(data_dir, "runs"))
         self._dir = self._folders.directory
-        self._quarantine = os.path.join(data_dir, "quarantine")
+        self._quarantine = Quarantine(data_dir)
         self._pack = Pack(os.path.join(data_dir, PACK_FILE))
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(data_dir, _OLD_INDEX))
@@ -314,7 +315,7 @@ class FileRunStore:
                     if run["id"] + SUFFIX != name or shard(run["id"]) != os.path.basename(folder):
                         raise CorruptFileError(f"{path}: holds run {run['id']!r}")
                 except (CorruptFileError, UnicodeDecodeError) as exc:
-                    self._move_aside(path, exc)
+                    self._quarantine.move(path, exc)
                     continue
                 except OSError as exc:
                     log.error("cannot read %s, skipped: %s", path, exc)
@@ -363,25 +364,12 @@ class FileRunStore:
         document = self._document(run_id)
         return _run(document, run_id) if document is not None else None
 
-    def _move_aside(self, path: str, reason: Exception) -> None:
-        os.makedirs(self._quarantine, mode=0o700, exist_ok=True)
-        target = os.path.join(self._quarantine, f"{os.path.basename(path)}.{time.time_ns()}")
-        try:
-            os.replace(path, target)
-        except OSError as exc:
-            raise StorageError(exc.errno, f"cannot quarantine {path}: {exc.strerror}") from exc
-        log.error("unreadable run file moved to %s: %s", target, reason)
-
     def _move_row_aside(self, run_id: str) -> None:
-        """A damaged row: its bytes to ``quarantine/ID.packed.N``, then out of the pack."""
+        """A damaged row: its bytes to the quarantine, then out of the pack."""
         raw = self._pack.raw(run_id)
-        if raw is None:
-            return
-        os.makedirs(self._quarantine, mode=0o700, exist_ok=True)
-        target = os.path.join(self._quarantine, f"{run_id}.packed.{time.time_ns()}")
-        write_atomic(target, raw, fault_point=False)
-        self._pack.delete(run_id)
-        log.error("unreadable packed run moved to %s", target)
+        if raw is not None:
+            self._quarantine.keep(f"{run_id}.packed", raw)
+            self._pack.delete(run_id)
 
 
 def _open_catalog(path: str) -> SqliteCatalog:
