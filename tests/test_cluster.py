@@ -156,6 +156,31 @@ class Traffic:
                 with self.lock:
                     self.accepted[body["workflowId"]] = node.node_id
 
+    def under_kills(self, rounds: int, signup_workers: int, down: tuple[float, float]) -> list[tuple[str, float]]:
+        """Run the traffic while a random node is SIGKILLed ``rounds`` times, each replaced,
+        after ``down`` seconds, by a new node (the survivors must take the dead one's runs);
+        the traffic stopped, the kills: (node, time)."""
+        threads = [threading.Thread(target=self.signups, args=(w,), daemon=True) for w in range(signup_workers)]
+        threads.append(threading.Thread(target=self.clicks, daemon=True))
+        for thread in threads:
+            thread.start()
+        kills: list[tuple[str, float]] = []
+        try:
+            for round in range(rounds):
+                time.sleep(self.rng.uniform(0.5, 1.5))  # chaos timing: a random moment, not a synchronisation
+                with self.lock:
+                    victim = self.rng.choice(sorted(self.nodes.nodes))
+                    self.nodes.kill(victim)
+                kills.append((victim, time.time()))
+                time.sleep(self.rng.uniform(*down))
+                with self.lock:
+                    self.nodes.start(f"{victim}{round}")
+        finally:
+            self.stop.set()
+            for thread in threads:
+                thread.join(timeout=20)
+        return kills
+
     def clicks(self) -> None:
         seen = 0
         while not self.stop.is_set():
@@ -176,52 +201,33 @@ def test_sigkill_of_random_nodes_under_load_every_202_completes_on_the_survivors
     for name in ("a", "b", "c"):
         nodes.start(name)
     traffic = Traffic(nodes, smtp, rng)
-    threads = [threading.Thread(target=traffic.signups, args=(w,), daemon=True) for w in range(3)]
-    threads.append(threading.Thread(target=traffic.clicks, daemon=True))
-    for thread in threads:
-        thread.start()
-    kills: list[tuple[str, float]] = []
-    try:
-        for round in range(3):
-            time.sleep(rng.uniform(0.5, 1.5))  # chaos timing: a random moment, not a synchronisation
-            with traffic.lock:
-                victim = rng.choice(sorted(nodes.nodes))
-                nodes.kill(victim)
-            kills.append((victim, time.time()))
-            time.sleep(rng.uniform(0.5, 1.0))
-            with traffic.lock:
-                nodes.start(f"{victim}{round}")  # a new node: the survivors must take the dead one's runs
-        traffic.stop.set()
-        for thread in threads:
-            thread.join(timeout=20)
-        assert traffic.accepted, "the traffic never got through"
-        survivor = nodes.alive()[0]
-        for run_id in traffic.accepted:
-            run = survivor.wait_for(f"/api/workflows/{run_id}", lambda d: d["status"] in ("WAITING", "COMPLETED"), timeout=60)
-            if run["status"] == "WAITING":
-                wanted = f"<{run_id}.verification.1@userflow>"
-                wait_until(lambda: wanted in received(smtp), timeout=30)
-                message = next(m for m in list(smtp.handler.messages) if m["Message-ID"] == wanted)
-                assert nodes.other(survivor).request("GET", "/api/verify?token=" + token_in(message))[0] == 200
-            survivor.wait_for(f"/api/workflows/{run_id}", lambda d: d["status"] == "COMPLETED", timeout=60)
-        counts = received(smtp)
-        expected = {f"<{run_id}.verification.1@userflow>" for run_id in traffic.accepted}
-        assert expected <= set(counts), expected - set(counts)
-        repeated = {message_id: n for message_id, n in counts.items() if n > 1}
-        # A kill repeats at most the sends in flight on the dead node (one per SMTP
-        # connection of its pool), each with the Message-ID of the first.
-        assert sum(n - 1 for n in repeated.values()) <= 16 * len(kills), repeated
-        moved = [
-            run for run in (detail(survivor, run_id) for run_id in traffic.accepted)
-            if any(node in {victim for victim, _ in kills} for _, _, node, _, _ in attempts_by_node(run))
-            and any(node not in {victim for victim, _ in kills} for _, _, node, _, _ in attempts_by_node(run))
-        ]  # fmt: skip
-        for run in moved:
-            assert not overlapping(run), overlapping(run)
-        print(f"\ncluster kills: {len(kills)} kills, {len(traffic.accepted)} signups, {len(moved)} runs moved between nodes, "
-              f"{sum(n - 1 for n in repeated.values())} emails received twice")  # fmt: skip
-    finally:
-        traffic.stop.set()
+    kills = traffic.under_kills(3, signup_workers=3, down=(0.5, 1.0))
+    assert traffic.accepted, "the traffic never got through"
+    survivor = nodes.alive()[0]
+    for run_id in traffic.accepted:
+        run = survivor.wait_for(f"/api/workflows/{run_id}", lambda d: d["status"] in ("WAITING", "COMPLETED"), timeout=60)
+        if run["status"] == "WAITING":
+            wanted = f"<{run_id}.verification.1@userflow>"
+            wait_until(lambda: wanted in received(smtp), timeout=30)
+            message = next(m for m in list(smtp.handler.messages) if m["Message-ID"] == wanted)
+            assert nodes.other(survivor).request("GET", "/api/verify?token=" + token_in(message))[0] == 200
+        survivor.wait_for(f"/api/workflows/{run_id}", lambda d: d["status"] == "COMPLETED", timeout=60)
+    counts = received(smtp)
+    expected = {f"<{run_id}.verification.1@userflow>" for run_id in traffic.accepted}
+    assert expected <= set(counts), expected - set(counts)
+    repeated = {message_id: n for message_id, n in counts.items() if n > 1}
+    # A kill repeats at most the sends in flight on the dead node (one per SMTP
+    # connection of its pool), each with the Message-ID of the first.
+    assert sum(n - 1 for n in repeated.values()) <= 16 * len(kills), repeated
+    moved = [
+        run for run in (detail(survivor, run_id) for run_id in traffic.accepted)
+        if any(node in {victim for victim, _ in kills} for _, _, node, _, _ in attempts_by_node(run))
+        and any(node not in {victim for victim, _ in kills} for _, _, node, _, _ in attempts_by_node(run))
+    ]  # fmt: skip
+    for run in moved:
+        assert not overlapping(run), overlapping(run)
+    print(f"\ncluster kills: {len(kills)} kills, {len(traffic.accepted)} signups, {len(moved)} runs moved between nodes, "
+          f"{sum(n - 1 for n in repeated.values())} emails received twice")  # fmt: skip
 
 
 def test_webhooks_deliver_every_event_of_every_run_in_order_while_nodes_are_killed(tmp_path, database_url, smtp):
@@ -234,23 +240,7 @@ def test_webhooks_deliver_every_event_of_every_run_in_order_while_nodes_are_kill
             for name in ("a", "b", "c"):
                 nodes.start(name)
             traffic = Traffic(nodes, smtp, rng)
-            threads = [threading.Thread(target=traffic.signups, args=(w,), daemon=True) for w in range(2)]
-            threads.append(threading.Thread(target=traffic.clicks, daemon=True))
-            for thread in threads:
-                thread.start()
-            try:
-                for round in range(2):
-                    time.sleep(rng.uniform(0.5, 1.5))  # chaos timing: a random moment, not a synchronisation
-                    with traffic.lock:
-                        victim = rng.choice(sorted(nodes.nodes))
-                        nodes.kill(victim)
-                    time.sleep(rng.uniform(0.3, 0.8))
-                    with traffic.lock:
-                        nodes.start(f"{victim}{round}")
-            finally:
-                traffic.stop.set()
-                for thread in threads:
-                    thread.join(timeout=20)
+            traffic.under_kills(2, signup_workers=2, down=(0.3, 0.8))
             survivor = nodes.alive()[0]
             for run_id in traffic.accepted:
                 survivor.wait_for(f"/api/workflows/{run_id}", lambda d: d["status"] in ("WAITING", "COMPLETED"), timeout=60)

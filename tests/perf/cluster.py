@@ -68,6 +68,7 @@ import aiohttp
 import psycopg
 
 from tests.cluster import Nodes, run_of, token_in
+from tests.perf.loadgen import sse_frames
 from tests.postgres import Cluster
 from tests.server import Server
 from tests.smtp_server import SmtpServer
@@ -159,22 +160,12 @@ class Completions:
     async def _read(self, ready: asyncio.Event) -> None:
         async with self.session.get(f"{self.node.url}/api/events", timeout=aiohttp.ClientTimeout(total=None)) as response:
             ready.set()
-            event = data = None
-            async for raw in response.content:
-                line = raw.decode().rstrip("\n")
-                if line.startswith("event: "):
-                    event = line[7:]
-                elif line.startswith("data: "):
-                    data = line[6:]
-                elif not line and event and data:
-                    if event == "run":
-                        body = json.loads(data)
-                        if body.get("status") == "COMPLETED" and body["id"] not in self.at:
-                            self.at[body["id"]] = time.perf_counter()
-                            waiter = self.waiters.pop(body["id"], None)
-                            if waiter is not None and not waiter.done():
-                                waiter.set_result(self.at[body["id"]])
-                    event = data = None
+            async for event, body in sse_frames(response):
+                if event == "run" and body.get("status") == "COMPLETED" and body["id"] not in self.at:
+                    self.at[body["id"]] = time.perf_counter()
+                    waiter = self.waiters.pop(body["id"], None)
+                    if waiter is not None and not waiter.done():
+                        waiter.set_result(self.at[body["id"]])
 
     async def wait(self, run_id: str, timeout: float) -> float:
         if run_id in self.at:

@@ -42,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -102,6 +103,20 @@ def percentile(values: list[float], q: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 2)
 
 
+async def sse_frames(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    """Each ``event:``/``data:`` frame of an ``/api/events`` response, as (event, decoded data)."""
+    event = data = None
+    async for raw in response.content:
+        line = raw.decode().rstrip("\n")
+        if line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("data: "):
+            data = line[6:]
+        elif not line and event and data:
+            yield event, json.loads(data)
+            event = data = None
+
+
 class Load:
     def __init__(self, url: str, session: aiohttp.ClientSession, mailbox: Mailbox | None = None) -> None:
         self.url = url
@@ -124,16 +139,8 @@ class Load:
         """Follow /api/events: click each link when its email is sent, note each completion."""
         async with self.session.get(f"{self.url}/api/events", timeout=aiohttp.ClientTimeout(total=None)) as response:
             ready.set()
-            event = data = None
-            async for raw in response.content:
-                line = raw.decode().rstrip("\n")
-                if line.startswith("event: "):
-                    event = line[7:]
-                elif line.startswith("data: "):
-                    data = line[6:]
-                elif not line and event and data:
-                    self.on_event(event, json.loads(data))
-                    event = data = None
+            async for event, data in sse_frames(response):
+                self.on_event(event, data)
 
     def on_event(self, event: str, data: dict[str, Any]) -> None:
         if event == "timeline" and data["type"] == "email-sent":
